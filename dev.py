@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh machine with only Python 3.11+.
+
+    python3 dev.py serve [switchyard serve flags...]   # run the gateway on policies/
+    python3 dev.py test  [pytest args...]              # lint, type-check and run every test
+    python3 dev.py sign  [switchyard sign flags...]    # print a signed curl line for the demo
+
+It creates `.venv` beside this file on first use and reinstalls only when
+pyproject.toml changes, so both commands work from a clean clone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+DEMO_ENV = ROOT / "policies" / "demo.env"
+DEMO_PUBLIC_URL = "http://127.0.0.1:8080"
+
+
+def _ensure_venv(extras: str) -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"switchyard needs Python 3.11+, this is {sys.version.split()[0]}")
+    stamp_text = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest() + extras
+    stamp = VENV / ".switchyard-installed"
+    if stamp.exists() and stamp.read_text() == stamp_text:
+        return
+    if not (BIN / "python").exists():
+        print("dev.py: creating .venv", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print(f"dev.py: installing switchyard[{extras}] into .venv", file=sys.stderr)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-e", f".[{extras}]" if extras else "."], cwd=ROOT, check=True)
+    stamp.write_text(stamp_text)
+
+
+def _demo_env() -> dict[str, str]:
+    """Demo auth tokens for the example policies; variables already set win."""
+    env = dict(os.environ)
+    for line in DEMO_ENV.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env.setdefault(key.strip(), value.strip())
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> int:
+    return subprocess.run(argv, cwd=ROOT, env=env).returncode
+
+
+def main(args: list[str]) -> int:
+    command, rest = (args[0], args[1:]) if args else ("help", [])
+    if command == "serve":
+        _ensure_venv("")
+        flags = ["--policies", "policies", "--public-url", DEMO_PUBLIC_URL, *rest]
+        return _run([str(BIN / "switchyard"), "serve", *flags], env=_demo_env())
+    if command == "sign":
+        _ensure_venv("")
+        return _run([str(BIN / "switchyard"), "sign", *rest], env=_demo_env())
+    if command == "test":
+        _ensure_venv("dev")
+        py = str(BIN / "python")
+        for step in (
+            [py, "-m", "ruff", "check", "gateway", "tests", "loadtest", "dev.py"],
+            [py, "-m", "ruff", "format", "--check", "gateway", "tests", "loadtest", "dev.py"],
+            [py, "-m", "mypy"],
+        ):
+            if code := _run(step):
+                return code
+        return _run([py, "-m", "pytest", *rest])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

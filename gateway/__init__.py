@@ -1,0 +1,1 @@
+"""switchyard: an edge gateway for Twilio voice and SMS webhooks."""

@@ -1,0 +1,77 @@
+"""The few error types of the gateway. Each carries data; responses.py maps them to replies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.limits.base import Decision
+
+
+class SwitchyardError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One thing wrong in one policy file: `acme.yaml: limits.webhooks.rate: must be > 0`."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}" if self.key else f"{self.file}: {self.message}"
+
+
+class PolicyError(SwitchyardError):
+    """One or more policy files are invalid; the last good policy set stays in force."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class SignatureError(SwitchyardError):
+    """A request did not carry a valid Twilio signature or API token (403/401)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UnknownTenant(SwitchyardError):
+    """No tenant owns the number, account SID or path of the request."""
+
+    def __init__(self, lookup: str) -> None:
+        self.lookup = lookup
+        super().__init__(f"no tenant for {lookup}")
+
+
+class Refused(SwitchyardError):
+    """A tenant's limit refused the request."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__(f"limit {decision.rule.name!r} refused; retry after {decision.retry_after:.3f}s")
+
+
+class BackendError(SwitchyardError):
+    """A limit store (Redis) failed or was too slow; wrapped once where the adapter meets the driver."""
+
+    def __init__(self, backend: str, operation: str, cause: BaseException | None = None) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.cause = cause
+        detail = f": {type(cause).__name__}: {cause}" if cause else ""
+        super().__init__(f"{backend} {operation} failed{detail}")
+
+
+class UpstreamError(SwitchyardError):
+    """A tenant's runtime (HTTP, WebSocket or LLM) failed or timed out."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"{target}: {reason}")

@@ -1,0 +1,1 @@
+"""Token-bucket rate limits and concurrency leases, in process or in Redis."""

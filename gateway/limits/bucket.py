@@ -1,0 +1,64 @@
+"""Pure token-bucket maths, in GCRA form: a bucket is one number, the time it will be full again.
+
+Holding "theoretical arrival time" (tat) instead of (tokens, last_refill) gives the same
+admissions as a classic token bucket, but one float per bucket, and "full again" is simply
+`tat <= now`, so idle buckets can be evicted (memory) or expired (Redis PEXPIREAT) exactly.
+The Lua script in redis_bucket.lua repeats these steps operation for operation; the contract
+suite in tests/integration/limits checks that both agree.
+
+With T = per / rate (seconds per token) and tau = burst * T (how far ahead tat may run):
+    tat      = max(stored tat, now)            # a missing bucket is full: tat = now
+    new_tat  = tat + cost * T
+    allow_at = new_tat - tau
+    allowed  = allow_at <= now
+    remaining (allowed) = floor((now - allow_at) / T + EPSILON)
+    retry_after (refused) = allow_at - now
+    reset = (new_tat if allowed else tat) - now
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gateway.limits.base import Decision, Rule
+
+# Absorbs float rounding in (now - allow_at) / T, so 2.9999999999 whole tokens count as 3.
+EPSILON = 1e-9
+
+
+def take(
+    tats: Sequence[float | None], rules: Sequence[Rule], now: float, cost: int = 1
+) -> tuple[list[float | None], Decision]:
+    """Charge `cost` to every bucket, all or nothing.
+
+    Returns the new tats (unchanged when refused) and one Decision: when refused, the refusing
+    bucket that frees up last; when allowed, the bucket with the fewest tokens left.
+    """
+    refused: Decision | None = None
+    tightest: Decision | None = None
+    new_tats: list[float | None] = []
+    for stored, rule in zip(tats, rules, strict=True):
+        interval = rule.interval
+        tat = now if stored is None or stored < now else stored
+        new_tat = tat + cost * interval
+        allow_at = new_tat - rule.burst * interval
+        if allow_at > now:
+            retry_after = allow_at - now
+            if refused is None or retry_after > refused.retry_after:
+                refused = Decision(False, 0, retry_after, tat - now, rule)
+            new_tats.append(stored)
+            continue
+        remaining = math.floor((now - allow_at) / interval + EPSILON)
+        if tightest is None or remaining < tightest.remaining:
+            tightest = Decision(True, remaining, 0.0, new_tat - now, rule)
+        new_tats.append(new_tat)
+    if refused is not None:
+        return list(tats), refused
+    assert tightest is not None, "take() needs at least one rule"
+    return new_tats, tightest
+
+
+def is_full(tat: float | None, now: float) -> bool:
+    """A bucket whose tat has passed holds `burst` tokens: its state can be forgotten."""
+    return tat is None or tat <= now
