@@ -1,0 +1,83 @@
+"""create_app(settings) → web.Application: routes, and one cleanup_ctx per client it opens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from aiohttp import web
+
+from gateway.auth.public_url import PublicUrl, parse_proxies
+from gateway.clock import Clock
+from gateway.handlers import api, health
+from gateway.handlers.twilio import webhook
+from gateway.keys import SERVICES
+from gateway.limits.factory import stores_from_url
+from gateway.limits.failover import Failover
+from gateway.limits.memory import MemoryLimiter
+from gateway.policy import watch
+from gateway.policy.loader import LoadContext
+from gateway.policy.registry import Registry
+from gateway.services import Services
+from gateway.settings import Settings
+
+log = logging.getLogger("switchyard")
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> web.Application:
+    """Load and check everything that can be checked before serving; raise PolicyError/ValueError early."""
+    env = os.environ if env is None else env
+    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=settings.public_url))
+    public_url = PublicUrl(settings.public_url, parse_proxies(settings.trusted_proxies))
+    app = web.Application()
+    app.cleanup_ctx.append(_stores(settings, registry, public_url, clock))
+    if settings.reload_interval > 0:
+        app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval))
+    for kind in ("voice", "sms", "status"):
+        handler = webhook(kind)
+        app.router.add_post(f"/twilio/{kind}", handler)
+        app.router.add_post(f"/t/{{tenant}}/{kind}", handler)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/api/v1/limits", api.limits)
+    return app
+
+
+def _stores(settings: Settings, registry: Registry, public_url: PublicUrl, clock: Clock | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
+        await stores.start()
+        local = MemoryLimiter(clock) if clock is not None else MemoryLimiter()
+        failover = Failover(stores.limiter, local, stores.live_instances)
+        app[SERVICES] = Services(settings=settings, registry=registry, public_url=public_url, limits=failover)
+        try:
+            yield
+        finally:
+            await stores.close()
+
+    return ctx
+
+
+def _policy_watch(registry: Registry, interval: float) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(watch.watch(registry, interval))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # Only the main thread of a process may own signal handlers; tests run elsewhere.
+            loop.add_signal_handler(signal.SIGHUP, watch.reload, registry, "SIGHUP")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    return ctx

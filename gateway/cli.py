@@ -1,0 +1,219 @@
+"""`switchyard serve | check | sign`: argument parsing, and the process model of `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing
+import os
+import secrets
+import shlex
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+from gateway.errors import PolicyError
+from gateway.limits.factory import is_shared
+from gateway.policy.loader import LoadContext, load_dir
+from gateway.settings import Settings, SettingsError, from_env
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard", description="Edge gateway for Twilio webhooks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--policies", type=Path, help="policy directory (default: policies)")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: 8080)")
+    serve.add_argument("--limiter", help="limit store: memory:// (default), redis://host:port/db, rediss://…, redis+cluster://host:port")
+    serve.add_argument("--public-url", help="the base URL Twilio calls, e.g. https://gw.example.com (signatures are checked against it)")
+    serve.add_argument("--trusted-proxy", action="append", metavar="CIDR", help="peer allowed to set X-Forwarded-Proto/Host (repeatable)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (needs a shared --limiter)")
+    serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+    serve.add_argument("--reload-interval", type=float, help="seconds between policy file checks; 0 = only on SIGHUP")
+
+    check = commands.add_parser("check", help="validate a policy directory; list every error")
+    check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
+    check.add_argument("--ignore-env", action="store_true", help="do not require the secrets' environment variables")
+    check.add_argument("--public-url", help="as for serve: stream routes without a url need it")
+
+    sign = commands.add_parser("sign", help="print a curl command carrying a valid X-Twilio-Signature")
+    sign.add_argument("--tenant", required=True)
+    sign.add_argument("--url", required=True, help="the full URL to call, as Twilio would, e.g. http://127.0.0.1:8080/twilio/voice")
+    sign.add_argument("--policies", type=Path, default=Path("policies"))
+    sign.add_argument("--public-url", help="as for serve (default: the scheme and host of --url)")
+    sign.add_argument("params", nargs="*", metavar="key=value")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.directory, os.environ, ignore_env=args.ignore_env, public_url=args.public_url)
+    if args.command == "sign":
+        return sign(args.tenant, args.url, args.params, args.policies, os.environ, args.public_url)
+    try:
+        settings = from_env(
+            os.environ,
+            policies_dir=args.policies,
+            host=args.host,
+            port=args.port,
+            limiter_url=args.limiter,
+            public_url=args.public_url,
+            trusted_proxies=tuple(args.trusted_proxy) if args.trusted_proxy else None,
+            workers=args.workers,
+            access_log=False if args.no_access_log else None,
+            reload_interval=args.reload_interval,
+        )
+    except SettingsError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve(settings)
+
+
+class _AnyEnv(dict[str, str]):
+    """An environment in which every variable is set, for `check --ignore-env`."""
+
+    def get(self, key: str, default: object = None) -> str:  # type: ignore[override]
+        return "x" * 64
+
+
+def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, public_url: str | None = None) -> int:
+    try:
+        tenants = load_dir(directory, LoadContext(env=_AnyEnv() if ignore_env else env, public_url=public_url))
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {directory}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {len(tenants)} tenant(s) OK: {', '.join(sorted(tenants))}")
+    return 0
+
+
+def sign(
+    tenant_id: str, url: str, pairs: Sequence[str], directory: Path, env: Mapping[str, str], public_url: str | None = None
+) -> int:
+    """Sign with twilio's own RequestValidator, so a hand-made request tests our verifier too."""
+    from twilio.request_validator import RequestValidator
+
+    if public_url is None:
+        parts = urlsplit(url)
+        public_url = f"{parts.scheme}://{parts.netloc}"
+    try:
+        tenants = load_dir(directory, LoadContext(env=env, public_url=public_url))
+    except PolicyError as exc:
+        print(f"switchyard sign: cannot load policies:\n{exc}", file=sys.stderr)
+        return 1
+    tenant = tenants.get(tenant_id)
+    if tenant is None:
+        print(f"switchyard sign: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})", file=sys.stderr)
+        return 1
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            print(f"switchyard sign: {pair!r} is not key=value", file=sys.stderr)
+            return EXIT_USAGE
+        params[name] = value
+    # Sensible defaults so `sign --tenant t --url …/voice` alone makes a realistic call.
+    params.setdefault("AccountSid", tenant.account_sid)
+    if tenant.numbers:
+        params.setdefault("To", min(tenant.numbers))
+    params.setdefault("From", "+15005550006")
+    kind = urlsplit(url).path.rsplit("/", 1)[-1]
+    if kind == "sms":
+        params.setdefault("MessageSid", "SM" + secrets.token_hex(16))
+        params.setdefault("Body", "hello")
+    else:
+        params.setdefault("CallSid", "CA" + secrets.token_hex(16))
+        params.setdefault("Direction", "inbound")
+    signature = RequestValidator(tenant.keys[0].decode()).compute_signature(url, params)
+    data = " ".join(f"--data-urlencode {shlex.quote(f'{k}={v}')}" for k, v in sorted(params.items()))
+    print(f"curl -sS -X POST {shlex.quote(url)} -H {shlex.quote('X-Twilio-Signature: ' + signature)} {data}")
+    print(f"# form body: {urlencode(sorted(params.items()))}", file=sys.stderr)
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    if settings.workers > 1 and not is_shared(settings.limiter_url):
+        print(
+            f"switchyard: --workers {settings.workers} with {settings.limiter_url} would give each process the "
+            "full limit, multiplying every tenant's quota by the number of workers. Refusing: use a shared "
+            "store (--limiter redis://host:port/0) or one worker.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    _configure_logging()
+    try:
+        _check_startup(settings)
+    except (PolicyError, ValueError) as exc:
+        print(f"switchyard: cannot start:\n{exc}", file=sys.stderr)
+        return 1
+    if settings.workers == 1:
+        _run_worker(settings)
+        return 0
+    return _supervise(settings)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format='{"ts":%(created).3f,"level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
+
+
+def _check_startup(settings: Settings) -> None:
+    """Fail before binding the port: bad policies, missing secrets, a bad public URL."""
+    from gateway.app import create_app
+
+    create_app(settings)
+
+
+def _run_worker(settings: Settings) -> None:
+    from aiohttp import web
+
+    from gateway.accesslog import JsonAccessLogger
+    from gateway.app import create_app
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional off Linux/macOS
+        pass
+    _configure_logging()
+    # Each process heartbeats in the shared store under its own id.
+    settings = dataclasses.replace(settings, instance_id=f"{os.uname().nodename}-{os.getpid()}")
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=settings.workers > 1,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("switchyard.access") if settings.access_log else None,
+        print=lambda message: print(f"switchyard pid {os.getpid()}: {message}", file=sys.stderr),
+    )
+
+
+def _supervise(settings: Settings) -> int:
+    """N processes share the port with SO_REUSEPORT; the kernel spreads connections among them."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_run_worker, args=(settings,), name=f"switchyard-{i}") for i in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)
+

@@ -1,0 +1,1 @@
+"""Thin aiohttp handlers: Twilio webhooks, the JSON API, health."""

@@ -1,0 +1,28 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import responses
+from gateway.keys import SERVICES
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process answers: nothing else is checked, so a restart is never triggered by Redis."""
+    return responses.json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while policies are loaded. A failing shared store is reported as degraded, not
+    unready: the instance still enforces limits locally, and taking every instance out of the
+    load balancer because Redis is down would turn a limiter fault into an outage."""
+    services = request.app[SERVICES]
+    degraded = services.limits.degraded
+    return responses.json(
+        {
+            "status": "degraded" if degraded else "ready",
+            "tenants": len(services.registry.current.tenants),
+            "limits": {"store": services.settings.limiter_url.split("://", 1)[0], "degraded": degraded},
+        }
+    )

@@ -1,0 +1,24 @@
+"""What a handler learned about a request, kept for its access-log line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.redact import mask_number
+
+
+@dataclass(slots=True)
+class LogFields:
+    """Tenant, route and decision of one request; phone numbers are masked on the way in."""
+
+    tenant: str | None = None
+    kind: str | None = None
+    route: str | None = None
+    decision: str | None = None
+    caller: str | None = None
+    called: str | None = None
+    sid: str | None = None
+
+    def numbers(self, caller: str, called: str) -> None:
+        self.caller = mask_number(caller) if caller else None
+        self.called = mask_number(called) if called else None

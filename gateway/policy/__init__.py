@@ -1,0 +1,1 @@
+"""Tenant policies: YAML schema, loading with precise errors, and the live registry."""

@@ -1,0 +1,253 @@
+"""YAML policy files → runtime Tenants. Every error starts with the file name and key path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from gateway.errors import PolicyError, PolicyProblem
+from gateway.limits.base import Rule
+from gateway.policy import model
+from gateway.policy.tenant import ApiAuth, CompiledRoute, Kind, Tenant
+from gateway.routing import twiml
+
+MIN_JWT_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SUFFIXES = (".yaml", ".yml")
+
+# Which request kinds charge which named bucket (documented in policies/README.md).
+BUCKETS_BY_KIND: Mapping[Kind, tuple[str, ...]] = {
+    "voice": ("webhooks", "voice"),
+    "sms": ("webhooks", "sms"),
+    "status": (),
+    "api": ("api",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    """What a policy needs from outside its file: the environment (secrets) and our public URL."""
+
+    env: Mapping[str, str]
+    public_url: str | None = None
+
+
+def _message(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "string_pattern_mismatch":
+        return f"{error['input']!r} does not match {ctx['pattern']}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"]
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    # pydantic reports the python name of aliased fields in some errors: show the YAML key.
+    return ".".join("from" if part == "from_" else str(part) for part in loc)
+
+
+def _problems(file: str, exc: ValidationError) -> list[PolicyProblem]:
+    return [PolicyProblem(file, _key_path(e["loc"]), _message(e)) for e in exc.errors()]
+
+
+def _rule(name: str, rule: model.BucketRule) -> Rule:
+    return Rule(name=name, rate=rule.rate, per=model.PER_SECONDS[rule.per], burst=rule.burst or max(1, int(rule.rate)))
+
+
+def _ws_base(public_url: str | None) -> str | None:
+    if public_url is None:
+        return None
+    return "wss" + public_url[len("https") :] if public_url.startswith("https") else "ws" + public_url[len("http") :]
+
+
+class _Compiler:
+    """Turns one validated Policy into a Tenant, collecting every problem rather than the first."""
+
+    def __init__(self, file: str, tenant_id: str, context: LoadContext) -> None:
+        self.file, self.tenant_id, self.context = file, tenant_id, context
+        self.problems: list[PolicyProblem] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(PolicyProblem(self.file, key, message))
+
+    def secret(self, key: str, variable: str | None) -> bytes | None:
+        if variable is None:
+            return None
+        value = self.context.env.get(variable)
+        if not value:
+            self.problem(key, f"environment variable {variable} is not set")
+            return None
+        return value.encode()
+
+    def rendered(self, key: str, render: Callable[[], bytes]) -> bytes:
+        try:
+            return render()
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return b""
+
+    def raw(self, key: str, text: str) -> bytes:
+        return self.rendered(key, lambda: twiml.raw(text))
+
+    def route(self, index: int, route: model.Route, fallback: bytes) -> CompiledRoute:
+        key = f"routes.{index}"
+        action = next(a for a in model.ACTIONS if getattr(route, a) is not None)
+        reply = self.rendered(f"{key}.{action}", lambda: self.render_action(key, route))
+        return CompiledRoute(
+            name=route.name or key,
+            kind=route.match.kind,
+            action=action,
+            reply=reply,
+            fallback=self.raw(f"{key}.fallback", route.fallback) if route.fallback else fallback,
+            to=frozenset(route.match.to) if route.match.to else None,
+            from_=re.compile(route.match.from_) if route.match.from_ else None,
+            body=re.compile(route.match.body) if route.match.body else None,
+        )
+
+    def render_action(self, key: str, route: model.Route) -> bytes:
+        if route.say:
+            return twiml.say(route.say)
+        if route.reject:
+            return twiml.reject(route.reject)
+        if route.redirect:
+            return twiml.redirect(route.redirect)
+        if route.message:
+            return twiml.message(route.message)
+        if route.stream:
+            return self.stream(key, route.stream)
+        assert route.twiml is not None
+        return twiml.raw(route.twiml)
+
+    def stream(self, key: str, action: model.Stream) -> bytes:
+        url = action.url
+        if url is None:
+            base = _ws_base(self.context.public_url)
+            if base is None:
+                raise ValueError("needs a url, or the gateway's --public-url to hand the stream to itself")
+            url = f"{base}/t/{self.tenant_id}/stream"
+        return twiml.stream(url, action, {"tenant": self.tenant_id, **action.parameters})
+
+    def tenant(self, policy: model.Policy) -> Tenant:
+        account = policy.twilio
+        primary = self.secret("twilio.auth_token_env", account.auth_token_env)
+        previous = self.secret("twilio.previous_auth_token_env", account.previous_auth_token_env)
+        api = None
+        if policy.api is not None:
+            api_secret = self.secret("api.jwt_secret_env", policy.api.jwt_secret_env)
+            if api_secret is not None and len(api_secret) < MIN_JWT_SECRET_BYTES:
+                self.problem(
+                    "api.jwt_secret_env",
+                    f"{policy.api.jwt_secret_env} holds {len(api_secret)} bytes; HS256 needs at least {MIN_JWT_SECRET_BYTES}",
+                )
+            api = ApiAuth(api_secret or b"", policy.api.audience, policy.api.issuer)
+        fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
+        refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
+        for kind in ("voice", "sms"):
+            for table, name, given in (
+                (fallback, "fallback", getattr(policy.fallback, kind)),
+                (refusal, "refusal", getattr(policy.refusal, kind)),
+            ):
+                if given is not None:
+                    table[kind] = self.raw(f"{name}.{kind}", given)
+        routes = tuple(self.route(i, r, fallback[r.match.kind]) for i, r in enumerate(policy.routes))
+        limits = policy.limits
+        named = {n: getattr(limits, n) for n in ("webhooks", "voice", "sms", "api")}
+        rules = {
+            kind: tuple(_rule(n, named[n]) for n in names if named[n] is not None)
+            for kind, names in BUCKETS_BY_KIND.items()
+        }
+        return Tenant(
+            id=self.tenant_id,
+            file=self.file,
+            account_sid=account.account_sid,
+            keys=tuple(k for k in (primary, previous) if k),
+            numbers=frozenset(policy.numbers),
+            rules=rules,
+            routes=routes,
+            fallback=fallback,
+            refusal=refusal,
+            on_store_failure=limits.on_store_failure,
+            concurrent_calls=limits.concurrent_calls,
+            concurrent_streams=limits.concurrent_streams,
+            api=api,
+        )
+
+
+def parse_file(path: Path) -> tuple[str, Any]:
+    """Read one file's YAML; a syntax error names the file, line and column."""
+    file = path.name
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise PolicyError([PolicyProblem(file, "", f"{where}: {exc.problem}")]) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyError([PolicyProblem(file, "", f"cannot read: {exc}")]) from None
+    return file, data
+
+
+def load_file(path: Path, context: LoadContext) -> Tenant:
+    """One file → one Tenant, or a PolicyError listing every problem in it."""
+    file, data = parse_file(path)
+    tenant_id = path.stem
+    if not TENANT_ID.match(tenant_id):
+        raise PolicyError([PolicyProblem(file, "", f"file name must be a tenant id matching {TENANT_ID.pattern}")])
+    if not isinstance(data, dict):
+        raise PolicyError([PolicyProblem(file, "", "the file must hold a mapping of keys (twilio, numbers, ...)")])
+    try:
+        policy = model.Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_problems(file, exc)) from None
+    compiler = _Compiler(file, tenant_id, context)
+    tenant = compiler.tenant(policy)
+    if compiler.problems:
+        raise PolicyError(compiler.problems)
+    return tenant
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+
+
+def load_dir(directory: Path, context: LoadContext) -> dict[str, Tenant]:
+    """Every policy file in `directory`; all problems of all files in one PolicyError."""
+    if not directory.is_dir():
+        raise PolicyError([PolicyProblem(str(directory), "", "is not a directory")])
+    tenants: dict[str, Tenant] = {}
+    problems: list[PolicyProblem] = []
+    owners: dict[str, str] = {}
+    for path in policy_files(directory):
+        try:
+            tenant = load_file(path, context)
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+            continue
+        if tenant.id in tenants:
+            problems.append(PolicyProblem(path.name, "", f"tenant {tenant.id!r} is also defined by {tenants[tenant.id].file}"))
+            continue
+        for number in sorted(tenant.numbers):
+            if number in owners:
+                problems.append(PolicyProblem(path.name, "numbers", f"{number} is already owned by {owners[number]}"))
+            owners.setdefault(number, path.name)
+        tenants[tenant.id] = tenant
+    if problems:
+        raise PolicyError(problems)
+    if not tenants:
+        raise PolicyError([PolicyProblem(str(directory), "", "holds no policy files (*.yaml)")])
+    return tenants

@@ -1,0 +1,52 @@
+"""The one place that turns an outcome or an error into an HTTP response."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import Refused
+from gateway.limits.base import Decision
+from gateway.limits.headers import rate_limit_headers
+
+TWIML = "text/xml"
+
+
+def twiml(body: bytes) -> web.Response:
+    """TwiML is always 200: any 4xx/5xx makes Twilio log error 11200 and play its own message."""
+    return web.Response(body=body, content_type=TWIML)
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def forbidden_signature() -> web.Response:
+    # The reason stays in our log; the caller learns nothing about which check failed.
+    return web.Response(status=403, text="Forbidden: invalid signature\n")
+
+
+def unauthorized() -> web.Response:
+    return web.Response(
+        status=401,
+        text="Unauthorized\n",
+        headers={"WWW-Authenticate": 'Bearer realm="switchyard", error="invalid_token"'},
+    )
+
+
+def too_many(error: Refused) -> web.Response:
+    body = {"error": "rate_limited", "limit": error.decision.rule.name, "retry_after": error.decision.retry_after}
+    return json(body, status=429, headers=rate_limit_headers(error.decision))
+
+
+def json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=CIMultiDict(headers or {})
+    )
+
+
+def with_limits(response: web.Response, decision: Decision | None) -> web.Response:
+    if decision is not None:
+        response.headers.update(rate_limit_headers(decision))
+    return response

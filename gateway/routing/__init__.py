@@ -1,0 +1,1 @@
+"""Choosing and producing the answer to a webhook."""

@@ -1,0 +1,72 @@
+"""Pure TwiML rendering with twilio's own classes; run at policy load, never per request."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET  # noqa: S405 - parses operator-written policy TwiML only
+
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from gateway.policy import model
+
+NOT_CONFIGURED = b'<?xml version="1.0" encoding="UTF-8"?><Response><Say>This number is not configured.</Say></Response>'
+EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response />'
+REJECT_BUSY = b'<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy" /></Response>'
+VOICE_FALLBACK = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Response>'
+    b"<Say>Sorry, we cannot take your call right now. Please try again later.</Say>"
+    b"<Hangup /></Response>"
+)
+
+
+def _bytes(response: VoiceResponse | MessagingResponse) -> bytes:
+    return str(response.to_xml()).encode()
+
+
+def say(action: model.Say) -> bytes:
+    response = VoiceResponse()
+    response.say(action.text, voice=action.voice, language=action.language)
+    if action.hangup:
+        response.hangup()
+    return _bytes(response)
+
+
+def reject(action: model.Reject) -> bytes:
+    response = VoiceResponse()
+    response.reject(reason=action.reason)
+    return _bytes(response)
+
+
+def redirect(action: model.Redirect) -> bytes:
+    response = VoiceResponse()
+    response.redirect(action.url, method=action.method)
+    return _bytes(response)
+
+
+def stream(url: str, action: model.Stream, parameters: dict[str, str]) -> bytes:
+    """`<Connect><Stream>`: values travel as <Parameter>s because Twilio drops a query string."""
+    response = VoiceResponse()
+    connect = Connect()
+    element = connect.stream(url=url, name=action.name, track=action.track)
+    for name, value in parameters.items():
+        element.parameter(name=name, value=value)
+    response.append(connect)
+    return _bytes(response)
+
+
+def message(action: model.Message) -> bytes:
+    response = MessagingResponse()
+    response.message(action.text)
+    return _bytes(response)
+
+
+def raw(text: str) -> bytes:
+    """Operator-written TwiML, checked once: well-formed XML whose root is <Response>."""
+    try:
+        root = ET.fromstring(text)  # noqa: S314 - trusted policy file, not request input
+    except ET.ParseError as exc:
+        raise ValueError(f"not well-formed TwiML: {exc}") from None
+    if root.tag != "Response":
+        raise ValueError(f"TwiML must have <Response> as its root, not <{root.tag}>")
+    body = text.strip().encode()
+    return body if body.startswith(b"<?xml") else b'<?xml version="1.0" encoding="UTF-8"?>' + body

@@ -1,0 +1,20 @@
+"""What every handler needs, opened once per process in app.py's cleanup_ctx."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.auth.public_url import PublicUrl
+from gateway.limits.failover import Failover
+from gateway.policy.registry import Registry
+from gateway.settings import Settings
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    registry: Registry
+    public_url: PublicUrl
+    limits: Failover
+    ready: bool = True
+    notes: dict[str, str] = field(default_factory=dict)
