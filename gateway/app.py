@@ -17,8 +17,6 @@ from gateway.handlers import api, health
 from gateway.handlers.twilio import webhook
 from gateway.keys import SERVICES
 from gateway.limits.factory import stores_from_url
-from gateway.limits.failover import Failover
-from gateway.limits.memory import MemoryLimiter
 from gateway.policy import watch
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
@@ -53,9 +51,7 @@ def _stores(settings: Settings, registry: Registry, public_url: PublicUrl, clock
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         await stores.start()
-        local = MemoryLimiter(clock) if clock is not None else MemoryLimiter()
-        failover = Failover(stores.limiter, local, stores.live_instances)
-        app[SERVICES] = Services(settings=settings, registry=registry, public_url=public_url, limits=failover)
+        app[SERVICES] = Services(settings=settings, registry=registry, public_url=public_url, limits=stores.failover)
         try:
             yield
         finally:

@@ -1,0 +1,34 @@
+"""The hand-written form parser agrees with the standard library."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlencode
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.handlers.forms import parse_form
+
+names = st.text(min_size=1, max_size=12)
+values = st.text(max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, values), max_size=12))
+def test_matches_parse_qs_on_encoded_forms(pairs: list[tuple[str, str]]) -> None:
+    """Any urlencoded form parses to the same name → [values] as parse_qs(keep_blank_values)."""
+    body = urlencode(pairs).encode()
+    assert parse_form(body) == parse_qs(body.decode(), keep_blank_values=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60))
+def test_matches_parse_qs_on_arbitrary_bytes(body: bytes) -> None:
+    """Even malformed bodies (no '=', stray '%', bad UTF-8) parse as parse_qs would."""
+    text = body.decode("utf-8", "replace")
+    assert parse_form(body) == parse_qs(text, keep_blank_values=True)
+
+
+def test_keeps_repeated_names_in_order() -> None:
+    """Repeated names keep every value in arrival order, which signatures depend on."""
+    assert parse_form(b"a=2&b=x&a=1&a=2") == {"a": ["2", "1", "2"], "b": ["x"]}

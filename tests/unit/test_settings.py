@@ -1,0 +1,41 @@
+"""Settings come from SWITCHYARD_* variables and flags; errors name the key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import SettingsError, from_env
+
+
+def test_flags_override_environment() -> None:
+    """A flag that is given wins over the variable; an unset flag (None) does not."""
+    env = {"SWITCHYARD_PORT": "9000", "SWITCHYARD_HOST": "0.0.0.0", "SWITCHYARD_TRUSTED_PROXIES": "10.0.0.0/8, ::1/128"}
+    settings = from_env(env, port=9100, host=None)
+    assert settings.port == 9100
+    assert settings.host == "0.0.0.0"
+    assert settings.trusted_proxies == ("10.0.0.0/8", "::1/128")
+    assert settings.policies_dir == Path("policies")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SWITCHYARD_PORT": "http"}, "SWITCHYARD_PORT: 'http' is not a int"),
+        ({"SWITCHYARD_PORT": "70000"}, "port: 70000 is not a TCP port"),
+        ({"SWITCHYARD_ACCESS_LOG": "maybe"}, "SWITCHYARD_ACCESS_LOG: 'maybe' is not a boolean"),
+        ({"SWITCHYARD_WORKERS": "0"}, "workers: 0 must be at least 1"),
+    ],
+    ids=["port-not-int", "port-range", "bool", "workers"],
+)
+def test_bad_values_name_key_and_value(env: dict[str, str], message: str) -> None:
+    """Each bad value is refused with its key and value in the message."""
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        from_env(env)
+
+
+def test_unknown_flag_is_refused() -> None:
+    """A misspelt setting is an error, not silently ignored."""
+    with pytest.raises(SettingsError, match="unknown setting"):
+        from_env({}, prot=1)
