@@ -26,19 +26,22 @@ DEMO_PUBLIC_URL = "http://127.0.0.1:8080"
 
 
 def _ensure_venv(extras: str) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script must explain itself on an old Python
         sys.exit(f"switchyard needs Python 3.11+, this is {sys.version.split()[0]}")
-    stamp_text = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest() + extras
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = VENV / ".switchyard-installed"
-    if stamp.exists() and stamp.read_text() == stamp_text:
-        return
+    if stamp.exists():
+        installed_digest, _, installed_extras = stamp.read_text().partition(" ")
+        # An install with the dev extras also serves `serve`: no reinstall when switching.
+        if installed_digest == digest and (extras in ("", installed_extras)):
+            return
     if not (BIN / "python").exists():
         print("dev.py: creating .venv", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print(f"dev.py: installing switchyard[{extras}] into .venv", file=sys.stderr)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "-e", f".[{extras}]" if extras else "."], cwd=ROOT, check=True)
-    stamp.write_text(stamp_text)
+    stamp.write_text(f"{digest} {extras}")
 
 
 def _demo_env() -> dict[str, str]:

@@ -7,6 +7,7 @@ handler chain measured several times slower, and a crash loses no buffered lines
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -15,22 +16,25 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.keys import LOG
+from gateway.logfields import LogFields
 
 STDOUT = 1
 
 
 class JsonAccessLogger(AbstractAccessLogger):
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:  # noqa: A002 - aiohttp's name
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        fields = request.get(LOG)
+        if fields is not None:
+            time = perf_counter() - fields.started
         record: dict[str, object] = {
             "ts": round(_now(), 3),
             "method": request.method,
             "path": request.path,
             "status": response.status,
-            "ms": round(time * 1000, 2),
+            "ms": round(time * 1000, 3),
         }
-        fields = request.get(LOG)
         if fields is not None:
-            for name in fields.__slots__:
+            for name in FIELDS:
                 value = getattr(fields, name)
                 if value is not None:
                     record[name] = value
@@ -38,3 +42,26 @@ class JsonAccessLogger(AbstractAccessLogger):
 
 
 _now = time.time
+perf_counter = time.perf_counter
+FIELDS = tuple(name for name in LogFields.__slots__ if name != "started")
+
+
+class JsonFormatter(logging.Formatter):
+    """Application log records as JSON lines, like the access log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+from gateway.accesslog import JsonAccessLogger, configure_logging
 from gateway.errors import PolicyError
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
@@ -31,9 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policies", type=Path, help="policy directory (default: policies)")
     serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: 8080)")
-    serve.add_argument("--limiter", help="limit store: memory:// (default), redis://host:port/db, rediss://…, redis+cluster://host:port")
-    serve.add_argument("--public-url", help="the base URL Twilio calls, e.g. https://gw.example.com (signatures are checked against it)")
-    serve.add_argument("--trusted-proxy", action="append", metavar="CIDR", help="peer allowed to set X-Forwarded-Proto/Host (repeatable)")
+    serve.add_argument(
+        "--limiter",
+        help="limit store: memory:// (default), redis://host:port/db, rediss://…, redis+cluster://host:port",
+    )
+    serve.add_argument(
+        "--public-url",
+        help="the base URL Twilio calls, e.g. https://gw.example.com (signatures are checked against it)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="CIDR",
+        help="peer allowed to set X-Forwarded-Proto/Host (repeatable)",
+    )
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs a shared --limiter)")
     serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     serve.add_argument("--reload-interval", type=float, help="seconds between policy file checks; 0 = only on SIGHUP")
@@ -45,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sign = commands.add_parser("sign", help="print a curl command carrying a valid X-Twilio-Signature")
     sign.add_argument("--tenant", required=True)
-    sign.add_argument("--url", required=True, help="the full URL to call, as Twilio would, e.g. http://127.0.0.1:8080/twilio/voice")
+    sign.add_argument(
+        "--url", required=True, help="the full URL to call, as Twilio would, e.g. http://127.0.0.1:8080/twilio/voice"
+    )
     sign.add_argument("--policies", type=Path, default=Path("policies"))
     sign.add_argument("--public-url", help="as for serve (default: the scheme and host of --url)")
     sign.add_argument("params", nargs="*", metavar="key=value")
@@ -80,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _AnyEnv(dict[str, str]):
     """An environment in which every variable is set, for `check --ignore-env`."""
 
-    def get(self, key: str, default: object = None) -> str:  # type: ignore[override]
+    def get(self, key: str, default: object = None) -> str:
         return "x" * 64
 
 
@@ -97,7 +111,12 @@ def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, 
 
 
 def sign(
-    tenant_id: str, url: str, pairs: Sequence[str], directory: Path, env: Mapping[str, str], public_url: str | None = None
+    tenant_id: str,
+    url: str,
+    pairs: Sequence[str],
+    directory: Path,
+    env: Mapping[str, str],
+    public_url: str | None = None,
 ) -> int:
     """Sign with twilio's own RequestValidator, so a hand-made request tests our verifier too."""
     from twilio.request_validator import RequestValidator
@@ -112,7 +131,10 @@ def sign(
         return 1
     tenant = tenants.get(tenant_id)
     if tenant is None:
-        print(f"switchyard sign: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})", file=sys.stderr)
+        print(
+            f"switchyard sign: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})",
+            file=sys.stderr,
+        )
         return 1
     params: dict[str, str] = {}
     for pair in pairs:
@@ -149,7 +171,7 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    _configure_logging()
+    configure_logging()
     try:
         _check_startup(settings)
     except (PolicyError, ValueError) as exc:
@@ -159,10 +181,6 @@ def serve(settings: Settings) -> int:
         _run_worker(settings)
         return 0
     return _supervise(settings)
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format='{"ts":%(created).3f,"level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
 
 
 def _check_startup(settings: Settings) -> None:
@@ -175,7 +193,6 @@ def _check_startup(settings: Settings) -> None:
 def _run_worker(settings: Settings) -> None:
     from aiohttp import web
 
-    from gateway.accesslog import JsonAccessLogger
     from gateway.app import create_app
 
     try:
@@ -184,7 +201,7 @@ def _run_worker(settings: Settings) -> None:
         uvloop.install()
     except ImportError:  # uvloop is optional off Linux/macOS
         pass
-    _configure_logging()
+    configure_logging()
     # Each process heartbeats in the shared store under its own id.
     settings = dataclasses.replace(settings, instance_id=f"{os.uname().nodename}-{os.getpid()}")
     app = create_app(settings)
@@ -202,7 +219,9 @@ def _run_worker(settings: Settings) -> None:
 def _supervise(settings: Settings) -> int:
     """N processes share the port with SO_REUSEPORT; the kernel spreads connections among them."""
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_run_worker, args=(settings,), name=f"switchyard-{i}") for i in range(settings.workers)]
+    workers = [
+        context.Process(target=_run_worker, args=(settings,), name=f"switchyard-{i}") for i in range(settings.workers)
+    ]
     for worker in workers:
         worker.start()
 
@@ -216,4 +235,3 @@ def _supervise(settings: Settings) -> int:
     for worker in workers:
         worker.join()
     return max((w.exitcode or 0) for w in workers)
-

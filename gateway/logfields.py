@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from gateway.redact import mask_number
 
@@ -18,6 +19,8 @@ class LogFields:
     caller: str | None = None
     called: str | None = None
     sid: str | None = None
+    # uvloop's loop.time(), which aiohttp's access log uses, ticks in whole milliseconds.
+    started: float = field(default_factory=time.perf_counter)
 
     def numbers(self, caller: str, called: str) -> None:
         self.caller = mask_number(caller) if caller else None

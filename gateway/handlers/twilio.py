@@ -54,7 +54,9 @@ def webhook(kind: WebhookKind) -> Handler:
     return handle
 
 
-async def _pipeline(request: web.Request, services: Services, kind: WebhookKind, fields: LogFields) -> web.StreamResponse:
+async def _pipeline(
+    request: web.Request, services: Services, kind: WebhookKind, fields: LogFields
+) -> web.StreamResponse:
     body = await request.read()
     is_json = request.content_type == "application/json"
     params = _json_params(body) if is_json else parse_form(body)

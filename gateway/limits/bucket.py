@@ -10,8 +10,9 @@ With T = per / rate (seconds per token) and tau = burst * T (how far ahead tat m
     tat      = max(stored tat, now)            # a missing bucket is full: tat = now
     new_tat  = tat + cost * T
     allow_at = new_tat - tau
-    allowed  = allow_at <= now
-    remaining (allowed) = floor((now - allow_at) / T + EPSILON)
+    free     = (now - allow_at) / T              # whole tokens to spare after this charge
+    allowed  = free >= -EPSILON
+    remaining (allowed) = floor(free + EPSILON)
     retry_after (refused) = allow_at - now
     reset = (new_tat if allowed else tat) - now
 """
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from gateway.limits.base import Decision, Rule
 
-# Absorbs float rounding in (now - allow_at) / T, so 2.9999999999 whole tokens count as 3.
+# Absorbs float rounding in tat, which accumulates T many times: 2.9999999999 tokens count as 3.
 EPSILON = 1e-9
 
 
@@ -43,13 +44,14 @@ def take(
         tat = now if stored is None or stored < now else stored
         new_tat = tat + cost * interval
         allow_at = new_tat - rule.burst * interval
-        if allow_at > now:
+        free = (now - allow_at) / interval
+        if free < -EPSILON:
             retry_after = allow_at - now
             if refused is None or retry_after > refused.retry_after:
                 refused = Decision(False, 0, retry_after, tat - now, rule)
             new_tats.append(stored)
             continue
-        remaining = math.floor((now - allow_at) / interval + EPSILON)
+        remaining = math.floor(free + EPSILON)
         if tightest is None or remaining < tightest.remaining:
             tightest = Decision(True, remaining, 0.0, new_tat - now, rule)
         new_tats.append(new_tat)

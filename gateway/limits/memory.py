@@ -28,9 +28,7 @@ class MemoryLimiter:
     ) -> Decision:
         return self.acquire_now(tenant, rules, cost, dedup_key)
 
-    def acquire_now(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
-    ) -> Decision:
+    def acquire_now(self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None) -> Decision:
         """The synchronous core of acquire(), for callers that must not yield (fallbacks)."""
         now = self._clock()
         self._charges += 1
@@ -59,9 +57,9 @@ class MemoryLimiter:
         full = [key for key, tat in self._tats.items() if tat <= now]
         for key in full:
             del self._tats[key]
-        expired = [key for key, until in self._seen.items() if until <= now]
-        for key in expired:
-            del self._seen[key]
+        expired = [token for token, until in self._seen.items() if until <= now]
+        for token in expired:
+            del self._seen[token]
         return len(full) + len(expired)
 
     def __len__(self) -> int:

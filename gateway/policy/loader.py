@@ -150,10 +150,9 @@ class _Compiler:
         if policy.api is not None:
             api_secret = self.secret("api.jwt_secret_env", policy.api.jwt_secret_env)
             if api_secret is not None and len(api_secret) < MIN_JWT_SECRET_BYTES:
-                self.problem(
-                    "api.jwt_secret_env",
-                    f"{policy.api.jwt_secret_env} holds {len(api_secret)} bytes; HS256 needs at least {MIN_JWT_SECRET_BYTES}",
-                )
+                size = len(api_secret)
+                needed = f"HS256 needs at least {MIN_JWT_SECRET_BYTES}"
+                self.problem("api.jwt_secret_env", f"{policy.api.jwt_secret_env} holds {size} bytes; {needed}")
             api = ApiAuth(api_secret or b"", policy.api.audience, policy.api.issuer)
         fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
         refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
@@ -239,7 +238,9 @@ def load_dir(directory: Path, context: LoadContext) -> dict[str, Tenant]:
             problems.extend(exc.problems)
             continue
         if tenant.id in tenants:
-            problems.append(PolicyProblem(path.name, "", f"tenant {tenant.id!r} is also defined by {tenants[tenant.id].file}"))
+            problems.append(
+                PolicyProblem(path.name, "", f"tenant {tenant.id!r} is also defined by {tenants[tenant.id].file}")
+            )
             continue
         for number in sorted(tenant.numbers):
             if number in owners:

@@ -215,10 +215,14 @@ async def test_twilio_retry_is_not_charged_twice(gateway: Client) -> None:
     """Retries carrying the same I-Twilio-Idempotency-Token are answered without spending quota."""
     params = voice_params(to=BISTRO_NUMBER)
     for _ in range(6):
-        _, text = await post(gateway, "/twilio/voice", params, BISTRO_TOKEN, **{"I-Twilio-Idempotency-Token": "retry-1"})
+        _, text = await post(
+            gateway, "/twilio/voice", params, BISTRO_TOKEN, **{"I-Twilio-Idempotency-Token": "retry-1"}
+        )
         assert verbs(text) == SAY
     fresh = [
-        verbs((await post(gateway, "/twilio/voice", params, BISTRO_TOKEN, **{"I-Twilio-Idempotency-Token": f"t{i}"}))[1])
+        verbs(
+            (await post(gateway, "/twilio/voice", params, BISTRO_TOKEN, **{"I-Twilio-Idempotency-Token": f"t{i}"}))[1]
+        )
         for i in range(10)
     ]
     assert fresh == [SAY] * 9 + [["Reject"]]
