@@ -31,12 +31,11 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> web.Application:
     """Load and check everything that can be checked before serving; raise PolicyError/ValueError early."""
     env = os.environ if env is None else env
-    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=settings.public_url))
     public_url = PublicUrl(settings.public_url, parse_proxies(settings.trusted_proxies))
+    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.base))
     app = web.Application()
     app.cleanup_ctx.append(_stores(settings, registry, public_url, clock))
-    if settings.reload_interval > 0:
-        app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval))
+    app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval))
     for kind in ("voice", "sms", "status"):
         handler = webhook(kind)
         app.router.add_post(f"/twilio/{kind}", handler)
@@ -62,7 +61,7 @@ def _stores(settings: Settings, registry: Registry, public_url: PublicUrl, clock
 
 def _policy_watch(registry: Registry, interval: float) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch.watch(registry, interval))
+        task = asyncio.create_task(watch.watch(registry, interval)) if interval > 0 else None
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Only the main thread of a process may own signal handlers; tests run elsewhere.
@@ -70,9 +69,10 @@ def _policy_watch(registry: Registry, interval: float) -> CleanupCtx:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
 

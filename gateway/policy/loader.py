@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 import yaml
@@ -46,9 +47,9 @@ def _message(error: ErrorDetails) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
+        return f"must be > {ctx['gt']:g}"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
+        return f"must be >= {ctx['ge']:g}"
     if kind == "string_pattern_mismatch":
         return f"{error['input']!r} does not match {ctx['pattern']}"
     if kind == "value_error":
@@ -56,23 +57,26 @@ def _message(error: ErrorDetails) -> str:
     return error["msg"]
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    # pydantic reports the python name of aliased fields in some errors: show the YAML key.
-    return ".".join("from" if part == "from_" else str(part) for part in loc)
-
-
 def _problems(file: str, exc: ValidationError) -> list[PolicyProblem]:
-    return [PolicyProblem(file, _key_path(e["loc"]), _message(e)) for e in exc.errors()]
+    return [PolicyProblem(file, ".".join(str(part) for part in e["loc"]), _message(e)) for e in exc.errors()]
 
 
 def _rule(name: str, rule: model.BucketRule) -> Rule:
     return Rule(name=name, rate=rule.rate, per=model.PER_SECONDS[rule.per], burst=rule.burst or max(1, int(rule.rate)))
 
 
+WEBSOCKET_SCHEMES = {"https": "wss", "http": "ws"}
+
+
 def _ws_base(public_url: str | None) -> str | None:
+    """wss://host[/prefix] for https://host[/prefix]; our own stream endpoint lives under it."""
     if public_url is None:
         return None
-    return "wss" + public_url[len("https") :] if public_url.startswith("https") else "ws" + public_url[len("http") :]
+    parts = urlsplit(public_url)
+    scheme = WEBSOCKET_SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"public URL {public_url!r} must be http(s)://host[/prefix]")
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 class _Compiler:
@@ -187,11 +191,27 @@ class _Compiler:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load keeps the last of two equal keys without a word; a second `limits:` block
+    would silently replace the first, so a repeated key is an error here."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_file(path: Path) -> tuple[str, Any]:
     """Read one file's YAML; a syntax error names the file, line and column."""
     file = path.name
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -221,7 +241,8 @@ def load_file(path: Path, context: LoadContext) -> Tenant:
 
 
 def policy_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    # Editors leave hidden files (.x.yaml.swp, .#x.yaml) beside the ones being edited.
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file())
 
 
 def load_dir(directory: Path, context: LoadContext) -> dict[str, Tenant]:

@@ -15,7 +15,8 @@ E164 = r"^\+[1-9][0-9]{1,14}$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 Number = Annotated[str, Field(pattern=E164)]
 EnvName = Annotated[str, Field(pattern=ENV_NAME)]
-PositiveRate = Annotated[float, Field(gt=0)]
+# strict: YAML `rate: yes` or `rate: "5"` is a mistake, not 1.0 or 5.0; finite: int(inf) has no meaning.
+PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 PER_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
@@ -50,7 +51,7 @@ class Limits(Strict):
 
 class Match(Strict):
     kind: Literal["voice", "sms"]
-    to: list[Number] | None = None
+    to: Annotated[list[Number], Field(min_length=1)] | None = None
     from_: Annotated[str | None, Field(alias="from")] = None
     body: str | None = None
 
@@ -90,8 +91,16 @@ class Redirect(Strict):
 class Stream(Strict):
     url: Annotated[str, Field(pattern=r"^wss?://[^?#]+$")] | None = None
     name: str | None = None
-    track: Literal["inbound_track", "outbound_track", "both_tracks"] | None = None
+    # A bidirectional <Connect><Stream> carries only the caller's audio to us.
+    track: Literal["inbound_track"] | None = None
     parameters: dict[Annotated[str, Field(min_length=1)], str] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _tenant_is_ours(cls, parameters: dict[str, str]) -> dict[str, str]:
+        if "tenant" in parameters:
+            raise ValueError("'tenant' is set by the gateway to the tenant id; choose another name")
+        return parameters
 
 
 class Message(Strict):

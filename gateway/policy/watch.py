@@ -27,7 +27,12 @@ def snapshot(directory: Path) -> Snapshot:
 
 
 def reload(registry: Registry, reason: str) -> bool:
-    error = registry.reload()
+    try:
+        error = registry.reload()
+    except Exception:
+        # A loader bug must not kill the watcher or the SIGHUP handler: keep the old set.
+        log.exception("policy reload (%s) crashed; the previous policies stay in force", reason)
+        return False
     if error is None:
         log.info("policies reloaded (%s): %d tenants", reason, len(registry.current.tenants))
         return True

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import re
+
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway.policy import model
 
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 NOT_CONFIGURED = b'<?xml version="1.0" encoding="UTF-8"?><Response><Say>This number is not configured.</Say></Response>'
 EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response />'
 REJECT_BUSY = b'<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy" /></Response>'
@@ -68,5 +71,6 @@ def raw(text: str) -> bytes:
         raise ValueError(f"not well-formed TwiML: {exc}") from None
     if root.tag != "Response":
         raise ValueError(f"TwiML must have <Response> as its root, not <{root.tag}>")
-    body = text.strip().encode()
-    return body if body.startswith(b"<?xml") else b'<?xml version="1.0" encoding="UTF-8"?>' + body
+    # Drop the operator's declaration: whatever encoding it names, we send UTF-8 and say so.
+    body = re.sub(r"^\s*<\?xml[^>]*\?>", "", text).strip()
+    return XML_DECLARATION + body.encode()

@@ -1,0 +1,193 @@
+"""Policy reloads: the directory snapshot, reload(), and the polling loop (driven, never slept)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gateway.policy import watch
+from gateway.policy.loader import LoadContext
+from gateway.policy.registry import Registry
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
+ENV = {
+    "FIXTURE_TWILIO_AUTH_TOKEN": "fixture-token",
+    "FIXTURE_ALPHA_AUTH_TOKEN": "alpha-token",
+    "FIXTURE_ALPHA_AUTH_TOKEN_OLD": "alpha-token-old",
+    "FIXTURE_ALPHA_JWT_SECRET": "j" * 32,
+    "FIXTURE_BETA_AUTH_TOKEN": "beta-token",
+}
+CONTEXT = LoadContext(env=ENV, public_url="https://gw.example.com")
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    """A private copy of the valid fixtures, free to edit."""
+    directory = tmp_path / "policies"
+    shutil.copytree(FIXTURES / "valid", directory)
+    return directory
+
+
+def _add_gamma(directory: Path) -> None:
+    text = (FIXTURES / "valid" / "beta.yml").read_text(encoding="utf-8")
+    text = text.replace("AC00000000000000000000000000000b02", "AC00000000000000000000000000000e05")
+    (directory / "gamma.yaml").write_text(text.replace("+15550200001", "+15550400001"), encoding="utf-8")
+
+
+def test_snapshot_lists_policy_files_with_size_and_mtime(policy_dir: Path) -> None:
+    """One (name, size, mtime_ns) entry per policy file, in name order; other files are ignored."""
+    (policy_dir / "notes.txt").write_text("not a policy", encoding="utf-8")
+    (policy_dir / "archive.yaml").mkdir()
+    entries = watch.snapshot(policy_dir)
+    assert [name for name, _, _ in entries] == ["alpha.yaml", "beta.yml"]
+    stat = (policy_dir / "alpha.yaml").stat()
+    assert entries[0] == ("alpha.yaml", stat.st_size, stat.st_mtime_ns)
+
+
+def test_snapshot_is_stable_when_nothing_changes(policy_dir: Path) -> None:
+    """Two snapshots of an untouched directory are equal."""
+    assert watch.snapshot(policy_dir) == watch.snapshot(policy_dir)
+
+
+def test_snapshot_changes_on_edit(policy_dir: Path) -> None:
+    """Editing a file's content (and so its size) changes the snapshot."""
+    before = watch.snapshot(policy_dir)
+    with (policy_dir / "beta.yml").open("a", encoding="utf-8") as file:
+        file.write("# edited\n")
+    assert watch.snapshot(policy_dir) != before
+
+
+def test_snapshot_changes_on_same_size_edit_with_new_mtime(policy_dir: Path) -> None:
+    """An edit that keeps the size is still seen through the modification time."""
+    path = policy_dir / "beta.yml"
+    before = watch.snapshot(policy_dir)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert watch.snapshot(policy_dir) != before
+
+
+def test_snapshot_changes_on_add_and_remove(policy_dir: Path) -> None:
+    """A new policy file and a deleted one both change the snapshot."""
+    before = watch.snapshot(policy_dir)
+    _add_gamma(policy_dir)
+    added = watch.snapshot(policy_dir)
+    assert added != before
+    (policy_dir / "beta.yml").unlink()
+    assert watch.snapshot(policy_dir) not in (before, added)
+
+
+def test_snapshot_ignores_non_policy_files(policy_dir: Path) -> None:
+    """Adding a README next to the policies does not count as a change."""
+    before = watch.snapshot(policy_dir)
+    (policy_dir / "README.md").write_text("docs", encoding="utf-8")
+    assert watch.snapshot(policy_dir) == before
+
+
+def test_snapshot_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
+    """A vanished directory gives an empty snapshot rather than an exception."""
+    assert watch.snapshot(tmp_path / "gone") == ()
+
+
+def test_reload_returns_true_and_swaps_on_good_files(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """reload() answers True, installs the new set and logs the reason and tenant count."""
+    registry = Registry(policy_dir, CONTEXT)
+    _add_gamma(policy_dir)
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        assert watch.reload(registry, "SIGHUP") is True
+    assert "gamma" in registry.current.tenants
+    assert "policies reloaded (SIGHUP): 3 tenants" in caplog.text
+
+
+def test_reload_returns_false_and_keeps_the_old_set(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """reload() answers False on a bad file, keeps the old set and logs the file and key."""
+    registry = Registry(policy_dir, CONTEXT)
+    before = registry.current
+    shutil.copy(FIXTURES / "bad-per.yaml", policy_dir / "gamma.yaml")
+    with caplog.at_level(logging.ERROR, logger="switchyard.policy"):
+        assert watch.reload(registry, "files changed") is False
+    assert registry.current is before
+    assert "refused; the previous policies stay in force" in caplog.text
+    assert "gamma.yaml: limits.webhooks.per:" in caplog.text
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class Ticker:
+    """Stands in for asyncio.sleep in the watch loop: each tick() runs exactly one poll."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self._go: asyncio.Queue[None] = asyncio.Queue()
+        self._parked: asyncio.Queue[None] = asyncio.Queue()
+
+    async def sleep(self, interval: float) -> None:
+        self.intervals.append(interval)
+        await self._parked.put(None)
+        await self._go.get()
+
+    async def parked(self) -> None:
+        """Wait until the loop is back in its sleep, i.e. one poll has finished."""
+        await self._parked.get()
+
+    async def tick(self) -> None:
+        await self._go.put(None)
+        await self.parked()
+
+
+@pytest.fixture
+async def ticker(monkeypatch: pytest.MonkeyPatch) -> Ticker:
+    """The watch module's asyncio, with a sleep that only returns when the test ticks."""
+    fake = Ticker()
+    monkeypatch.setattr(watch, "asyncio", SimpleNamespace(sleep=fake.sleep))
+    return fake
+
+
+async def test_watch_reloads_only_when_files_change(policy_dir: Path, ticker: Ticker) -> None:
+    """The loop keeps the set while nothing changes and swaps it on the poll after a change."""
+    registry = Registry(policy_dir, CONTEXT)
+    task = asyncio.create_task(watch.watch(registry, 2.5))
+    try:
+        await ticker.parked()
+        first = registry.current
+        await ticker.tick()
+        assert registry.current is first
+        _add_gamma(policy_dir)
+        await ticker.tick()
+        assert "gamma" in registry.current.tenants
+        second = registry.current
+        await ticker.tick()
+        assert registry.current is second
+        assert ticker.intervals == [2.5] * 4
+    finally:
+        await _stop(task)
+
+
+async def test_watch_survives_a_bad_edit_and_picks_up_the_fix(policy_dir: Path, ticker: Ticker) -> None:
+    """A refused reload keeps the old set and the loop; fixing the file is picked up next poll."""
+    registry = Registry(policy_dir, CONTEXT)
+    task = asyncio.create_task(watch.watch(registry, 1.0))
+    try:
+        await ticker.parked()
+        before = registry.current
+        shutil.copy(FIXTURES / "rate-zero.yaml", policy_dir / "gamma.yaml")
+        await ticker.tick()
+        assert registry.current is before
+        await ticker.tick()
+        assert registry.current is before
+        _add_gamma(policy_dir)
+        await ticker.tick()
+        assert "gamma" in registry.current.tenants
+        assert not task.done()
+    finally:
+        await _stop(task)
