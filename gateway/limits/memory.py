@@ -20,7 +20,7 @@ class MemoryLimiter:
         self._clock = clock
         self._dedup_ttl = dedup_ttl
         self._tats: dict[tuple[str, str], float] = {}
-        self._seen: dict[str, float] = {}
+        self._seen: dict[tuple[str, str], float] = {}
         self._charges = 0
 
     async def acquire(
@@ -36,8 +36,9 @@ class MemoryLimiter:
             self.sweep(now)
         keys = [(tenant, rule.name) for rule in rules]
         tats = [self._tats.get(key) for key in keys]
-        if dedup_key is not None:
-            seen_until = self._seen.get(dedup_key)
+        seen_key = (tenant, dedup_key) if dedup_key is not None else None
+        if seen_key is not None:
+            seen_until = self._seen.get(seen_key)
             if seen_until is not None and seen_until > now:
                 # A retry of a request already admitted: report, but do not charge again.
                 return bucket.take(tats, rules, now, 0)[1]
@@ -46,8 +47,8 @@ class MemoryLimiter:
             for key, tat in zip(keys, new_tats, strict=True):
                 if tat is not None:
                     self._tats[key] = tat
-            if dedup_key is not None:
-                self._seen[dedup_key] = now + self._dedup_ttl
+            if seen_key is not None:
+                self._seen[seen_key] = now + self._dedup_ttl
         return decision
 
     def sweep(self, now: float | None = None) -> int:
@@ -57,9 +58,9 @@ class MemoryLimiter:
         full = [key for key, tat in self._tats.items() if tat <= now]
         for key in full:
             del self._tats[key]
-        expired = [token for token, until in self._seen.items() if until <= now]
-        for token in expired:
-            del self._seen[token]
+        expired = [seen for seen, until in self._seen.items() if until <= now]
+        for seen in expired:
+            del self._seen[seen]
         return len(full) + len(expired)
 
     def __len__(self) -> int:

@@ -1,0 +1,1 @@
+"""Who may talk to the gateway: Twilio webhook signatures, the public URL they cover, API tokens."""

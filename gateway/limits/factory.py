@@ -1,0 +1,97 @@
+"""Limit stores picked from one URL: the limiter, the lease store and the instance registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gateway.clock import Clock, monotonic
+from gateway.limits.base import Limiter
+from gateway.limits.breaker import CircuitBreaker
+from gateway.limits.failover import Failover
+from gateway.limits.instances import InstanceRegistry
+from gateway.limits.leases import LeaseStore, MemoryLeases, RedisLeases
+from gateway.limits.memory import MemoryLimiter
+from gateway.limits.redis import RedisLimiter
+from gateway.limits.redis_client import RedisClient, connect
+
+# scheme -> (shared by instances, Redis Cluster)
+SCHEMES: dict[str, tuple[bool, bool]] = {
+    "memory": (False, False),
+    "redis": (True, False),
+    "rediss": (True, False),
+    "redis+cluster": (True, True),
+    "rediss+cluster": (True, True),
+}
+
+
+def _scheme(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
+        allowed = ", ".join(f"{name}://" for name in SCHEMES)
+        raise ValueError(f"limit store URL {url!r}: unknown scheme; use one of {allowed}")
+    return scheme
+
+
+def is_shared(url: str) -> bool:
+    """Do instances (or workers) using this URL share limits? memory:// does not."""
+    return SCHEMES[_scheme(url)][0]
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Everything the app charges limits against; `failover` is what requests go through."""
+
+    url: str
+    limiter: Limiter
+    leases: LeaseStore
+    failover: Failover
+    instances: InstanceRegistry | None
+    client: RedisClient | None
+
+    async def start(self) -> None:
+        """Start the instance heartbeat (Redis only); call inside the running loop."""
+        if self.instances is not None:
+            await self.instances.start()
+
+    async def close(self) -> None:
+        if self.instances is not None:
+            await self.instances.close()
+        await self.failover.close()
+        await self.leases.close()
+        if self.client is not None:
+            await self.client.aclose()
+
+
+def stores_from_url(
+    url: str = "memory://",
+    *,
+    clock: Clock | None = None,
+    deadline: float = 0.050,
+    dedup_ttl: float = 120.0,
+    breaker: CircuitBreaker | None = None,
+    instance_id: str | None = None,
+) -> Stores:
+    """Build the stores for `url`: memory://, redis[s]://host:port/db, redis[s]+cluster://host:port.
+
+    clock: for memory, defaults to time.monotonic; for Redis, None means Redis TIME (one clock
+    for every instance) and a clock given is passed to the scripts (tests).
+    """
+    scheme = _scheme(url)
+    local = MemoryLimiter(clock or monotonic, dedup_ttl)
+    if scheme == "memory":
+        limiter = MemoryLimiter(clock or monotonic, dedup_ttl)
+        return Stores(url, limiter, MemoryLeases(clock or monotonic), Failover(limiter, local), None, None)
+    cluster = SCHEMES[scheme][1]
+    driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
+    client = connect(driver_url, cluster=cluster)
+    redis_limiter = RedisLimiter(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
+    registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
+    return Stores(
+        url,
+        redis_limiter,
+        RedisLeases(client, clock=clock, deadline=deadline),
+        Failover(redis_limiter, local, registry.live_instances),
+        registry,
+        client,
+    )

@@ -1,0 +1,96 @@
+"""Every charge goes through Failover: the primary store when it answers, a policy when not.
+
+A shared store (Redis) can fail or time out; the gateway must still answer Twilio in time. Per
+tenant policy, a failed charge then falls back to:
+  local   this instance's own buckets, each rule's rate and burst divided by the number of live
+          instances, so all instances together stay near the shared limit;
+  open    admit (availability over accuracy);
+  closed  refuse (for limits that guard money more than traffic).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from gateway.errors import BackendError
+from gateway.limits.base import Decision, Limiter, Rule
+from gateway.limits.memory import MemoryLimiter
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["local", "open", "closed"]
+
+# What a `closed` refusal tells the client: short, since the store may be back any moment.
+CLOSED_RETRY_AFTER = 1.0
+
+FailoverTransition = Callable[[bool, BackendError | None], None]
+"""Called with (degraded, the error that made it so | None when healthy again)."""
+
+
+def local_rule(rule: Rule, instances: int) -> Rule:
+    """This instance's share of a shared rule; same name, so headers and metrics still match."""
+    n = max(1, instances)
+    return Rule(rule.name, rule.rate / n, rule.per, max(1, rule.burst // n))
+
+
+class Failover:
+    """A Limiter that never raises BackendError: it falls back to `mode` instead."""
+
+    def __init__(self, primary: Limiter, local: MemoryLimiter, instances: Callable[[], int] = lambda: 1) -> None:
+        self._primary = primary
+        self._local = local
+        self._instances = instances
+        self._degraded = False
+        self._listeners: list[FailoverTransition] = []
+
+    @property
+    def degraded(self) -> bool:
+        """True from the primary's first failure until it answers again."""
+        return self._degraded
+
+    def on_transition(self, callback: FailoverTransition) -> None:
+        """Called with the new `degraded` value (and the error, on failing) when it changes."""
+        self._listeners.append(callback)
+
+    async def acquire(
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        dedup_key: str | None = None,
+        mode: Mode = "local",
+    ) -> Decision:
+        try:
+            decision = await self._primary.acquire(tenant, rules, cost, dedup_key)
+        except BackendError as error:
+            self._set_degraded(True, error)
+            return self._fallback(tenant, rules, cost, dedup_key, mode)
+        self._set_degraded(False)
+        return decision
+
+    def _fallback(self, tenant: str, rules: Sequence[Rule], cost: int, dedup_key: str | None, mode: Mode) -> Decision:
+        if mode == "local":
+            n = self._instances()
+            shares = [local_rule(rule, n) for rule in rules]
+            return self._local.acquire_now(tenant, shares, cost, dedup_key)
+        tightest = min(rules, key=lambda rule: rule.burst)
+        if mode == "open":
+            return Decision(True, tightest.burst, 0.0, 0.0, tightest)
+        return Decision(False, 0, CLOSED_RETRY_AFTER, CLOSED_RETRY_AFTER, tightest)
+
+    def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
+        if degraded == self._degraded:
+            return
+        self._degraded = degraded
+        for callback in self._listeners:
+            try:
+                callback(degraded, error)
+            except Exception:
+                # A broken log or metric hook must not break the charge it reports on.
+                log.exception("failover transition callback failed")
+
+    async def close(self) -> None:
+        await self._primary.close()
+        await self._local.close()

@@ -1,0 +1,156 @@
+"""Redis limit store: redis_bucket.lua repeats bucket.take() atomically, next to the data.
+
+Acquires are coalesced (coalesce.py): one pipeline of EVALSHAs per round trip, so throughput
+does not pay one round trip per request. Every round trip runs under a deadline, and a circuit
+breaker stops calling a Redis that keeps failing; either way the caller gets BackendError and
+decides (failover.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.clock import Clock
+from gateway.errors import BackendError
+from gateway.limits.base import Decision, Rule
+from gateway.limits.breaker import CircuitBreaker, State, Transition
+from gateway.limits.coalesce import Coalescer
+from gateway.limits.redis_client import RedisClient, guard, is_noscript, lua, now_arg
+
+BUCKET_SCRIPT = "redis_bucket.lua"
+
+
+class CircuitOpen(Exception):
+    """The cause of a BackendError raised without calling Redis: the breaker is open."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    tenant: str
+    rules: Sequence[Rule]
+    cost: int
+    dedup_key: str | None
+    now: str  # read when acquire() is called, as MemoryLimiter does; '' = Redis TIME
+
+
+def bucket_key(tenant: str, rule: str) -> str:
+    # The hash tag {tenant} puts all of a tenant's keys in one Cluster slot, which a script
+    # touching several of them requires.
+    return f"sy:{{{tenant}}}:b:{rule}"
+
+
+def dedup_key(tenant: str, key: str) -> str:
+    return f"sy:{{{tenant}}}:d:{key}"
+
+
+class RedisLimiter:
+    """The Limiter protocol over one Redis or Redis Cluster client (which the caller owns).
+
+    clock: None in production (the script reads Redis TIME: one clock for all instances);
+    tests inject one, passed to the script as `now`.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        clock: Clock | None = None,
+        deadline: float = 0.050,
+        dedup_ttl: float = 120.0,
+        breaker: CircuitBreaker | None = None,
+        max_batch: int = 256,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._deadline = deadline
+        self._dedup_ms = max(1, round(dedup_ttl * 1000))
+        self._breaker = breaker or CircuitBreaker()
+        self._script = client.register_script(lua(BUCKET_SCRIPT))
+        self._coalescer: Coalescer[_Charge, Decision] = Coalescer(self._send, max_batch)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the breaker is open or probing."""
+        return self._breaker.healthy
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    @property
+    def round_trips(self) -> int:
+        """Batches sent to Redis so far (each one pipeline, plus a reload after NOSCRIPT)."""
+        return self._coalescer.batches
+
+    def on_transition(self, callback: Transition) -> None:
+        self._breaker.on_transition(callback)
+
+    async def acquire(
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+    ) -> Decision:
+        if not rules:
+            raise ValueError("acquire() needs at least one rule")
+        if not self._breaker.allow():
+            raise BackendError("redis", "acquire", CircuitOpen("circuit breaker is open"))
+        now = now_arg(None if self._clock is None else self._clock())
+        return await self._coalescer.submit(_Charge(tenant, rules, cost, dedup_key, now))
+
+    async def _send(self, charges: Sequence[_Charge]) -> list[Decision | BaseException]:
+        if self._breaker.state is State.OPEN:
+            # Queued behind the batch that opened the breaker: fail fast, as new callers do.
+            raise BackendError("redis", "acquire", CircuitOpen("circuit breaker is open"))
+        calls = [self._call(charge) for charge in charges]
+        try:
+            async with guard("acquire", self._deadline):
+                replies = await self._pipeline(calls)
+                lost = [i for i, reply in enumerate(replies) if is_noscript(reply)]
+                if lost:
+                    # A restarted server has no scripts; NOSCRIPT means nothing ran, so resend.
+                    self._script.sha = await self._client.script_load(self._script.script)
+                    again = await self._pipeline([calls[i] for i in lost])
+                    for i, reply in zip(lost, again, strict=True):
+                        replies[i] = reply
+        except BackendError:
+            self._breaker.record_failure()
+            raise
+        results: list[Decision | BaseException] = [
+            BackendError("redis", "acquire", reply)
+            if isinstance(reply, BaseException)
+            else _decision(reply, charge.rules)
+            for charge, reply in zip(charges, replies, strict=True)
+        ]
+        if all(isinstance(result, BaseException) for result in results):
+            self._breaker.record_failure()
+        else:
+            self._breaker.record_success()
+        return results
+
+    def _call(self, charge: _Charge) -> tuple[list[str], list[str | int]]:
+        keys = [bucket_key(charge.tenant, rule.name) for rule in charge.rules]
+        dedup_ms = 0
+        if charge.dedup_key is not None:
+            keys.append(dedup_key(charge.tenant, charge.dedup_key))
+            dedup_ms = self._dedup_ms
+        args: list[str | int] = [charge.now, charge.cost, dedup_ms]
+        for rule in charge.rules:
+            # repr() passes the very double bucket.take() multiplies by.
+            args += [repr(rule.interval), rule.burst]
+        return keys, args
+
+    async def _pipeline(self, calls: Sequence[tuple[list[str], list[str | int]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            # Not pipe.evalsha(): redis-py's cluster pipeline refuses that method, though it
+            # routes the command itself by its keys (all in the tenant's slot) just fine.
+            pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def close(self) -> None:
+        await self._coalescer.close()
+
+
+def _decision(reply: Sequence[Any], rules: Sequence[Rule]) -> Decision:
+    allowed, index, remaining, retry_after, reset = reply
+    return Decision(bool(allowed), int(remaining), float(retry_after), float(reset), rules[int(index) - 1])
