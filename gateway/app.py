@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.auth.public_url import PublicUrl, parse_proxies
 from gateway.clock import Clock
+from gateway.errors import BackendError
 from gateway.handlers import api, health
 from gateway.handlers.twilio import webhook
 from gateway.keys import SERVICES
@@ -22,6 +23,7 @@ from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("switchyard")
 
@@ -33,24 +35,35 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: 
     env = os.environ if env is None else env
     public_url = PublicUrl(settings.public_url, parse_proxies(settings.trusted_proxies))
     registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.base))
+    metrics = Metrics()
     app = web.Application()
-    app.cleanup_ctx.append(_stores(settings, registry, public_url, clock))
-    app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval))
+    app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, clock))
+    app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
     for kind in ("voice", "sms", "status"):
         handler = webhook(kind)
         app.router.add_post(f"/twilio/{kind}", handler)
         app.router.add_post(f"/t/{{tenant}}/{kind}", handler)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/api/v1/limits", api.limits)
     return app
 
 
-def _stores(settings: Settings, registry: Registry, public_url: PublicUrl, clock: Clock | None) -> CleanupCtx:
+def _stores(
+    settings: Settings, registry: Registry, public_url: PublicUrl, metrics: Metrics, clock: Clock | None
+) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         await stores.start()
-        app[SERVICES] = Services(settings=settings, registry=registry, public_url=public_url, limits=stores.failover)
+        stores.failover.on_transition(_log_transition(settings.limiter_url, metrics))
+        if stores.instances is not None:
+            metrics.live_instances.set_function(stores.instances.live_instances)
+        else:
+            metrics.live_instances.set(1)
+        app[SERVICES] = Services(
+            settings=settings, registry=registry, public_url=public_url, limits=stores.failover, metrics=metrics
+        )
         try:
             yield
         finally:
@@ -59,13 +72,29 @@ def _stores(settings: Settings, registry: Registry, public_url: PublicUrl, clock
     return ctx
 
 
-def _policy_watch(registry: Registry, interval: float) -> CleanupCtx:
+def _log_transition(url: str, metrics: Metrics) -> Callable[[bool, BackendError | None], None]:
+    store = url.split("://", 1)[0]
+
+    def transition(degraded: bool, error: BackendError | None) -> None:
+        metrics.degraded(degraded)
+        if degraded:
+            log.error("limit store %s failing (%s); tenants' on_store_failure rules apply", store, error)
+        else:
+            log.warning("limit store %s answering again; shared limits restored", store)
+
+    return transition
+
+
+def _policy_watch(registry: Registry, interval: float, metrics: Metrics) -> CleanupCtx:
+    def counted(ok: bool) -> None:
+        metrics.policy_reloads.labels(outcome="ok" if ok else "refused").inc()
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch.watch(registry, interval)) if interval > 0 else None
+        task = asyncio.create_task(watch.watch(registry, interval, counted)) if interval > 0 else None
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Only the main thread of a process may own signal handlers; tests run elsewhere.
-            loop.add_signal_handler(signal.SIGHUP, watch.reload, registry, "SIGHUP")
+            loop.add_signal_handler(signal.SIGHUP, watch.reload, registry, "SIGHUP", counted)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from gateway.auth.public_url import PublicUrl
 from gateway.limits.failover import Failover
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
+from gateway.telemetry.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -16,5 +17,4 @@ class Services:
     registry: Registry
     public_url: PublicUrl
     limits: Failover
-    ready: bool = True
-    notes: dict[str, str] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway import responses
 from gateway.keys import SERVICES
+from gateway.telemetry.metrics import CONTENT_TYPE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -26,3 +27,9 @@ async def readyz(request: web.Request) -> web.Response:
             "limits": {"store": services.settings.limiter_url.split("://", 1)[0], "degraded": degraded},
         }
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the process's metrics."""
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

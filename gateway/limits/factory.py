@@ -85,6 +85,8 @@ def stores_from_url(
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
     client = connect(driver_url, cluster=cluster)
+    # The breaker's cool-down runs on the same clock as everything else, so tests step through it.
+    breaker = breaker or CircuitBreaker(clock=clock or monotonic)
     redis_limiter = RedisLimiter(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
     registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
     return Stores(

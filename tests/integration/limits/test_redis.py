@@ -66,7 +66,9 @@ async def test_redis_time_is_the_clock_of_every_instance(redis_url: str, client:
         drained = [await first.limiter.acquire("acme", [HOURLY]) for _ in range(3)]
         refused = await second.limiter.acquire("acme", [HOURLY])
         seconds, micros = await client.time()
-        stored = float(await client.get(bucket_key("acme", "calls")))
+        raw = await client.get(bucket_key("acme", "calls"))
+        assert raw is not None
+        stored = float(raw)
     finally:
         await first.close()
         await second.close()
