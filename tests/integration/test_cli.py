@@ -1,0 +1,100 @@
+"""The CLI as a user runs it: `check`, and `sign`'s curl line against a real gateway process."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import GatewayProcess
+from tests.support.twilio import ENV
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "policies"
+
+
+def switchyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    directory = tmp_path_factory.mktemp("cli") / "policies"
+    directory.mkdir()
+    for policy in POLICIES.glob("*.yaml"):
+        (directory / policy.name).write_text(policy.read_text())
+    process = GatewayProcess(directory, ENV).wait_ready()
+    yield process
+    process.stop()
+
+
+def run_curl(line: str) -> tuple[int, str]:
+    """Do what the printed curl line does (curl itself may not be installed): POST the signed form."""
+    words = shlex.split(line)
+    assert words[:4] == ["curl", "-sS", "-X", "POST"]
+    url, header = words[4], words[6]
+    fields = [words[i + 1] for i, word in enumerate(words) if word == "--data-urlencode"]
+    name, _, value = header.partition(": ")
+    body = urllib.parse.urlencode([tuple(field.split("=", 1)) for field in fields]).encode()
+    request = urllib.request.Request(url, data=body, headers={name: value}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_sign_prints_a_curl_line_the_gateway_accepts(gateway: GatewayProcess) -> None:
+    """`switchyard sign` for bistro's SMS URL makes a request that gets the menu reply."""
+    result = switchyard("sign", "--tenant", "bistro", "--url", gateway.base + "/twilio/sms", "Body=menu", env=ENV)
+    assert result.returncode == 0, result.stderr
+    status, text = run_curl(result.stdout.strip())
+    assert status == 200
+    assert "risotto" in text
+
+
+def test_forged_curl_line_gets_403(gateway: GatewayProcess) -> None:
+    """The same line with its signature altered is refused."""
+    result = switchyard("sign", "--tenant", "acme-health", "--url", gateway.base + "/twilio/voice", env=ENV)
+    line = result.stdout.strip().replace("X-Twilio-Signature: ", "X-Twilio-Signature: x")
+    status, _ = run_curl(line)
+    assert status == 403
+
+
+def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    """`check` on a directory with two bad files names both, with file and key, and exits 1."""
+    for name in ("rate-zero.yaml", "unknown-top-key.yaml"):
+        (tmp_path / name).write_text((FIXTURES / name).read_text())
+    result = switchyard("check", str(tmp_path), "--ignore-env")
+    assert result.returncode == 1
+    assert "rate-zero.yaml: limits.voice.rate: must be > 0" in result.stderr
+    assert "unknown-top-key.yaml: colour: unknown key" in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
+def test_check_names_missing_secrets(tmp_path: Path) -> None:
+    """Without the environment, `check` names each unset variable; with --ignore-env it passes."""
+    bare = {"PATH": "/usr/bin:/bin"}
+    missing = switchyard("check", str(POLICIES), "--public-url", "https://gw.example.com", env=bare)
+    assert missing.returncode == 1
+    assert "bistro.yaml: twilio.auth_token_env: environment variable BISTRO_TWILIO_AUTH_TOKEN is not set" in missing.stderr
+    ok = switchyard("check", str(POLICIES), "--public-url", "https://gw.example.com", "--ignore-env", env=bare)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 tenant(s) OK" in ok.stdout
+
+
+def test_serve_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
+    """`serve` with a bad policy exits 1 before binding, naming file and key."""
+    (tmp_path / "rate-zero.yaml").write_text((FIXTURES / "rate-zero.yaml").read_text())
+    result = switchyard("serve", "--policies", str(tmp_path), "--port", "1", env={**ENV, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "rate-zero.yaml: limits.voice.rate: must be > 0" in result.stderr
