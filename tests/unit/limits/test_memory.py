@@ -1,0 +1,63 @@
+"""The in-process limiter: bounded memory with many tenants, and retries not charged twice."""
+
+from __future__ import annotations
+
+from gateway.limits import memory
+from gateway.limits.base import Rule
+from gateway.limits.memory import MemoryLimiter
+from tests.support.clock import FakeClock
+
+RULE = Rule("webhooks", rate=10, per=1.0, burst=10)
+
+
+def test_full_buckets_are_forgotten(clock: FakeClock) -> None:
+    """Ten thousand tenants charged once leave nothing behind once their buckets are full again."""
+    limiter = MemoryLimiter(clock)
+    for i in range(10_000):
+        limiter.acquire_now(f"tenant-{i}", [RULE])
+    assert len(limiter) == 10_000
+    clock.advance(0.05)  # half a token back: not yet full
+    assert limiter.sweep() == 0
+    clock.advance(0.06)
+    assert limiter.sweep() == 10_000
+    assert len(limiter) == 0
+
+
+def test_forgetting_a_full_bucket_changes_no_decision(clock: FakeClock) -> None:
+    """A bucket dropped when full answers exactly as the kept one would have."""
+    limiter = MemoryLimiter(clock)
+    for _ in range(10):
+        limiter.acquire_now("t", [RULE])
+    clock.advance(1.0)
+    limiter.sweep()
+    decisions = [limiter.acquire_now("t", [RULE]) for _ in range(11)]
+    assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
+    assert not decisions[10].allowed
+
+
+def test_sweep_runs_by_itself_on_the_hot_path(clock: FakeClock) -> None:
+    """Without anyone calling sweep(), charging keeps the table bounded."""
+    limiter = MemoryLimiter(clock)
+    for i in range(memory.SWEEP_EVERY * 3):
+        clock.advance(0.2)  # every earlier bucket is full again by the next sweep
+        limiter.acquire_now(f"tenant-{i}", [RULE])
+    assert len(limiter) <= memory.SWEEP_EVERY
+
+
+def test_retry_token_is_charged_once_and_per_tenant(clock: FakeClock) -> None:
+    """The same idempotency token is free on retry for its tenant, but not for another tenant."""
+    limiter = MemoryLimiter(clock)
+    first = limiter.acquire_now("a", [RULE], dedup_key="tok")
+    retry = limiter.acquire_now("a", [RULE], dedup_key="tok")
+    other = limiter.acquire_now("b", [RULE], dedup_key="tok")
+    assert (first.remaining, retry.remaining, other.remaining) == (9, 9, 9)
+    assert limiter.acquire_now("a", [RULE]).remaining == 8
+
+
+def test_retry_token_expires(clock: FakeClock) -> None:
+    """After the dedup TTL, the same token is a new request and is charged."""
+    limiter = MemoryLimiter(clock, dedup_ttl=60)
+    limiter.acquire_now("a", [Rule("slow", rate=1, per=3600.0, burst=5)], dedup_key="tok")
+    clock.advance(61)
+    again = limiter.acquire_now("a", [Rule("slow", rate=1, per=3600.0, burst=5)], dedup_key="tok")
+    assert again.remaining == 3
