@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from gateway.clock import Clock, monotonic
@@ -20,7 +21,10 @@ class MemoryLimiter:
         self._clock = clock
         self._dedup_ttl = dedup_ttl
         self._tats: dict[tuple[str, str], float] = {}
+        # Every token gets the same TTL, so tokens expire in the order they arrive: the deque
+        # lets a sweep drop them from the front in O(expired), never scanning the live ones.
         self._seen: dict[tuple[str, str], float] = {}
+        self._seen_order: deque[tuple[float, tuple[str, str]]] = deque()
         self._charges = 0
 
     async def acquire(
@@ -48,7 +52,9 @@ class MemoryLimiter:
                 if tat is not None:
                     self._tats[key] = tat
             if seen_key is not None:
-                self._seen[seen_key] = now + self._dedup_ttl
+                until = now + self._dedup_ttl
+                self._seen[seen_key] = until
+                self._seen_order.append((until, seen_key))
         return decision
 
     def sweep(self, now: float | None = None) -> int:
@@ -58,10 +64,14 @@ class MemoryLimiter:
         full = [key for key, tat in self._tats.items() if tat <= now]
         for key in full:
             del self._tats[key]
-        expired = [seen for seen, until in self._seen.items() if until <= now]
-        for seen in expired:
-            del self._seen[seen]
-        return len(full) + len(expired)
+        expired = 0
+        order, seen = self._seen_order, self._seen
+        while order and order[0][0] <= now:
+            until, key = order.popleft()
+            if seen.get(key) == until:
+                del seen[key]
+                expired += 1
+        return len(full) + expired
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -69,3 +79,4 @@ class MemoryLimiter:
     async def close(self) -> None:
         self._tats.clear()
         self._seen.clear()
+        self._seen_order.clear()

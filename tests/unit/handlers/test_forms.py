@@ -13,7 +13,7 @@ names = st.text(min_size=1, max_size=12)
 values = st.text(max_size=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(names, values), max_size=12))
 def test_matches_parse_qs_on_encoded_forms(pairs: list[tuple[str, str]]) -> None:
     """Any urlencoded form parses to the same name → [values] as parse_qs(keep_blank_values)."""
@@ -21,7 +21,7 @@ def test_matches_parse_qs_on_encoded_forms(pairs: list[tuple[str, str]]) -> None
     assert parse_form(body) == parse_qs(body.decode(), keep_blank_values=True)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=60))
 def test_matches_parse_qs_on_arbitrary_bytes(body: bytes) -> None:
     """Even malformed bodies (no '=', stray '%', bad UTF-8) parse as parse_qs would."""
@@ -32,3 +32,9 @@ def test_matches_parse_qs_on_arbitrary_bytes(body: bytes) -> None:
 def test_keeps_repeated_names_in_order() -> None:
     """Repeated names keep every value in arrival order, which signatures depend on."""
     assert parse_form(b"a=2&b=x&a=1&a=2") == {"a": ["2", "1", "2"], "b": ["x"]}
+
+
+def test_escaped_separators_stay_inside_their_value() -> None:
+    """An SMS body with '&' and '=' keeps them in the value, not as new fields."""
+    body = urlencode({"Body": "a=1&b=2 50%+", "From": "+15557654321"}).encode()
+    assert parse_form(body) == {"Body": ["a=1&b=2 50%+"], "From": ["+15557654321"]}
