@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.keys import LOG
 from gateway.logfields import LogFields
+from gateway.redact import mask_number
 
 STDOUT = 1
 
@@ -36,14 +37,15 @@ class JsonAccessLogger(AbstractAccessLogger):
         if fields is not None:
             for name in FIELDS:
                 value = getattr(fields, name)
-                if value is not None:
-                    record[name] = value
+                if value:
+                    record[name] = mask_number(value) if name in NUMBERS else value
         os.write(STDOUT, orjson.dumps(record) + b"\n")
 
 
 _now = time.time
 perf_counter = time.perf_counter
 FIELDS = tuple(name for name in LogFields.__slots__ if name != "started")
+NUMBERS = frozenset({"caller", "called"})
 
 
 class JsonFormatter(logging.Formatter):

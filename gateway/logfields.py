@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gateway.redact import mask_number
-
 
 @dataclass(slots=True)
 class LogFields:
-    """Tenant, route and decision of one request; phone numbers are masked on the way in."""
+    """Tenant, route and decision of one request. `caller` and `called` hold raw numbers: the
+    access log masks them when (and only if) it writes the line, off the handler's path."""
 
     tenant: str | None = None
     kind: str | None = None
@@ -21,7 +20,3 @@ class LogFields:
     sid: str | None = None
     # uvloop's loop.time(), which aiohttp's access log uses, ticks in whole milliseconds.
     started: float = field(default_factory=time.perf_counter)
-
-    def numbers(self, caller: str, called: str) -> None:
-        self.caller = mask_number(caller) if caller else None
-        self.called = mask_number(called) if called else None

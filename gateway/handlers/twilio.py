@@ -60,8 +60,8 @@ async def _pipeline(
     body = await request.read()
     is_json = request.content_type == "application/json"
     params = _json_params(body) if is_json else parse_form(body)
-    fields.numbers(_first(params, "From"), _first(params, "To"))
-    fields.sid = _first(params, "CallSid") or _first(params, "MessageSid") or None
+    fields.caller, fields.called = _first(params, "From"), _first(params, "To")
+    fields.sid = _first(params, "CallSid") or _first(params, "MessageSid")
 
     tenant = _find_tenant(services.registry.current, request.match_info.get("tenant"), params)
     if tenant is None:

@@ -38,10 +38,14 @@ def take(
     Returns the new tats (unchanged when refused) and one Decision: when refused, the refusing
     bucket that frees up last; when allowed, the bucket with the fewest tokens left.
     """
-    refused: Decision | None = None
-    tightest: Decision | None = None
+    # Track the winner as plain values and build one Decision at the end: this runs per request.
+    refused_at = -1
+    refused_retry = refused_reset = 0.0
+    tightest_at = -1
+    tightest_remaining = 0
+    tightest_reset = 0.0
     new_tats: list[float | None] = []
-    for stored, rule in zip(tats, rules, strict=True):
+    for i, (stored, rule) in enumerate(zip(tats, rules, strict=True)):
         interval = rule.interval
         tat = now if stored is None or stored < now else stored
         new_tat = tat + cost * interval
@@ -49,18 +53,18 @@ def take(
         free = (now - allow_at) / interval
         if free < -EPSILON:
             retry_after = allow_at - now
-            if refused is None or retry_after > refused.retry_after:
-                refused = Decision(False, 0, retry_after, tat - now, rule)
+            if refused_at < 0 or retry_after > refused_retry:
+                refused_at, refused_retry, refused_reset = i, retry_after, tat - now
             new_tats.append(stored)
             continue
         remaining = math.floor(free + EPSILON)
-        if tightest is None or remaining < tightest.remaining:
-            tightest = Decision(True, remaining, 0.0, new_tat - now, rule)
+        if tightest_at < 0 or remaining < tightest_remaining:
+            tightest_at, tightest_remaining, tightest_reset = i, remaining, new_tat - now
         new_tats.append(new_tat)
-    if refused is not None:
-        return list(tats), refused
-    assert tightest is not None, "take() needs at least one rule"
-    return new_tats, tightest
+    if refused_at >= 0:
+        return list(tats), Decision(False, 0, refused_retry, refused_reset, rules[refused_at])
+    assert tightest_at >= 0, "take() needs at least one rule"
+    return new_tats, Decision(True, tightest_remaining, 0.0, tightest_reset, rules[tightest_at])
 
 
 def is_full(tat: float | None, now: float) -> bool:
