@@ -138,15 +138,23 @@ def _params_tail(params: Params | None) -> str:
 
 
 def _verify(url: str, tail: str, expected: bytes, keys: Sequence[bytes], digest: str) -> bool:
+    as_given, others = _url_forms(url)
+    # The URL as given, when twilio accepts it, before building any other.
+    if as_given and _matches(url + tail, expected, keys, digest):
+        return True
+    return any(_matches(other + tail, expected, keys, digest) for other in others)
+
+
+@lru_cache(maxsize=512)
+def _url_forms(url: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether twilio accepts ``url`` as given, and the other URLs it accepts.
+
+    Cached: a route's webhooks all carry the same URL, so the analysis runs once per route.
+    """
     match = _PLAIN.fullmatch(url)
     if match is not None and (match[3] is None or int(match[3]) <= 65535):
-        # The URL as given is one twilio accepts: try it before building any other.
-        if _matches(url + tail, expected, keys, digest):
-            return True
-        others: tuple[str, ...] = (_other_port_variant(match),)
-    else:
-        others = _twilio_urls(url)
-    return any(_matches(other + tail, expected, keys, digest) for other in others)
+        return True, (_other_port_variant(match),)
+    return False, _twilio_urls(url)
 
 
 def _matches(signed: str, expected: bytes, keys: Sequence[bytes], digest: str) -> bool:

@@ -40,6 +40,8 @@ class Failover:
 
     def __init__(self, primary: Limiter, local: MemoryLimiter, instances: Callable[[], int] = lambda: 1) -> None:
         self._primary = primary
+        # An in-process primary never fails and never waits: charge it without a coroutine.
+        self._sync_primary = primary if isinstance(primary, MemoryLimiter) else None
         self._local = local
         self._instances = instances
         self._degraded = False
@@ -69,6 +71,17 @@ class Failover:
             return self._fallback(tenant, rules, cost, dedup_key, mode)
         self._set_degraded(False)
         return decision
+
+    def acquire_now(
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+    ) -> Decision | None:
+        """The decision at once when the primary is in-process, else None: await acquire().
+
+        Two coroutine frames per request showed up under load (memory://, one process).
+        """
+        if self._sync_primary is None:
+            return None
+        return self._sync_primary.acquire_now(tenant, rules, cost, dedup_key)
 
     def _fallback(self, tenant: str, rules: Sequence[Rule], cost: int, dedup_key: str | None, mode: Mode) -> Decision:
         if mode == "local":

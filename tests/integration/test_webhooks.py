@@ -270,6 +270,9 @@ async def test_internal_failure_answers_fallback_twiml_not_5xx(gateway: Client) 
     class Broken:
         degraded = False
 
+        def acquire_now(self, *args: object) -> None:
+            return None  # as a shared store would: the caller must await acquire()
+
         async def acquire(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError("boom")
 
