@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.clock import Clock, monotonic
-from gateway.limits.base import Limiter
+from gateway.limits.base import DEDUP_TTL, Limiter
 from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.failover import Failover
 from gateway.limits.instances import InstanceRegistry
@@ -68,7 +68,7 @@ def stores_from_url(
     *,
     clock: Clock | None = None,
     deadline: float = 0.050,
-    dedup_ttl: float = 120.0,
+    dedup_ttl: float = DEDUP_TTL,
     breaker: CircuitBreaker | None = None,
     instance_id: str | None = None,
 ) -> Stores:

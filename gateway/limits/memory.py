@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from gateway.clock import Clock, monotonic
 from gateway.limits import bucket
-from gateway.limits.base import Decision, Rule
+from gateway.limits.base import DEDUP_TTL, Decision, Rule
 
 # Sweeping every N charges keeps the cost per request O(1) on average while bounding memory
 # to the buckets touched since the last sweep that are not yet full again.
@@ -17,7 +17,7 @@ SWEEP_EVERY = 4096
 class MemoryLimiter:
     """Buckets keyed by (tenant, rule name); a bucket that is full again is forgotten."""
 
-    def __init__(self, clock: Clock = monotonic, dedup_ttl: float = 120.0) -> None:
+    def __init__(self, clock: Clock = monotonic, dedup_ttl: float = DEDUP_TTL) -> None:
         self._clock = clock
         self._dedup_ttl = dedup_ttl
         self._tats: dict[tuple[str, str], float] = {}

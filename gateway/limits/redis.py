@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.errors import BackendError
-from gateway.limits.base import Decision, Rule
+from gateway.limits.base import DEDUP_TTL, Decision, Rule
 from gateway.limits.breaker import CircuitBreaker, State, Transition
 from gateway.limits.coalesce import Coalescer
 from gateway.limits.redis_client import RedisClient, guard, is_noscript, lua, now_arg
@@ -58,7 +58,7 @@ class RedisLimiter:
         *,
         clock: Clock | None = None,
         deadline: float = 0.050,
-        dedup_ttl: float = 120.0,
+        dedup_ttl: float = DEDUP_TTL,
         breaker: CircuitBreaker | None = None,
         max_batch: int = 256,
     ) -> None:

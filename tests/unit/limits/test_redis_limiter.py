@@ -104,7 +104,7 @@ async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisLi
     assert command == (
         "EVALSHA", "sha-1", 3,
         "sy:{acme}:b:webhooks", "sy:{acme}:b:llm", "sy:{acme}:d:tok",
-        "1000.0", 2, 120_000,
+        "1000.0", 2, 60_000,
         "0.2", 10, "2.3333333333333335", 2,
     )  # fmt: skip
 
