@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# How long a Twilio retry's I-Twilio-Idempotency-Token is remembered. Twilio's retries of one
-# webhook all fit in its total-time budget (the `tt` override, 15 s by default); four times that
-# covers them, while every token remembered costs memory at thousands of webhooks a second.
+# How long a Twilio retry's I-Twilio-Idempotency-Token is remembered (the memory store keeps it
+# at least half of this). Twilio's retries of one webhook all fit in its total-time budget (the
+# `tt` override, 15 s by default); every token remembered costs memory at thousands a second.
 DEDUP_TTL = 60.0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.limits import memory
 from gateway.limits.base import Rule
 from gateway.limits.memory import MemoryLimiter
@@ -54,10 +56,19 @@ def test_retry_token_is_charged_once_and_per_tenant(clock: FakeClock) -> None:
     assert limiter.acquire_now("a", [RULE]).remaining == 8
 
 
-def test_retry_token_expires(clock: FakeClock) -> None:
-    """After the dedup TTL, the same token is a new request and is charged."""
+SLOW = Rule("slow", rate=1, per=3600.0, burst=50)
+
+
+@pytest.mark.parametrize("arrival", [0.0, 12.5, 29.9, 44.0], ids=["gen-start", "gen-middle", "gen-end", "second-gen"])
+@pytest.mark.parametrize(("delay", "charged"), [(29.9, False), (60.1, True)], ids=["within-half-ttl", "after-ttl"])
+def test_retry_token_is_remembered_between_half_and_whole_ttl(
+    clock: FakeClock, arrival: float, delay: float, charged: bool
+) -> None:
+    """Wherever a token lands in a generation, a retry within ttl/2 is free and one after ttl is charged."""
     limiter = MemoryLimiter(clock, dedup_ttl=60)
-    limiter.acquire_now("a", [Rule("slow", rate=1, per=3600.0, burst=5)], dedup_key="tok")
-    clock.advance(61)
-    again = limiter.acquire_now("a", [Rule("slow", rate=1, per=3600.0, burst=5)], dedup_key="tok")
-    assert again.remaining == 3
+    clock.advance(arrival)
+    limiter.acquire_now("a", [SLOW], dedup_key="noise")  # traffic that rotates generations as it would
+    assert limiter.acquire_now("a", [SLOW], dedup_key="tok").remaining == 48
+    clock.advance(delay)
+    retry = limiter.acquire_now("a", [SLOW], dedup_key="tok")
+    assert retry.remaining == (47 if charged else 48)
