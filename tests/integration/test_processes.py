@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 import redis
 
-from tests.support.processes import GatewayProcess, free_port
+from tests.support.processes import GatewayProcess
+from tests.support.redis_server import free_port
 from tests.support.twilio import signed_form, voice_params
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
@@ -27,6 +27,22 @@ ACME_NUMBER = "+15551230001"
 ACME_AFTER_HOURS = "+15551230002"
 BISTRO_NUMBER = "+15552340001"
 CALLER = "+15557654321"
+
+
+class MultiDict:
+    """The getall() mapping twilio's validator reads multi-valued parameters from."""
+
+    def __init__(self, params: Mapping[str, Sequence[str]]) -> None:
+        self._params = params
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def getall(self, name: str) -> list[str]:
+        return list(self._params[name])
 
 
 def voice_params(to: str = ACME_NUMBER, caller: str = CALLER, **extra: str) -> dict[str, str]:

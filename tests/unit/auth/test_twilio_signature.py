@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from twilio.request_validator import RequestValidator
 
 from gateway.auth import twilio_signature as ts
+from tests.support.twilio import MultiDict
 
 TOKEN = "12345678901234567890123456789012"
 OLD_TOKEN = "abcdefabcdefabcdefabcdefabcdefab"
@@ -24,22 +25,6 @@ VOICE: dict[str, list[str]] = {
     "CallStatus": ["ringing"],
     "Direction": ["inbound"],
 }
-
-
-class MultiDict:
-    """The getall() mapping twilio's validator reads multi-valued parameters from."""
-
-    def __init__(self, params: Mapping[str, Sequence[str]]) -> None:
-        self._params = params
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._params)
-
-    def __len__(self) -> int:
-        return len(self._params)
-
-    def getall(self, name: str) -> list[str]:
-        return list(self._params[name])
 
 
 def twilio_sign(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from hypothesis import HealthCheck, example, given, settings
@@ -11,28 +10,13 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator, add_port, remove_port
 
 from gateway.auth import twilio_signature as ts
+from tests.support.twilio import MultiDict
 
 TOKEN = "12345678901234567890123456789012"
 OTHER_TOKEN = "abcdefabcdefabcdefabcdefabcdefab"
 NEVER_TOKEN = "never-signs-anything-000000000000"
 
 AGREEMENT = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-class MultiDict:
-    """The getall() mapping twilio's validator reads multi-valued parameters from."""
-
-    def __init__(self, params: Mapping[str, Sequence[str]]) -> None:
-        self._params = params
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._params)
-
-    def __len__(self) -> int:
-        return len(self._params)
-
-    def getall(self, name: str) -> list[str]:
-        return list(self._params[name])
 
 
 # Mostly the URLs a gateway sees, with some that only urllib's round trip can judge

@@ -13,20 +13,8 @@ from gateway.limits.base import Rule
 from gateway.policy.loader import BUCKETS_BY_KIND, LoadContext, load_dir, load_file
 from gateway.policy.tenant import Tenant
 from gateway.routing import twiml
+from tests.support.policies import ENV, FIXTURES, NO_PUBLIC_URL, PUBLIC, VALID
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
-VALID = FIXTURES / "valid"
-
-ENV = {
-    "FIXTURE_TWILIO_AUTH_TOKEN": "fixture-token",
-    "FIXTURE_SHORT_JWT_SECRET": "s" * 31,
-    "FIXTURE_ALPHA_AUTH_TOKEN": "alpha-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN_OLD": "alpha-token-old",
-    "FIXTURE_ALPHA_JWT_SECRET": "j" * 32,
-    "FIXTURE_BETA_AUTH_TOKEN": "beta-token",
-}
-NO_PUBLIC_URL = LoadContext(env=ENV)
-PUBLIC = LoadContext(env=ENV, public_url="https://gw.example.com")
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 
 

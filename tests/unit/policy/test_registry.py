@@ -10,16 +10,9 @@ import pytest
 from gateway.errors import PolicyError
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import PolicySet, Registry
+from tests.support.policies import ENV, FIXTURES
+from tests.support.policies import PUBLIC as CONTEXT
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
-ENV = {
-    "FIXTURE_TWILIO_AUTH_TOKEN": "fixture-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN": "alpha-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN_OLD": "alpha-token-old",
-    "FIXTURE_ALPHA_JWT_SECRET": "j" * 32,
-    "FIXTURE_BETA_AUTH_TOKEN": "beta-token",
-}
-CONTEXT = LoadContext(env=ENV, public_url="https://gw.example.com")
 ALPHA_SID = "AC00000000000000000000000000000a01"
 BETA_SID = "AC00000000000000000000000000000b02"
 

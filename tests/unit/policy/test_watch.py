@@ -13,18 +13,9 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.policy import watch
-from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
-ENV = {
-    "FIXTURE_TWILIO_AUTH_TOKEN": "fixture-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN": "alpha-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN_OLD": "alpha-token-old",
-    "FIXTURE_ALPHA_JWT_SECRET": "j" * 32,
-    "FIXTURE_BETA_AUTH_TOKEN": "beta-token",
-}
-CONTEXT = LoadContext(env=ENV, public_url="https://gw.example.com")
+from tests.support.policies import FIXTURES
+from tests.support.policies import PUBLIC as CONTEXT
 
 
 @pytest.fixture

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from gateway.policy.loader import LoadContext, load_file
+from gateway.policy.loader import load_file
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.routing import router, twiml
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policies"
-ALPHA_ENV = {
-    "FIXTURE_ALPHA_AUTH_TOKEN": "alpha-token",
-    "FIXTURE_ALPHA_AUTH_TOKEN_OLD": "alpha-token-old",
-    "FIXTURE_ALPHA_JWT_SECRET": "j" * 32,
-}
+from tests.support.policies import PUBLIC, VALID
 
 
 def _route(
@@ -162,6 +155,5 @@ def test_all_conditions_of_a_match_must_hold() -> None:
 )
 def test_routes_of_a_loaded_policy(kind: str, params: dict[str, str], expected: str | None) -> None:
     """The valid fixture's routes, loaded from YAML, pick the documented route per request."""
-    context = LoadContext(env=ALPHA_ENV, public_url="https://gw.example.com")
-    tenant = load_file(FIXTURES / "valid" / "alpha.yaml", context)
+    tenant = load_file(VALID / "alpha.yaml", PUBLIC)
     assert _name(tenant, kind, **params) == expected
