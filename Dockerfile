@@ -10,7 +10,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     SWITCHYARD_HOST=0.0.0.0 \
     SWITCHYARD_PORT=8080 \
-    SWITCHYARD_POLICIES_DIR=/etc/switchyard/policies
+    SWITCHYARD_POLICIES=/etc/switchyard/policies
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --no-create-home switchyard \
  && mkdir -p /etc/switchyard/policies

@@ -59,15 +59,22 @@ def _run(argv: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env).returncode
 
 
+def _exec(argv: list[str], env: dict[str, str]) -> int:
+    """Become the program, so signals (SIGTERM, SIGHUP) reach the gateway, not this wrapper."""
+    os.chdir(ROOT)
+    os.execve(argv[0], argv, env)  # noqa: S606 - our own venv binary, argv as a list
+    return 1  # not reached
+
+
 def main(args: list[str]) -> int:
     command, rest = (args[0], args[1:]) if args else ("help", [])
     if command == "serve":
         _ensure_venv("")
         flags = ["--policies", "policies", "--public-url", DEMO_PUBLIC_URL, *rest]
-        return _run([str(BIN / "switchyard"), "serve", *flags], env=_demo_env())
+        return _exec([str(BIN / "switchyard"), "serve", *flags], _demo_env())
     if command == "sign":
         _ensure_venv("")
-        return _run([str(BIN / "switchyard"), "sign", *rest], env=_demo_env())
+        return _exec([str(BIN / "switchyard"), "sign", *rest], _demo_env())
     if command == "test":
         _ensure_venv("dev")
         py = str(BIN / "python")

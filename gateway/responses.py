@@ -28,16 +28,15 @@ def forbidden_signature() -> web.Response:
 
 
 def unauthorized() -> web.Response:
-    return web.Response(
-        status=401,
-        text="Unauthorized\n",
-        headers={"WWW-Authenticate": 'Bearer realm="switchyard", error="invalid_token"'},
-    )
+    # RFC 6750 §3: the challenge names the scheme; the body says no more than the header.
+    challenge = {"WWW-Authenticate": 'Bearer realm="switchyard", error="invalid_token"'}
+    return json({"error": "invalid_token"}, status=401, headers=challenge)
 
 
 def too_many(error: Refused) -> web.Response:
-    body = {"error": "rate_limited", "limit": error.decision.rule.name, "retry_after": error.decision.retry_after}
-    return json(body, status=429, headers=rate_limit_headers(error.decision))
+    decision = error.decision
+    body = {"error": "rate_limited", "limit": decision.rule.name, "retry_after": round(decision.retry_after, 3)}
+    return json(body, status=429, headers=rate_limit_headers(decision))
 
 
 def json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

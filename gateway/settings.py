@@ -59,28 +59,35 @@ def _csv(_key: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-_READERS: dict[str, Callable[[str, str], object]] = {
-    "policies_dir": lambda _k, v: Path(v),
-    "host": lambda _k, v: v,
-    "port": lambda k, v: _env_number(k, v, int),
-    "limiter_url": lambda _k, v: v,
-    "public_url": lambda _k, v: v,
-    "trusted_proxies": _csv,
-    "workers": lambda k, v: _env_number(k, v, int),
-    "access_log": _env_bool,
-    "reload_interval": lambda k, v: _env_number(k, v, float),
-    "instance_id": lambda _k, v: v,
+# Each setting, the SWITCHYARD_* variable that sets it (named like its `serve` flag), and its reader.
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "policies_dir": ("POLICIES", lambda _k, v: Path(v)),
+    "host": ("HOST", lambda _k, v: v),
+    "port": ("PORT", lambda k, v: _env_number(k, v, int)),
+    "limiter_url": ("LIMITER", lambda _k, v: v),
+    "public_url": ("PUBLIC_URL", lambda _k, v: v),
+    "trusted_proxies": ("TRUSTED_PROXIES", _csv),
+    "workers": ("WORKERS", lambda k, v: _env_number(k, v, int)),
+    "access_log": ("ACCESS_LOG", _env_bool),
+    "reload_interval": ("RELOAD_INTERVAL", lambda k, v: _env_number(k, v, float)),
+    "instance_id": ("INSTANCE_ID", lambda _k, v: v),
 }
+VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values())
 
 
 def from_env(env: Mapping[str, str], **flags: object) -> Settings:
     """Settings from SWITCHYARD_* variables, overridden by flags that are not None."""
-    unknown = set(flags) - set(_READERS)
+    unknown = set(flags) - set(_VARIABLES)
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    # A misspelt variable must not pass silently: SWITCHYARD_LIMITR would leave limits per process.
+    stray = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in VARIABLES)
+    if stray:
+        known = ", ".join(sorted(VARIABLES))
+        raise SettingsError(f"unknown variable(s) {', '.join(stray)}; switchyard reads {known}")
     values: dict[str, Any] = {}
-    for name, read in _READERS.items():
-        key = ENV_PREFIX + name.upper()
+    for name, (suffix, read) in _VARIABLES.items():
+        key = ENV_PREFIX + suffix
         if key in env:
             values[name] = read(key, env[key])
     values.update({k: v for k, v in flags.items() if v is not None})

@@ -7,7 +7,7 @@ Needs locust (`pip install -e .[load]`). Start the gateway with a --public-url e
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 \
         --headless -u 20 -r 5 -t 60s
 
-Tenants, numbers and tokens come from the policy directory ($SWITCHYARD_POLICIES_DIR, else
+Tenants, numbers and tokens come from the policy directory ($SWITCHYARD_POLICIES, else
 policies/) and the demo tokens of policies/demo.env (variables already set win). The gateway's
 own loader reads the policies, so a voice refusal is recognised exactly (the tenant's refusal
 TwiML) and reported on a REFUSED row of its own, not as a failure; an SMS answered with an empty
@@ -36,7 +36,7 @@ import scenario
 
 from gateway.policy.loader import LoadContext, load_dir
 
-POLICIES = Path(os.environ.get("SWITCHYARD_POLICIES_DIR", scenario.ROOT / "policies"))
+POLICIES = Path(os.environ.get("SWITCHYARD_POLICIES", scenario.ROOT / "policies"))
 SMS_BODIES = ("hours", "menu", "hello", "Are you open today?", "BOOK a table for 2")
 CALLERS = ("+15557654321", "+15551112222", "+19005550100")  # the last one is on bistro's blocklist
 

@@ -65,5 +65,6 @@ async def test_bad_token_is_401_and_spends_nothing(aiohttp_client: Any, clock: F
             response = await client.get("/api/v1/limits", headers=headers)
             assert response.status == 401
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert (await response.json()) == {"error": "invalid_token"}
     ok = await client.get("/api/v1/limits", headers={"Authorization": f"Bearer {token()}"})
     assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=4')

@@ -35,6 +35,19 @@ def test_bad_values_name_key_and_value(env: dict[str, str], message: str) -> Non
         from_env(env)
 
 
+def test_variables_are_named_like_the_flags() -> None:
+    """SWITCHYARD_LIMITER and SWITCHYARD_POLICIES set what --limiter and --policies set."""
+    settings = from_env({"SWITCHYARD_LIMITER": "redis://r:6379/0", "SWITCHYARD_POLICIES": "/etc/p"})
+    assert settings.limiter_url == "redis://r:6379/0"
+    assert settings.policies_dir == Path("/etc/p")
+
+
+def test_misspelt_variable_is_refused() -> None:
+    """An unknown SWITCHYARD_* variable stops start-up instead of being ignored."""
+    with pytest.raises(SettingsError, match=r"unknown variable.*SWITCHYARD_LIMITER_URL.*SWITCHYARD_LIMITER"):
+        from_env({"SWITCHYARD_LIMITER_URL": "redis://r:6379/0"})
+
+
 def test_unknown_flag_is_refused() -> None:
     """A misspelt setting is an error, not silently ignored."""
     with pytest.raises(SettingsError, match="unknown setting"):
