@@ -41,14 +41,6 @@ class SignatureError(SwitchyardError):
         super().__init__(reason)
 
 
-class UnknownTenant(SwitchyardError):
-    """No tenant owns the number, account SID or path of the request."""
-
-    def __init__(self, lookup: str) -> None:
-        self.lookup = lookup
-        super().__init__(f"no tenant for {lookup}")
-
-
 class Refused(SwitchyardError):
     """A tenant's limit refused the request."""
 
@@ -66,12 +58,3 @@ class BackendError(SwitchyardError):
         self.cause = cause
         detail = f": {type(cause).__name__}: {cause}" if cause else ""
         super().__init__(f"{backend} {operation} failed{detail}")
-
-
-class UpstreamError(SwitchyardError):
-    """A tenant's runtime (HTTP, WebSocket or LLM) failed or timed out."""
-
-    def __init__(self, target: str, reason: str) -> None:
-        self.target = target
-        self.reason = reason
-        super().__init__(f"{target}: {reason}")
