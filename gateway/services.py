@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.auth.public_url import PublicUrl
-from gateway.limits.failover import Failover
+from gateway.limits.failover import FailoverLimiter
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
@@ -16,5 +16,5 @@ class Services:
     settings: Settings
     registry: Registry
     public_url: PublicUrl
-    limits: Failover
+    limits: FailoverLimiter
     metrics: Metrics = field(default_factory=Metrics)

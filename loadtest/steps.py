@@ -89,9 +89,12 @@ def build_steps() -> list[tuple[str, Callable[[], object]]]:
         ("rebuild public URL", rebuild),
         ("verify_form (1 key)", lambda: verify_form(URL, params, signature, tenant.keys)),
         # Not in the sum: bench.py sends a token, as Twilio does; this shows what dedup adds.
-        ("(limits: Failover.acquire, memory, no token)", lambda: drive(failover.acquire(tenant.id, rules, 1, None))),
         (
-            "limits: Failover.acquire, memory, idempotency token",
+            "(limits: FailoverLimiter.acquire, memory, no token)",
+            lambda: drive(failover.acquire(tenant.id, rules, 1, None)),
+        ),
+        (
+            "limits: FailoverLimiter.acquire, memory, idempotency token",
             lambda: drive(failover.acquire(tenant.id, rules, 1, f"tok-{next(tokens)}")),
         ),
         ("router.route", lambda: router.route(tenant, "voice", params)),

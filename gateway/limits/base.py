@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 # How long a Twilio retry's I-Twilio-Idempotency-Token is remembered (the memory store keeps it
 # at least half of this). Twilio's retries of one webhook all fit in its total-time budget (the
@@ -42,9 +42,30 @@ class Decision:
     retry_after: float
     reset: float
     rule: Rule
+    # How the retry token of the charge was seen: "new" (or no token), "replay" (the same token
+    # *and* the same signed request were admitted before: reported, not charged), "mismatch"
+    # (the token was admitted before with another request: charged like any other, and logged).
+    retry: RetryOutcome = "new"
 
 
-class Limiter(Protocol):
+RetryOutcome = Literal["new", "replay", "mismatch"]
+FailureMode = Literal["local", "open", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryKey:
+    """Twilio's I-Twilio-Idempotency-Token bound to the request it came with.
+
+    A retry is the same signed request sent again with the same token; `binding` is a digest of
+    what was signed (the X-Twilio-Signature header), so a token replayed on another request
+    does not inherit the first one's admission.
+    """
+
+    token: str
+    binding: str
+
+
+class BucketStore(Protocol):
     """Charges a tenant's buckets all-or-nothing: if any bucket refuses, none is charged."""
 
     async def acquire(
@@ -61,3 +82,32 @@ class Limiter(Protocol):
     async def close(self) -> None:
         """Release connections and background tasks."""
         ...
+
+
+class Limiter(Protocol):
+    """What request handlers charge: a store behind the tenant's `on_store_failure` rule.
+
+    `acquire_now` is the synchronous fast path: the decision at once when the store is in
+    process, else None, and the caller awaits `acquire` (a coroutine frame per request was
+    measurable under load).
+    """
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared store is failing and tenants' failure rules apply."""
+        ...
+
+    def acquire_now(
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+    ) -> Decision | None: ...
+
+    async def acquire(
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        mode: FailureMode = "local",
+    ) -> Decision: ...
+
+    async def close(self) -> None: ...

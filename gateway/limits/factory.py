@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.clock import Clock, monotonic
-from gateway.limits.base import DEDUP_TTL, Limiter
+from gateway.limits.base import DEDUP_TTL, BucketStore
 from gateway.limits.breaker import CircuitBreaker
-from gateway.limits.failover import Failover
+from gateway.limits.failover import FailoverLimiter
 from gateway.limits.instances import InstanceRegistry
 from gateway.limits.leases import LeaseStore, MemoryLeases, RedisLeases
-from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter
+from gateway.limits.memory import MemoryBuckets
+from gateway.limits.redis import RedisBuckets
 from gateway.limits.redis_client import RedisClient, connect
 
 # scheme -> (shared by instances, Redis Cluster)
@@ -43,9 +43,9 @@ class Stores:
     """Everything the app charges limits against; `failover` is what requests go through."""
 
     url: str
-    limiter: Limiter
+    limiter: BucketStore
     leases: LeaseStore
-    failover: Failover
+    failover: FailoverLimiter
     instances: InstanceRegistry | None
     client: RedisClient | None
 
@@ -78,22 +78,22 @@ def stores_from_url(
     for every instance) and a clock given is passed to the scripts (tests).
     """
     scheme = _scheme(url)
-    local = MemoryLimiter(clock or monotonic, dedup_ttl)
+    local = MemoryBuckets(clock or monotonic, dedup_ttl)
     if scheme == "memory":
-        limiter = MemoryLimiter(clock or monotonic, dedup_ttl)
-        return Stores(url, limiter, MemoryLeases(clock or monotonic), Failover(limiter, local), None, None)
+        limiter = MemoryBuckets(clock or monotonic, dedup_ttl)
+        return Stores(url, limiter, MemoryLeases(clock or monotonic), FailoverLimiter(limiter, local), None, None)
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
     client = connect(driver_url, cluster=cluster)
     # The breaker's cool-down runs on the same clock as everything else, so tests step through it.
     breaker = breaker or CircuitBreaker(clock=clock or monotonic)
-    redis_limiter = RedisLimiter(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
+    redis_limiter = RedisBuckets(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
     registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
     return Stores(
         url,
         redis_limiter,
         RedisLeases(client, clock=clock, deadline=deadline),
-        Failover(redis_limiter, local, registry.live_instances),
+        FailoverLimiter(redis_limiter, local, registry.live_instances),
         registry,
         client,
     )

@@ -1,4 +1,4 @@
-"""Every charge goes through Failover: the primary store when it answers, a policy when not.
+"""Every charge goes through FailoverLimiter: the primary store when it answers, a policy when not.
 
 A shared store (Redis) can fail or time out; the gateway must still answer Twilio in time. Per
 tenant policy, a failed charge then falls back to:
@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from gateway.errors import BackendError
-from gateway.limits.base import Decision, Limiter, Rule
-from gateway.limits.memory import MemoryLimiter
+from gateway.limits.base import BucketStore, Decision, Rule
+from gateway.limits.memory import MemoryBuckets
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,13 @@ def local_rule(rule: Rule, instances: int) -> Rule:
     return Rule(rule.name, rule.rate / n, rule.per, max(1, rule.burst // n))
 
 
-class Failover:
-    """A Limiter that never raises BackendError: it falls back to `mode` instead."""
+class FailoverLimiter:
+    """A BucketStore that never raises BackendError: it falls back to `mode` instead."""
 
-    def __init__(self, primary: Limiter, local: MemoryLimiter, instances: Callable[[], int] = lambda: 1) -> None:
+    def __init__(self, primary: BucketStore, local: MemoryBuckets, instances: Callable[[], int] = lambda: 1) -> None:
         self._primary = primary
         # An in-process primary never fails and never waits: charge it without a coroutine.
-        self._sync_primary = primary if isinstance(primary, MemoryLimiter) else None
+        self._sync_primary = primary if isinstance(primary, MemoryBuckets) else None
         self._local = local
         self._instances = instances
         self._degraded = False

@@ -13,7 +13,7 @@ from gateway.limits.base import DEDUP_TTL, Decision, Rule
 SWEEP_EVERY = 4096
 
 
-class MemoryLimiter:
+class MemoryBuckets:
     """Buckets keyed by (tenant, rule name); a bucket that is full again is forgotten."""
 
     def __init__(self, clock: Clock = monotonic, dedup_ttl: float = DEDUP_TTL) -> None:

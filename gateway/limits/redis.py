@@ -32,7 +32,7 @@ class _Charge:
     rules: Sequence[Rule]
     cost: int
     dedup_key: str | None
-    now: str  # read when acquire() is called, as MemoryLimiter does; '' = Redis TIME
+    now: str  # read when acquire() is called, as MemoryBuckets does; '' = Redis TIME
 
 
 def bucket_key(tenant: str, rule: str) -> str:
@@ -45,8 +45,8 @@ def dedup_key(tenant: str, key: str) -> str:
     return f"sy:{{{tenant}}}:d:{key}"
 
 
-class RedisLimiter:
-    """The Limiter protocol over one Redis or Redis Cluster client (which the caller owns).
+class RedisBuckets:
+    """The BucketStore protocol over one Redis or Redis Cluster client (which the caller owns).
 
     clock: None in production (the script reads Redis TIME: one clock for all instances);
     tests inject one, passed to the script as `now`.

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.limits.base import Decision, Limiter, Rule
+from gateway.limits.base import BucketStore, Decision, Rule
 from gateway.limits.factory import Stores
 from tests.support.clock import FakeClock
 
@@ -15,7 +15,7 @@ LLM = Rule("llm", rate=30, per=60.0, burst=10)  # one token per 2 s
 CALLS = Rule("calls", rate=7, per=3600.0, burst=7)  # one token per 514.3 s
 
 
-async def charge(limiter: Limiter, n: int, rules: list[Rule], tenant: str = "acme") -> list[Decision]:
+async def charge(limiter: BucketStore, n: int, rules: list[Rule], tenant: str = "acme") -> list[Decision]:
     return [await limiter.acquire(tenant, rules) for _ in range(n)]
 
 

@@ -11,9 +11,9 @@ import pytest
 from gateway.errors import BackendError
 from gateway.limits.base import Rule
 from gateway.limits.breaker import CircuitBreaker, State
-from gateway.limits.failover import Failover
-from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import CircuitOpen, RedisLimiter
+from gateway.limits.failover import FailoverLimiter
+from gateway.limits.memory import MemoryBuckets
+from gateway.limits.redis import CircuitOpen, RedisBuckets
 from gateway.limits.redis_client import RedisClient, connect
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
@@ -30,7 +30,7 @@ RULE = Rule("webhooks", rate=3, per=3600.0, burst=3)
 class Rig:
     server: RedisServer
     client: RedisClient
-    limiter: RedisLimiter
+    limiter: RedisBuckets
     breaker_clock: FakeClock
 
 
@@ -40,14 +40,14 @@ async def rig(redis_servers: Callable[..., RedisServer], clock: FakeClock) -> As
     server = redis_servers()
     breaker_clock = FakeClock()
     client = connect(server.url)
-    limiter = RedisLimiter(client, clock=clock, deadline=DEADLINE, breaker=CircuitBreaker(breaker_clock))
+    limiter = RedisBuckets(client, clock=clock, deadline=DEADLINE, breaker=CircuitBreaker(breaker_clock))
     await limiter.acquire("warm-up", [RULE])
     yield Rig(server, client, limiter, breaker_clock)
     await limiter.close()
     await client.aclose()
 
 
-async def timed_failure(limiter: RedisLimiter) -> tuple[BackendError, float]:
+async def timed_failure(limiter: RedisBuckets) -> tuple[BackendError, float]:
     started = time.monotonic()
     with pytest.raises(BackendError) as caught:
         await limiter.acquire("acme", [RULE])
@@ -94,8 +94,8 @@ async def test_breaker_opens_and_stops_calling_redis(rig: Rig) -> None:
 async def test_failover_answers_by_mode_while_redis_is_down(
     rig: Rig, clock: FakeClock, mode: str, allowed: bool, remaining: int
 ) -> None:
-    """With Redis down, Failover answers from its mode within the deadline and never raises."""
-    failover = Failover(rig.limiter, MemoryLimiter(clock))
+    """With Redis down, FailoverLimiter answers from its mode within the deadline and never raises."""
+    failover = FailoverLimiter(rig.limiter, MemoryBuckets(clock))
     rig.server.stop()
     started = time.monotonic()
     decision = await failover.acquire("acme", [RULE], mode=mode)  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ async def test_failover_answers_by_mode_while_redis_is_down(
 async def test_restarted_server_is_used_again(rig: Rig, clock: FakeClock) -> None:
     """A server restarted on its port (empty, no scripts) is used again by the same limiter,
     and its limits are shared again: another instance sees this one's charges."""
-    failover = Failover(rig.limiter, MemoryLimiter(clock))
+    failover = FailoverLimiter(rig.limiter, MemoryBuckets(clock))
     rig.server.stop()
     for _ in range(3):
         await failover.acquire("acme", [RULE])
@@ -120,7 +120,7 @@ async def test_restarted_server_is_used_again(rig: Rig, clock: FakeClock) -> Non
     assert not failover.degraded and rig.limiter.healthy
 
     other_client = connect(rig.server.url)
-    other = RedisLimiter(other_client, clock=clock, deadline=DEADLINE)
+    other = RedisBuckets(other_client, clock=clock, deadline=DEADLINE)
     try:
         seen = [await other.acquire("acme", [RULE]) for _ in range(3)]
     finally:

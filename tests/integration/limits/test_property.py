@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.limits.base import Rule
-from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter
+from gateway.limits.memory import MemoryBuckets
+from gateway.limits.redis import RedisBuckets
 from gateway.limits.redis_client import connect
 from tests.support.clock import FakeClock
 
@@ -36,11 +36,11 @@ steps = st.lists(st.one_of(advance, charge), max_size=20)
 
 
 @pytest.fixture
-async def both(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[MemoryLimiter, RedisLimiter]]:
+async def both(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[MemoryBuckets, RedisBuckets]]:
     """A memory and a Redis limiter on one fake clock."""
     client = connect(redis_url)
-    redis_limiter = RedisLimiter(client, clock=clock, deadline=2.0)
-    yield MemoryLimiter(clock), redis_limiter
+    redis_limiter = RedisBuckets(client, clock=clock, deadline=2.0)
+    yield MemoryBuckets(clock), redis_limiter
     await redis_limiter.close()
     await client.aclose()
 
@@ -49,7 +49,7 @@ async def both(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[MemoryLi
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=steps)
 async def test_random_sequences_agree(
-    both: tuple[MemoryLimiter, RedisLimiter],
+    both: tuple[MemoryBuckets, RedisBuckets],
     clock: FakeClock,
     steps: list[float | tuple[list[Rule], int, str | None]],
 ) -> None:

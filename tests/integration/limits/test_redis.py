@@ -10,7 +10,7 @@ import pytest
 
 from gateway.limits.base import Rule
 from gateway.limits.factory import stores_from_url
-from gateway.limits.redis import RedisLimiter, bucket_key, dedup_key
+from gateway.limits.redis import RedisBuckets, bucket_key, dedup_key
 from gateway.limits.redis_client import RedisClient, connect
 from tests.support.clock import FakeClock
 
@@ -31,9 +31,9 @@ async def client(redis_url: str) -> AsyncIterator[RedisClient]:
 
 
 @pytest.fixture
-async def limiter(client: RedisClient, clock: FakeClock) -> AsyncIterator[RedisLimiter]:
+async def limiter(client: RedisClient, clock: FakeClock) -> AsyncIterator[RedisBuckets]:
     """A Redis limiter on the test's clock, with a deadline long enough for any CI box."""
-    redis_limiter = RedisLimiter(client, clock=clock, deadline=2.0)
+    redis_limiter = RedisBuckets(client, clock=clock, deadline=2.0)
     yield redis_limiter
     await redis_limiter.close()
 
@@ -80,7 +80,7 @@ async def test_redis_time_is_the_clock_of_every_instance(redis_url: str, client:
 
 
 async def test_bucket_key_lives_until_the_bucket_is_full(
-    limiter: RedisLimiter, client: RedisClient, clock: FakeClock
+    limiter: RedisBuckets, client: RedisClient, clock: FakeClock
 ) -> None:
     """A bucket key expires at its time-to-full; refusals leave the expiry alone."""
     key = bucket_key("acme", "webhooks")
@@ -100,7 +100,7 @@ async def test_bucket_key_lives_until_the_bucket_is_full(
 async def test_dedup_key_expires_after_its_ttl(redis_url: str, clock: FakeClock) -> None:
     """An admitted idempotency token is remembered for dedup_ttl, then forgotten."""
     redis_client = connect(redis_url)
-    limiter = RedisLimiter(redis_client, clock=clock, deadline=2.0, dedup_ttl=30.0)
+    limiter = RedisBuckets(redis_client, clock=clock, deadline=2.0, dedup_ttl=30.0)
     try:
         await limiter.acquire("acme", [WEBHOOKS], dedup_key="tok-1")
         pttl = await redis_client.pttl(dedup_key("acme", "tok-1"))
@@ -110,7 +110,7 @@ async def test_dedup_key_expires_after_its_ttl(redis_url: str, clock: FakeClock)
     assert 29_000 < pttl <= 30_000
 
 
-async def test_concurrent_acquires_share_round_trips(limiter: RedisLimiter, client: RedisClient) -> None:
+async def test_concurrent_acquires_share_round_trips(limiter: RedisBuckets, client: RedisClient) -> None:
     """500 concurrent acquires take a handful of pipelines and admit exactly the burst."""
     rule = Rule("webhooks", rate=1, per=3600.0, burst=100)
     await limiter.acquire("warm-up", [rule])  # loads the script: no NOSCRIPT below
@@ -124,7 +124,7 @@ async def test_concurrent_acquires_share_round_trips(limiter: RedisLimiter, clie
     assert pipelines[0] <= 4  # 500 / 256 per batch, plus the first, sent alone
 
 
-async def test_lost_scripts_are_loaded_again(limiter: RedisLimiter, client: RedisClient) -> None:
+async def test_lost_scripts_are_loaded_again(limiter: RedisBuckets, client: RedisClient) -> None:
     """After SCRIPT FLUSH (as after a restart), acquires reload the script and go on."""
     await limiter.acquire("acme", [WEBHOOKS])
     await client.script_flush()

@@ -8,14 +8,14 @@ from redis.asyncio.cluster import RedisCluster
 
 from gateway.limits.factory import is_shared, stores_from_url
 from gateway.limits.leases import MemoryLeases, RedisLeases
-from gateway.limits.memory import MemoryLimiter
-from gateway.limits.redis import RedisLimiter
+from gateway.limits.memory import MemoryBuckets
+from gateway.limits.redis import RedisBuckets
 
 
 async def test_memory_url_builds_in_process_stores() -> None:
     """memory:// gives in-process stores and no registry or client."""
     stores = stores_from_url("memory://")
-    assert isinstance(stores.limiter, MemoryLimiter)
+    assert isinstance(stores.limiter, MemoryBuckets)
     assert isinstance(stores.leases, MemoryLeases)
     assert stores.instances is None and stores.client is None
     await stores.start()
@@ -37,7 +37,7 @@ async def test_redis_urls_build_shared_stores(
 ) -> None:
     """redis[s]:// and redis[s]+cluster:// share one (lazy) client among the Redis stores."""
     stores = stores_from_url(url, instance_id="gw-test")
-    assert isinstance(stores.limiter, RedisLimiter)
+    assert isinstance(stores.limiter, RedisBuckets)
     assert isinstance(stores.leases, RedisLeases)
     assert stores.instances is not None and stores.instances.instance_id == "gw-test"
     assert isinstance(stores.client, client_type)

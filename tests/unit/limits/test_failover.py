@@ -1,4 +1,4 @@
-"""Failover: the primary's answer when it has one, the tenant's fallback mode when it fails."""
+"""FailoverLimiter: the primary's answer when it has one, the tenant's fallback mode when it fails."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from gateway.errors import BackendError
 from gateway.limits.base import Decision, Rule
-from gateway.limits.failover import CLOSED_RETRY_AFTER, Failover, local_rule
-from gateway.limits.memory import MemoryLimiter
+from gateway.limits.failover import CLOSED_RETRY_AFTER, FailoverLimiter, local_rule
+from gateway.limits.memory import MemoryBuckets
 from tests.support.clock import FakeClock
 
 WEBHOOKS = Rule("webhooks", rate=50, per=1.0, burst=100)
@@ -51,7 +51,7 @@ def test_local_rule_is_this_instances_share() -> None:
 
 async def test_healthy_primary_answers(primary: FlakyLimiter, clock: FakeClock) -> None:
     """While the primary answers, its Decision is returned as is."""
-    failover = Failover(primary, MemoryLimiter(clock))
+    failover = FailoverLimiter(primary, MemoryBuckets(clock))
     decision = await failover.acquire("acme", [WEBHOOKS])
     assert decision.remaining == 42 and not failover.degraded
 
@@ -59,7 +59,7 @@ async def test_healthy_primary_answers(primary: FlakyLimiter, clock: FakeClock) 
 async def test_local_mode_charges_this_instances_share(primary: FlakyLimiter, clock: FakeClock) -> None:
     """Mode local: with 4 live instances, a burst of 100 becomes 25 here."""
     primary.down = True
-    failover = Failover(primary, MemoryLimiter(clock), instances=lambda: 4)
+    failover = FailoverLimiter(primary, MemoryBuckets(clock), instances=lambda: 4)
     decisions = [await failover.acquire("acme", [WEBHOOKS], mode="local") for _ in range(26)]
     assert sum(d.allowed for d in decisions) == 25
     assert decisions[0].rule.name == "webhooks" and decisions[0].remaining == 24
@@ -70,7 +70,7 @@ async def test_local_mode_charges_this_instances_share(primary: FlakyLimiter, cl
 async def test_local_mode_keeps_dedup(primary: FlakyLimiter, clock: FakeClock) -> None:
     """Mode local honours idempotency tokens too: a retry is not charged twice."""
     primary.down = True
-    failover = Failover(primary, MemoryLimiter(clock))
+    failover = FailoverLimiter(primary, MemoryBuckets(clock))
     first = await failover.acquire("acme", [LLM], dedup_key="tok", mode="local")
     again = await failover.acquire("acme", [LLM], dedup_key="tok", mode="local")
     assert first.remaining == again.remaining == 9
@@ -79,7 +79,7 @@ async def test_local_mode_keeps_dedup(primary: FlakyLimiter, clock: FakeClock) -
 async def test_open_mode_admits(primary: FlakyLimiter, clock: FakeClock) -> None:
     """Mode open admits, reporting the tightest rule as full."""
     primary.down = True
-    failover = Failover(primary, MemoryLimiter(clock))
+    failover = FailoverLimiter(primary, MemoryBuckets(clock))
     decision = await failover.acquire("acme", [WEBHOOKS, LLM], mode="open")
     assert decision == Decision(True, 10, 0.0, 0.0, LLM)
 
@@ -87,7 +87,7 @@ async def test_open_mode_admits(primary: FlakyLimiter, clock: FakeClock) -> None
 async def test_closed_mode_refuses_briefly(primary: FlakyLimiter, clock: FakeClock) -> None:
     """Mode closed refuses, asking the client to retry soon."""
     primary.down = True
-    failover = Failover(primary, MemoryLimiter(clock))
+    failover = FailoverLimiter(primary, MemoryBuckets(clock))
     decision = await failover.acquire("acme", [WEBHOOKS, LLM], mode="closed")
     assert (decision.allowed, decision.remaining, decision.rule) == (False, 0, LLM)
     assert decision.retry_after == CLOSED_RETRY_AFTER
@@ -95,7 +95,7 @@ async def test_closed_mode_refuses_briefly(primary: FlakyLimiter, clock: FakeClo
 
 async def test_degraded_follows_the_primary(primary: FlakyLimiter, clock: FakeClock) -> None:
     """degraded is set by a failure and cleared by the primary's next answer, reported once each."""
-    failover = Failover(primary, MemoryLimiter(clock))
+    failover = FailoverLimiter(primary, MemoryBuckets(clock))
     seen: list[tuple[bool, BackendError | None]] = []
     failover.on_transition(lambda degraded, error: seen.append((degraded, error)))
     primary.down = True
@@ -119,10 +119,10 @@ async def test_other_errors_are_not_swallowed(clock: FakeClock) -> None:
             raise KeyError("bug")
 
     with pytest.raises(KeyError):
-        await Failover(Broken(), MemoryLimiter(clock)).acquire("acme", [WEBHOOKS])
+        await FailoverLimiter(Broken(), MemoryBuckets(clock)).acquire("acme", [WEBHOOKS])
 
 
 async def test_close_closes_both(primary: FlakyLimiter, clock: FakeClock) -> None:
     """close() closes the primary and the local store."""
-    await Failover(primary, MemoryLimiter(clock)).close()
+    await FailoverLimiter(primary, MemoryBuckets(clock)).close()
     assert primary.closed

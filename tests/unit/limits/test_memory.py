@@ -6,7 +6,7 @@ import pytest
 
 from gateway.limits import memory
 from gateway.limits.base import Rule
-from gateway.limits.memory import MemoryLimiter
+from gateway.limits.memory import MemoryBuckets
 from tests.support.clock import FakeClock
 
 RULE = Rule("webhooks", rate=10, per=1.0, burst=10)
@@ -14,7 +14,7 @@ RULE = Rule("webhooks", rate=10, per=1.0, burst=10)
 
 def test_full_buckets_are_forgotten(clock: FakeClock) -> None:
     """Ten thousand tenants charged once leave nothing behind once their buckets are full again."""
-    limiter = MemoryLimiter(clock)
+    limiter = MemoryBuckets(clock)
     for i in range(10_000):
         limiter.acquire_now(f"tenant-{i}", [RULE])
     assert len(limiter) == 10_000
@@ -27,7 +27,7 @@ def test_full_buckets_are_forgotten(clock: FakeClock) -> None:
 
 def test_forgetting_a_full_bucket_changes_no_decision(clock: FakeClock) -> None:
     """A bucket dropped when full answers exactly as the kept one would have."""
-    limiter = MemoryLimiter(clock)
+    limiter = MemoryBuckets(clock)
     for _ in range(10):
         limiter.acquire_now("t", [RULE])
     clock.advance(1.0)
@@ -39,7 +39,7 @@ def test_forgetting_a_full_bucket_changes_no_decision(clock: FakeClock) -> None:
 
 def test_sweep_runs_by_itself_on_the_hot_path(clock: FakeClock) -> None:
     """Without anyone calling sweep(), charging keeps the table bounded."""
-    limiter = MemoryLimiter(clock)
+    limiter = MemoryBuckets(clock)
     for i in range(memory.SWEEP_EVERY * 3):
         clock.advance(0.2)  # every earlier bucket is full again by the next sweep
         limiter.acquire_now(f"tenant-{i}", [RULE])
@@ -48,7 +48,7 @@ def test_sweep_runs_by_itself_on_the_hot_path(clock: FakeClock) -> None:
 
 def test_retry_token_is_charged_once_and_per_tenant(clock: FakeClock) -> None:
     """The same idempotency token is free on retry for its tenant, but not for another tenant."""
-    limiter = MemoryLimiter(clock)
+    limiter = MemoryBuckets(clock)
     first = limiter.acquire_now("a", [RULE], dedup_key="tok")
     retry = limiter.acquire_now("a", [RULE], dedup_key="tok")
     other = limiter.acquire_now("b", [RULE], dedup_key="tok")
@@ -65,7 +65,7 @@ def test_retry_token_is_remembered_between_half_and_whole_ttl(
     clock: FakeClock, arrival: float, delay: float, charged: bool
 ) -> None:
     """Wherever a token lands in a generation, a retry within ttl/2 is free and one after ttl is charged."""
-    limiter = MemoryLimiter(clock, dedup_ttl=60)
+    limiter = MemoryBuckets(clock, dedup_ttl=60)
     clock.advance(arrival)
     limiter.acquire_now("a", [SLOW], dedup_key="noise")  # traffic that rotates generations as it would
     assert limiter.acquire_now("a", [SLOW], dedup_key="tok").remaining == 48

@@ -1,4 +1,4 @@
-"""RedisLimiter against a fake client: batching, deadline, breaker, NOSCRIPT, keys; no network."""
+"""RedisBuckets against a fake client: batching, deadline, breaker, NOSCRIPT, keys; no network."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gateway.errors import BackendError
 from gateway.limits.base import Decision, Rule
 from gateway.limits.breaker import CircuitBreaker, State
 from gateway.limits.leases import lease_key
-from gateway.limits.redis import CircuitOpen, RedisLimiter, bucket_key, dedup_key
+from gateway.limits.redis import CircuitOpen, RedisBuckets, bucket_key, dedup_key
 from tests.support.clock import FakeClock
 
 WEBHOOKS = Rule("webhooks", rate=5, per=1.0, burst=10)
@@ -89,13 +89,13 @@ def breaker_clock() -> FakeClock:
 
 
 @pytest.fixture
-def limiter(client: FakeClient, clock: FakeClock, breaker_clock: FakeClock) -> RedisLimiter:
+def limiter(client: FakeClient, clock: FakeClock, breaker_clock: FakeClock) -> RedisBuckets:
     """A limiter over the fake client, with fake clocks for the script and the breaker."""
     breaker = CircuitBreaker(breaker_clock, failures=3, cooldown=1.0)
-    return RedisLimiter(client, clock=clock, deadline=0.05, breaker=breaker)  # type: ignore[arg-type]
+    return RedisBuckets(client, clock=clock, deadline=0.05, breaker=breaker)  # type: ignore[arg-type]
 
 
-async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisBuckets, client: FakeClient) -> None:
     """Each acquire is one EVALSHA: bucket keys, dedup key, now, cost, dedup TTL, rule doubles."""
     client.reply = [1, 2, 1, b"0", b"4.666666666666667"]
     decision = await limiter.acquire("acme", [WEBHOOKS, LLM], cost=2, dedup_key="tok")
@@ -111,19 +111,19 @@ async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisLi
 
 async def test_without_clock_the_script_reads_redis_time(client: FakeClient) -> None:
     """With no clock injected, `now` is sent empty: the script reads Redis TIME."""
-    limiter = RedisLimiter(client, deadline=0.05)  # type: ignore[arg-type]
+    limiter = RedisBuckets(client, deadline=0.05)  # type: ignore[arg-type]
     await limiter.acquire("acme", [WEBHOOKS])
     assert client.sent[0][0][4] == ""
 
 
-async def test_concurrent_acquires_share_one_pipeline(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_concurrent_acquires_share_one_pipeline(limiter: RedisBuckets, client: FakeClient) -> None:
     """Acquires arriving together go out as one pipeline, one EVALSHA each."""
     await asyncio.gather(*(limiter.acquire(f"t{i}", [WEBHOOKS]) for i in range(50)))
     assert [len(batch) for batch in client.sent] == [50]
     assert limiter.round_trips == 1
 
 
-async def test_driver_error_is_one_backend_error_for_the_batch(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_driver_error_is_one_backend_error_for_the_batch(limiter: RedisBuckets, client: FakeClient) -> None:
     """A failed round trip raises one BackendError, carrying the cause, to every waiter."""
     client.error = RedisConnectionError("connection refused")
     results = await asyncio.gather(*(limiter.acquire("acme", [WEBHOOKS]) for _ in range(3)), return_exceptions=True)
@@ -133,7 +133,7 @@ async def test_driver_error_is_one_backend_error_for_the_batch(limiter: RedisLim
     assert isinstance(results[0].cause, RedisConnectionError)
 
 
-async def test_slow_redis_fails_at_the_deadline(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_slow_redis_fails_at_the_deadline(limiter: RedisBuckets, client: FakeClient) -> None:
     """A round trip that does not come back within the deadline is a BackendError."""
     client.hang = True
     with pytest.raises(BackendError) as caught:
@@ -143,7 +143,7 @@ async def test_slow_redis_fails_at_the_deadline(limiter: RedisLimiter, client: F
 
 
 async def test_breaker_opens_probes_and_closes(
-    limiter: RedisLimiter, client: FakeClient, breaker_clock: FakeClock
+    limiter: RedisBuckets, client: FakeClient, breaker_clock: FakeClock
 ) -> None:
     """Three failed batches open the breaker: no round trips until the cool-down, then a probe."""
     transitions: list[tuple[State, State]] = []
@@ -165,7 +165,7 @@ async def test_breaker_opens_probes_and_closes(
 
 
 async def test_waiters_queued_behind_the_failure_that_opened_the_breaker_fail_fast(
-    limiter: RedisLimiter, client: FakeClient
+    limiter: RedisBuckets, client: FakeClient
 ) -> None:
     """Acquires already queued when the breaker opens are not sent to Redis."""
     client.error = RedisConnectionError("down")
@@ -182,7 +182,7 @@ async def test_waiters_queued_behind_the_failure_that_opened_the_breaker_fail_fa
     assert len(client.sent) == 3
 
 
-async def test_lost_script_is_loaded_and_resent(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_lost_script_is_loaded_and_resent(limiter: RedisBuckets, client: FakeClient) -> None:
     """After NOSCRIPT (a restarted server) the script is loaded and the batch sent again."""
     client.has_script = False
     decisions = await asyncio.gather(*(limiter.acquire("acme", [WEBHOOKS, LLM]) for _ in range(2)))
@@ -191,7 +191,7 @@ async def test_lost_script_is_loaded_and_resent(limiter: RedisLimiter, client: F
     assert [cmd[1] for batch in client.sent for cmd in batch] == ["sha-1", "sha-1", "sha-2", "sha-2"]
 
 
-async def test_error_reply_fails_only_its_caller(limiter: RedisLimiter, client: FakeClient) -> None:
+async def test_error_reply_fails_only_its_caller(limiter: RedisBuckets, client: FakeClient) -> None:
     """A script error for one acquire is that caller's BackendError; Redis counts as up."""
     client.reply = ResponseError("WRONGTYPE")
     with pytest.raises(BackendError) as caught:
@@ -199,7 +199,7 @@ async def test_error_reply_fails_only_its_caller(limiter: RedisLimiter, client: 
     assert isinstance(caught.value.cause, ResponseError)
 
 
-async def test_acquire_needs_a_rule(limiter: RedisLimiter) -> None:
+async def test_acquire_needs_a_rule(limiter: RedisBuckets) -> None:
     """An empty rule list is a programming error, not a store failure."""
     with pytest.raises(ValueError, match="at least one rule"):
         await limiter.acquire("acme", [])
@@ -213,7 +213,7 @@ def test_a_tenants_keys_share_one_cluster_slot(tenant: str) -> None:
     assert len({key_slot(key.encode()) for key in keys}) == 1
 
 
-async def test_now_is_read_when_acquire_is_called(limiter: RedisLimiter, client: FakeClient, clock: FakeClock) -> None:
+async def test_now_is_read_when_acquire_is_called(limiter: RedisBuckets, client: FakeClient, clock: FakeClock) -> None:
     """An injected clock is read at acquire(), not when the batch leaves, as in memory."""
     client.hang = True
     first = asyncio.create_task(limiter.acquire("acme", [WEBHOOKS]))
