@@ -2,11 +2,15 @@
 """One entry point for a fresh machine with only Python 3.11+.
 
     python3 dev.py serve [switchyard serve flags...]   # run the gateway on policies/
+    python3 dev.py check [switchyard check flags...]   # validate policies/ with the demo secrets
     python3 dev.py test  [pytest args...]              # lint, type-check and run every test
     python3 dev.py sign  [switchyard sign flags...]    # print a signed curl line for the demo
 
-It creates `.venv` beside this file on first use and reinstalls only when
-pyproject.toml changes, so both commands work from a clean clone.
+serve, check and sign read the demo secrets from policies/demo.env (variables
+already set win); serve listens on and checks signatures against
+http://127.0.0.1:8080. It creates `.venv` beside this file on first use and
+reinstalls only when pyproject.toml changes, so every command works from a
+clean clone.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ def main(args: list[str]) -> int:
         _ensure_venv("")
         flags = ["--policies", "policies", "--public-url", DEMO_PUBLIC_URL, *rest]
         return _exec([str(BIN / "switchyard"), "serve", *flags], _demo_env())
+    if command == "check":
+        _ensure_venv("")
+        return _exec([str(BIN / "switchyard"), "check", "policies", *rest], _demo_env())
     if command == "sign":
         _ensure_venv("")
         return _exec([str(BIN / "switchyard"), "sign", *rest], _demo_env())
@@ -86,7 +93,10 @@ def main(args: list[str]) -> int:
             if code := _run(step):
                 return code
         return _run([py, "-m", "pytest", *rest])
-    print(__doc__, file=sys.stderr)
+    if command in ("help", "-h", "--help"):
+        print(__doc__, file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    print(f"dev.py: unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from aiohttp import web
 
 from gateway.auth.public_url import PublicUrl, parse_proxies
-from gateway.clock import Clock
+from gateway.clock import Clock, monotonic
 from gateway.errors import BackendError
 from gateway.handlers import api, health
 from gateway.handlers.twilio import webhook
@@ -33,8 +33,8 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> web.Application:
     """Load and check everything that can be checked before serving; raise PolicyError/ValueError early."""
     env = os.environ if env is None else env
-    public_url = PublicUrl(settings.public_url, parse_proxies(settings.trusted_proxies))
-    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.base))
+    public_url = PublicUrl(settings.public_urls, parse_proxies(settings.trusted_proxies))
+    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first))
     metrics = Metrics()
     app = web.Application()
     app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, clock))
@@ -62,7 +62,12 @@ def _stores(
         else:
             metrics.live_instances.set(1)
         app[SERVICES] = Services(
-            settings=settings, registry=registry, public_url=public_url, limits=stores.failover, metrics=metrics
+            settings=settings,
+            registry=registry,
+            public_url=public_url,
+            limits=stores.failover,
+            metrics=metrics,
+            clock=clock or monotonic,
         )
         try:
             yield

@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from gateway.accesslog import JsonAccessLogger, configure_logging
-from gateway.errors import PolicyError
+from gateway.auth.public_url import PublicUrl
+from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
-from gateway.settings import Settings, SettingsError, from_env
+from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
+from gateway.telemetry.accesslog import JsonAccessLogger, configure_logging
 
 EXIT_USAGE = 2
 
@@ -38,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--public-url",
-        help="the base URL Twilio calls, e.g. https://gw.example.com (signatures are checked against it)",
+        action="append",
+        metavar="URL",
+        help="a base URL Twilio calls, e.g. https://gw.example.com (signatures are checked against it; repeatable, "
+        "the request's Host chooses among several)",
     )
     serve.add_argument(
         "--trusted-proxy",
@@ -53,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a policy directory; list every error")
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
     check.add_argument("--ignore-env", action="store_true", help="do not require the secrets' environment variables")
-    check.add_argument("--public-url", help="as for serve: stream routes without a url need it")
+    check.add_argument(
+        "--public-url",
+        action="append",
+        metavar="URL",
+        help="as for serve (default: $SWITCHYARD_PUBLIC_URL); without it, a stream route without a url is a note",
+    )
 
     sign = commands.add_parser("sign", help="print a curl command carrying a valid X-Twilio-Signature")
     sign.add_argument("--tenant", required=True)
@@ -69,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
-        return check(args.directory, os.environ, ignore_env=args.ignore_env, public_url=args.public_url)
+        return check(args.directory, os.environ, ignore_env=args.ignore_env, public_urls=args.public_url or ())
     if args.command == "sign":
         return sign(args.tenant, args.url, args.params, args.policies, os.environ, args.public_url)
     try:
@@ -79,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             limiter_url=args.limiter,
-            public_url=args.public_url,
+            public_urls=tuple(args.public_url) if args.public_url else None,
             trusted_proxies=tuple(args.trusted_proxy) if args.trusted_proxy else None,
             workers=args.workers,
             access_log=False if args.no_access_log else None,
@@ -98,15 +107,27 @@ class _AnyEnv(dict[str, str]):
         return "x" * 64
 
 
-def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, public_url: str | None = None) -> int:
+def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, public_urls: Sequence[str] = ()) -> int:
+    """Load the policies as `serve` would; what only the missing public URL could settle is a note."""
     try:
-        tenants = load_dir(directory, LoadContext(env=_AnyEnv() if ignore_env else env, public_url=public_url))
+        urls = PublicUrl(tuple(public_urls)) if public_urls else PublicUrl(public_urls_from_env(env))
+    except ValueError as exc:  # SettingsError too
+        print(f"switchyard check: {'--public-url: ' if public_urls else ''}{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    notes: list[PolicyProblem] = []
+    context = LoadContext(env=_AnyEnv() if ignore_env else env, public_url=urls.first, notes=notes)
+    try:
+        tenants = load_dir(directory, context)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in {directory}", file=sys.stderr)
         return 1
     print(f"{directory}: {len(tenants)} tenant(s) OK: {', '.join(sorted(tenants))}")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -162,7 +183,20 @@ def sign(
     return 0
 
 
+NO_PUBLIC_URL = (
+    "switchyard: refusing to start without a public URL. Twilio signs each webhook over the full URL it "
+    "called (e.g. https://gw.example.com/twilio/voice) and the gateway checks the signature against that URL; "
+    "it cannot take it from the request, whose Host header any client can set. Give the base URL(s) Twilio "
+    "calls: --public-url https://gw.example.com (repeatable) or SWITCHYARD_PUBLIC_URL=https://gw.example.com "
+    "(comma-separated); or, behind a proxy that sets X-Forwarded-Proto/-Host, trust it with "
+    "--trusted-proxy CIDR (SWITCHYARD_TRUSTED_PROXIES)."
+)
+
+
 def serve(settings: Settings) -> int:
+    if not settings.public_urls and not settings.trusted_proxies:
+        print(NO_PUBLIC_URL, file=sys.stderr)
+        return EXIT_USAGE
     if settings.workers > 1 and not is_shared(settings.limiter_url):
         print(
             f"switchyard: --workers {settings.workers} with {settings.limiter_url} would give each process the "

@@ -58,3 +58,20 @@ class BackendError(SwitchyardError):
         self.cause = cause
         detail = f": {type(cause).__name__}: {cause}" if cause else ""
         super().__init__(f"{backend} {operation} failed{detail}")
+
+
+class UpstreamError(SwitchyardError):
+    """A call out of the gateway (a tenant's runtime, OpenAI, Twilio REST) failed or answered
+    something we cannot use; mapped once where the outbound seam meets the HTTP client.
+
+    reason: timeout | deadline | connect | connection | too_large | status | invalid
+    """
+
+    def __init__(self, target: str, reason: str, status: int | None = None, detail: str = "") -> None:
+        self.target = target
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+        code = f" {status}" if status is not None else ""
+        more = f": {detail}" if detail else ""
+        super().__init__(f"{target}: {reason}{code}{more}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.logfields import LogFields
+from gateway.exchange import Exchange
 from gateway.services import Services
 
 SERVICES = web.AppKey("services", Services)
-LOG = web.RequestKey("log", LogFields)
+EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -27,8 +27,12 @@ def forbidden_signature() -> web.Response:
     return web.Response(status=403, text="Forbidden: invalid signature\n")
 
 
-def unauthorized() -> web.Response:
-    # RFC 6750 §3: the challenge names the scheme; the body says no more than the header.
+def unauthorized(credentials_given: bool = True) -> web.Response:
+    """RFC 6750 §3: the challenge names the scheme; `error` only when credentials were sent
+    (§3.1: a request without any "SHOULD NOT" get an error code). The body says no more."""
+    if not credentials_given:
+        challenge = {"WWW-Authenticate": 'Bearer realm="switchyard"'}
+        return json({"error": "unauthorized"}, status=401, headers=challenge)
     challenge = {"WWW-Authenticate": 'Bearer realm="switchyard", error="invalid_token"'}
     return json({"error": "invalid_token"}, status=401, headers=challenge)
 

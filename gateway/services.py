@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.auth.public_url import PublicUrl
-from gateway.limits.failover import FailoverLimiter
+from gateway.clock import Clock, monotonic
+from gateway.limits.base import Limiter
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
@@ -16,5 +17,6 @@ class Services:
     settings: Settings
     registry: Registry
     public_url: PublicUrl
-    limits: FailoverLimiter
+    limits: Limiter
     metrics: Metrics = field(default_factory=Metrics)
+    clock: Clock = monotonic

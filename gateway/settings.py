@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.auth.public_url import PublicUrl
+
 ENV_PREFIX = "SWITCHYARD_"
 
 
@@ -23,7 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     limiter_url: str = "memory://"
-    public_url: str | None = None
+    public_urls: tuple[str, ...] = ()  # the base URL(s) Twilio calls; signatures are checked against them
     trusted_proxies: tuple[str, ...] = ()
     workers: int = 1
     access_log: bool = True
@@ -37,6 +39,12 @@ class Settings:
             raise SettingsError(f"workers: {self.workers} must be at least 1")
         if self.reload_interval < 0:
             raise SettingsError(f"reload_interval: {self.reload_interval} must be >= 0")
+        if isinstance(self.public_urls, str):
+            raise SettingsError(f"public_urls: {self.public_urls!r} must be a tuple of URLs, not one string")
+        try:
+            PublicUrl(self.public_urls)
+        except ValueError as exc:
+            raise SettingsError(f"public_urls: {exc}") from None
 
 
 def _env_bool(key: str, raw: str) -> bool:
@@ -59,13 +67,22 @@ def _csv(_key: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _public_urls(key: str, raw: str) -> tuple[str, ...]:
+    urls = _csv(key, raw)
+    try:
+        PublicUrl(urls)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {exc}") from None
+    return urls
+
+
 # Each setting, the SWITCHYARD_* variable that sets it (named like its `serve` flag), and its reader.
 _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "policies_dir": ("POLICIES", lambda _k, v: Path(v)),
     "host": ("HOST", lambda _k, v: v),
     "port": ("PORT", lambda k, v: _env_number(k, v, int)),
     "limiter_url": ("LIMITER", lambda _k, v: v),
-    "public_url": ("PUBLIC_URL", lambda _k, v: v),
+    "public_urls": ("PUBLIC_URL", _public_urls),  # comma-separated, as --public-url given several times
     "trusted_proxies": ("TRUSTED_PROXIES", _csv),
     "workers": ("WORKERS", lambda k, v: _env_number(k, v, int)),
     "access_log": ("ACCESS_LOG", _env_bool),
@@ -73,6 +90,13 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "instance_id": ("INSTANCE_ID", lambda _k, v: v),
 }
 VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values())
+PUBLIC_URL_VARIABLE = ENV_PREFIX + _VARIABLES["public_urls"][0]
+
+
+def public_urls_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The URLs SWITCHYARD_PUBLIC_URL lists (comma-separated); () when it is unset."""
+    raw = env.get(PUBLIC_URL_VARIABLE)
+    return () if raw is None else _public_urls(PUBLIC_URL_VARIABLE, raw)
 
 
 def from_env(env: Mapping[str, str], **flags: object) -> Settings:

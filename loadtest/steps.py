@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -42,13 +43,13 @@ def build_steps() -> list[tuple[str, Callable[[], object]]]:
     from gateway import responses
     from gateway.auth.public_url import PublicUrl
     from gateway.auth.twilio_signature import verify_form
+    from gateway.exchange import Exchange
     from gateway.handlers import twilio
-    from gateway.handlers.forms import parse_form
+    from gateway.limits.base import RetryKey
     from gateway.limits.factory import stores_from_url
-    from gateway.logfields import LogFields
     from gateway.policy.loader import LoadContext, load_dir
     from gateway.policy.registry import PolicySet
-    from gateway.routing import router
+    from gateway.protocol.forms import parse_form
 
     env = scenario.demo_env()
     token = env[scenario.TOKEN_ENV]
@@ -59,16 +60,16 @@ def build_steps() -> list[tuple[str, Callable[[], object]]]:
     signed = scenario.signed_voice_requests(URL, token, 1)[0]
     body, signature = signed.body, signed.headers["X-Twilio-Signature"]
     params = parse_form(body)
-    public_url = PublicUrl("http://127.0.0.1:8080")
+    public_url = PublicUrl(("http://127.0.0.1:8080",))
     rules = tenant.rules["voice"]
     failover = stores_from_url("memory://").failover
     tokens = iter(range(10**12))
-    chosen = router.route(tenant, "voice", params)
+    chosen = tenant.route("voice", params)
     assert chosen is not None and chosen.reply == scenario.say_twiml(), "the bench route answers the bench TwiML"
     assert verify_form(URL, params, signature, tenant.keys), "the bench signature verifies"
     reply = chosen.reply
 
-    def rebuild() -> str:
+    def rebuild() -> str | None:
         return public_url.rebuild(
             scheme="http",
             host="127.0.0.1:8080",
@@ -78,10 +79,10 @@ def build_steps() -> list[tuple[str, Callable[[], object]]]:
             forwarded_host=None,
         )
 
-    def fields() -> object:
-        log = LogFields(kind="voice")
-        log.caller, log.called = params["From"][0], params["To"][0]  # masked only when logged
-        return log
+    def record() -> object:
+        exchange = Exchange("voice", policies, time.monotonic)
+        exchange.caller, exchange.called = params["From"][0], params["To"][0]  # masked only when logged
+        return exchange
 
     return [
         ("parse_form (26-field body)", lambda: parse_form(body)),
@@ -95,11 +96,11 @@ def build_steps() -> list[tuple[str, Callable[[], object]]]:
         ),
         (
             "limits: FailoverLimiter.acquire, memory, idempotency token",
-            lambda: drive(failover.acquire(tenant.id, rules, 1, f"tok-{next(tokens)}")),
+            lambda: drive(failover.acquire(tenant.id, rules, 1, RetryKey(f"tok-{next(tokens)}", signature))),
         ),
-        ("router.route", lambda: router.route(tenant, "voice", params)),
+        ("Tenant.route", lambda: tenant.route("voice", params)),
         ("responses.twiml (web.Response)", lambda: responses.twiml(reply)),
-        ("LogFields (numbers kept raw)", fields),
+        ("Exchange (numbers kept raw)", record),
     ]
 
 

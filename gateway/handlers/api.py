@@ -7,30 +7,38 @@ from aiohttp import web
 from gateway import responses
 from gateway.auth import jwt
 from gateway.errors import Refused, SignatureError
-from gateway.keys import LOG, SERVICES
-from gateway.logfields import LogFields
+from gateway.exchange import Exchange
+from gateway.keys import EXCHANGE, SERVICES
 
 
 async def limits(request: web.Request) -> web.Response:
     """GET /api/v1/limits: the tenant's configured buckets, with RateLimit headers."""
     services = request.app[SERVICES]
-    fields = LogFields(kind="api")
-    request[LOG] = fields
+    exchange = Exchange("api", services.registry.current, services.clock)
+    request[EXCHANGE] = exchange
+    header = request.headers.get("Authorization")
     try:
-        token = jwt.bearer(request.headers.get("Authorization"))
-        tenant = jwt.tenant_of(token, services.registry.current.tenants)
+        token = jwt.bearer(header)
+        tenant = jwt.tenant_of(token, exchange.policies.tenants)
     except SignatureError:
-        fields.decision = "unauthorized"
-        return responses.unauthorized()
-    fields.tenant = tenant.id
+        exchange.decision = "unauthorized"
+        # RFC 6750 §3.1: no credentials, or another scheme than Bearer, is "lacks any
+        # authentication information": the challenge then carries no error code.
+        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
+        return responses.unauthorized(credentials_given=sent_bearer)
+    exchange.tenant = tenant
     decision = None
     rules = tenant.rules["api"]
     if rules:
-        decision = await services.limits.acquire(tenant.id, rules, 1, None, mode=tenant.on_store_failure)
+        limits = services.limits
+        decision = limits.acquire_now(tenant.id, rules) or await limits.acquire(
+            tenant.id, rules, mode=tenant.on_store_failure
+        )
+        exchange.limit = decision
         if not decision.allowed:
-            fields.decision = "refused"
+            exchange.decision = "refused"
             return responses.too_many(Refused(decision))
-    fields.decision = "answered"
+    exchange.decision = "answered"
     body = {
         "tenant": tenant.id,
         "limits": {

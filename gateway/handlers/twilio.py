@@ -1,9 +1,9 @@
-"""Twilio webhooks: tenant → signature → limits → route, in that order, in one handler.
+"""Twilio webhooks: tenant → signature → limits → route → action, in that order, in one handler.
 
-DESIGN.md draws these steps as four aiohttp middlewares. They run here as plain calls in one
-coroutine instead: each middleware layer costs a wrapper call and a coroutine frame on every
-request of every route, while these steps only ever apply to the Twilio routes. The order is
-the design's, and it matters: a forged request is refused before it can spend any quota.
+The steps run as plain calls in one coroutine rather than as aiohttp middlewares: each
+middleware layer costs a wrapper call and a coroutine frame on every request of every route,
+while these steps only ever apply to the Twilio routes. The order is the design's, and it
+matters: a forged request is refused before it can spend any quota.
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ from typing import Literal
 
 import orjson
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from gateway import responses
+from gateway.actions import Incoming
 from gateway.auth.twilio_signature import algorithm_from_settings, verify_form, verify_json
-from gateway.handlers.forms import parse_form
-from gateway.keys import LOG, SERVICES
-from gateway.logfields import LogFields
+from gateway.deadline import DeadlineExceeded
+from gateway.errors import UpstreamError
+from gateway.exchange import Exchange
+from gateway.keys import EXCHANGE, SERVICES
+from gateway.limits.base import RetryKey
 from gateway.policy.registry import PolicySet
-from gateway.policy.tenant import Tenant
-from gateway.routing import router, twiml
-from gateway.services import Services
+from gateway.policy.tenant import CompiledRoute, Tenant
+from gateway.protocol import twiml
+from gateway.protocol.forms import parse_form
 
 WebhookKind = Literal["voice", "sms", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -32,6 +37,11 @@ SIGNATURE = "X-Twilio-Signature"
 SIGNATURE_SETTINGS = "X-Twilio-Webhooks-Signature-Settings"
 IDEMPOTENCY = "I-Twilio-Idempotency-Token"
 OUTBOUND = frozenset({"outbound-api", "outbound-dial"})
+# Twilio's headers an upstream runtime may want (its own signature is made anew for it).
+FORWARDED_HEADERS = (IDEMPOTENCY, "I-Twilio-Retry-Count", "X-Home-Region", "User-Agent")
+# The client went away before (or while) its body arrived: nothing to answer, nothing to log
+# as our failure. aiohttp raises these from request.read().
+CLIENT_GONE = (ClientConnectionResetError, ConnectionResetError, PayloadEncodingError, EOFError)
 
 log = logging.getLogger("switchyard.twilio")
 
@@ -40,27 +50,35 @@ def webhook(kind: WebhookKind) -> Handler:
     """The handler for one webhook kind; Twilio never gets a 5xx from it."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        fields = LogFields(kind=kind)
-        request[LOG] = fields
         services = request.app[SERVICES]
+        # The request keeps this snapshot for its whole life, its fallback included.
+        exchange = Exchange(kind, services.registry.current, services.clock)
+        request[EXCHANGE] = exchange
         try:
             # One coroutine for the whole pipeline: each extra frame per request is measurable.
-            body = await request.read()
+            try:
+                body = await request.read()
+            except CLIENT_GONE:
+                exchange.decision = "client_closed"
+                return responses.no_content()
             headers = request.headers
             is_json = headers.get("Content-Type", "").startswith("application/json")
             params = _json_params(body) if is_json else parse_form(body)
-            fields.caller, fields.called = _first(params, "From"), _first(params, "To")
-            fields.sid = _first(params, "CallSid") or _first(params, "MessageSid")
+            # Kept raw for the access log, which bounds and masks them (the request is not yet
+            # verified: nothing from it is trusted or written at length).
+            exchange.caller, exchange.called = _first(params, "From"), _first(params, "To")
+            exchange.sid = _first(params, "CallSid") or _first(params, "MessageSid")
 
-            tenant = _find_tenant(services.registry.current, request.match_info.get("tenant"), params)
+            tenant = _find_tenant(exchange.policies, request.match_info.get("tenant"), params)
             if tenant is None:
-                fields.decision = "unknown-tenant"
+                exchange.decision = "unknown-tenant"
                 return _unknown(kind)
-            fields.tenant = tenant.id
+            exchange.tenant = tenant
 
             public = services.public_url
-            if public.base is not None:
-                url = public.base + request.raw_path  # the common case needs no peer or host lookup
+            url = public.fixed
+            if url is not None:
+                url += request.raw_path  # the common case needs no peer or host lookup
             else:
                 url = public.rebuild(
                     scheme=request.scheme,
@@ -72,46 +90,98 @@ def webhook(kind: WebhookKind) -> Handler:
                 )
             signature = headers.get(SIGNATURE, "")
             algorithm = algorithm_from_settings(headers.get(SIGNATURE_SETTINGS))
-            if is_json:
+            if url is None:
+                valid = False  # no URL we can trust: the peer is no proxy and names no public URL
+            elif is_json:
                 valid = verify_json(url, body, signature, tenant.keys, algorithm)
             else:
                 valid = verify_form(url, params, signature, tenant.keys, algorithm)
             if not valid:
-                fields.decision = "forged"
-                log.warning("invalid Twilio signature for tenant %s on %s", tenant.id, request.path)
+                exchange.decision = "forged"
+                log.warning("invalid Twilio signature for tenant %s on a %s webhook", tenant.id, kind)
                 return responses.forbidden_signature()
+            exchange.verified = True
 
             if kind == "status":
-                fields.decision = "recorded"
+                exchange.decision = "recorded"
                 return responses.no_content()
 
             rules = tenant.rules[kind]
             if rules:
                 limits = services.limits
-                retry_token = headers.get(IDEMPOTENCY)
-                decision = limits.acquire_now(tenant.id, rules, 1, retry_token) or await limits.acquire(
-                    tenant.id, rules, 1, retry_token, mode=tenant.on_store_failure
+                token = headers.get(IDEMPOTENCY)
+                # A retry is the same signed request again: the token is bound to its signature.
+                retry = RetryKey(token, signature) if token else None
+                decision = limits.acquire_now(tenant.id, rules, 1, retry) or await limits.acquire(
+                    tenant.id, rules, 1, retry, mode=tenant.on_store_failure
                 )
+                exchange.limit = decision
+                if decision.retry != "new":
+                    exchange.retry = decision.retry
+                    if decision.retry == "mismatch":
+                        log.warning("tenant %s: a retry token came back with another request; charged", tenant.id)
                 if not decision.allowed:
-                    fields.decision = "refused"
-                    fields.route = f"limit:{decision.rule.name}"
+                    exchange.decision = "refused"
+                    exchange.route = f"limit:{decision.rule.name}"
                     return responses.twiml(tenant.refusal[kind])
 
-            chosen = router.route(tenant, kind, params)
-            if chosen is None:
-                fields.decision = "no-route"
+            route = tenant.route(kind, params)
+            if route is None:
+                exchange.decision = "no-route"
                 return responses.twiml(tenant.fallback[kind])
-            fields.route = chosen.name
-            fields.decision = "answered"
-            return responses.twiml(chosen.reply)
+            exchange.route = route.name
+            exchange.action = route.action
+            reply = route.reply
+            if reply is None:
+                reply = await _call_out(exchange, route, request, url or "", params, body)
+            else:
+                exchange.decision = "answered"  # static: bytes rendered at load, no await
+            return responses.twiml(reply)
         except web.HTTPException:
             raise
         except Exception:
             log.exception("webhook failed; answering the fallback TwiML")
-            fields.decision = "error"
-            return _fallback(services, fields.tenant, kind)
+            exchange.decision = "error"
+            return _fallback(exchange, kind)
 
     return handle
+
+
+async def _call_out(
+    exchange: Exchange,
+    route: CompiledRoute,
+    request: web.Request,
+    url: str,
+    params: Mapping[str, list[str]],
+    body: bytes,
+) -> bytes:
+    """Run an action that does I/O under the request's deadline; its failure is the fallback."""
+    call = route.call
+    assert call is not None, "a compiled route has reply bytes or a call-out"
+    headers = request.headers
+    incoming = Incoming(
+        kind=exchange.kind,
+        url=url,
+        params=params,
+        body=body,
+        content_type=headers.get("Content-Type", ""),
+        headers={name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None},
+    )
+    try:
+        reply = await call.run(exchange, incoming, exchange.deadline())
+    except Exception as exc:
+        # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
+        # way; the log says which, briefly (the error's text never carries request data).
+        exchange.decision = "fallback"
+        exchange.error = type(exc).__name__
+        expected = isinstance(exc, UpstreamError | DeadlineExceeded)
+        log.warning(
+            "tenant %s route %s: action %s failed (%s); answering its fallback",
+            exchange.tenant_id, route.name, route.action, exc, exc_info=not expected,
+        )  # fmt: skip
+        return route.fallback
+    exchange.decision = "answered"
+    return reply
 
 
 def _first(params: Mapping[str, list[str]], name: str) -> str:
@@ -149,10 +219,11 @@ def _unknown(kind: WebhookKind) -> web.Response:
     return responses.no_content()
 
 
-def _fallback(services: Services, tenant_id: str | None, kind: WebhookKind) -> web.Response:
+def _fallback(exchange: Exchange, kind: WebhookKind) -> web.Response:
+    """The fallback from the request's own snapshot: its tenant as it was when it began."""
     if kind == "status":
         return responses.no_content()
-    tenant = services.registry.current.tenants.get(tenant_id) if tenant_id else None
+    tenant = exchange.tenant
     if tenant is not None:
         return responses.twiml(tenant.fallback[kind])
     return responses.twiml(twiml.VOICE_FALLBACK if kind == "voice" else twiml.EMPTY)

@@ -11,6 +11,12 @@ from typing import Literal, Protocol
 # `tt` override, 15 s by default); every token remembered costs memory at thousands a second.
 DEDUP_TTL = 60.0
 
+# Longer retry tokens are not remembered (charged as if they had none). The token header is not
+# covered by Twilio's signature, and a captured signed request can be replayed (no timestamp):
+# whoever holds one chooses the token's length. Only admitted charges are remembered, so the
+# count is bounded by the tenant's rate times the TTL; this bounds the size of each entry.
+MAX_RETRY_TOKEN = 128
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -69,12 +75,15 @@ class BucketStore(Protocol):
     """Charges a tenant's buckets all-or-nothing: if any bucket refuses, none is charged."""
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
     ) -> Decision:
         """Charge `cost` tokens to each of `rules` for `tenant`; `rules` is never empty.
 
-        With `dedup_key` (a Twilio retry's I-Twilio-Idempotency-Token), a key already admitted
-        within the store's dedup TTL reports the buckets without charging them again.
+        With `retry`, a token admitted within the store's dedup TTL with the same binding
+        reports the buckets without charging them (retry="replay"); with another binding it is
+        charged like any request (retry="mismatch") and the token stays the first request's.
+        A token is remembered only when its charge is admitted, and only up to MAX_RETRY_TOKEN
+        characters (longer ones count as no token).
         Raises BackendError when a shared store fails; never for "over the limit".
         """
         ...

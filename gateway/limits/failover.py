@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 from gateway.errors import BackendError
-from gateway.limits.base import BucketStore, Decision, Rule
+from gateway.limits.base import BucketStore, Decision, FailureMode, RetryKey, Rule
 from gateway.limits.memory import MemoryBuckets
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["local", "open", "closed"]
 
 # What a `closed` refusal tells the client: short, since the store may be back any moment.
 CLOSED_RETRY_AFTER = 1.0
@@ -36,7 +33,7 @@ def local_rule(rule: Rule, instances: int) -> Rule:
 
 
 class FailoverLimiter:
-    """A BucketStore that never raises BackendError: it falls back to `mode` instead."""
+    """The Limiter protocol (base.py) over a BucketStore: never raises BackendError, falls back to `mode`."""
 
     def __init__(self, primary: BucketStore, local: MemoryBuckets, instances: Callable[[], int] = lambda: 1) -> None:
         self._primary = primary
@@ -61,19 +58,19 @@ class FailoverLimiter:
         tenant: str,
         rules: Sequence[Rule],
         cost: int = 1,
-        dedup_key: str | None = None,
-        mode: Mode = "local",
+        retry: RetryKey | None = None,
+        mode: FailureMode = "local",
     ) -> Decision:
         try:
-            decision = await self._primary.acquire(tenant, rules, cost, dedup_key)
+            decision = await self._primary.acquire(tenant, rules, cost, retry)
         except BackendError as error:
             self._set_degraded(True, error)
-            return self._fallback(tenant, rules, cost, dedup_key, mode)
+            return self._fallback(tenant, rules, cost, retry, mode)
         self._set_degraded(False)
         return decision
 
     def acquire_now(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
     ) -> Decision | None:
         """The decision at once when the primary is in-process, else None: await acquire().
 
@@ -81,13 +78,15 @@ class FailoverLimiter:
         """
         if self._sync_primary is None:
             return None
-        return self._sync_primary.acquire_now(tenant, rules, cost, dedup_key)
+        return self._sync_primary.acquire_now(tenant, rules, cost, retry)
 
-    def _fallback(self, tenant: str, rules: Sequence[Rule], cost: int, dedup_key: str | None, mode: Mode) -> Decision:
+    def _fallback(
+        self, tenant: str, rules: Sequence[Rule], cost: int, retry: RetryKey | None, mode: FailureMode
+    ) -> Decision:
         if mode == "local":
             n = self._instances()
             shares = [local_rule(rule, n) for rule in rules]
-            return self._local.acquire_now(tenant, shares, cost, dedup_key)
+            return self._local.acquire_now(tenant, shares, cost, retry)
         tightest = min(rules, key=lambda rule: rule.burst)
         if mode == "open":
             return Decision(True, tightest.burst, 0.0, 0.0, tightest)

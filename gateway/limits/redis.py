@@ -14,12 +14,15 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.errors import BackendError
-from gateway.limits.base import DEDUP_TTL, Decision, Rule
+from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, Decision, RetryKey, RetryOutcome, Rule
 from gateway.limits.breaker import CircuitBreaker, State, Transition
 from gateway.limits.coalesce import Coalescer
 from gateway.limits.redis_client import RedisClient, guard, is_noscript, lua, now_arg
 
 BUCKET_SCRIPT = "redis_bucket.lua"
+
+# The script's last reply element, by value.
+RETRY_OUTCOMES: tuple[RetryOutcome, ...] = ("new", "replay", "mismatch")
 
 
 class CircuitOpen(Exception):
@@ -31,7 +34,7 @@ class _Charge:
     tenant: str
     rules: Sequence[Rule]
     cost: int
-    dedup_key: str | None
+    retry: RetryKey | None
     now: str  # read when acquire() is called, as MemoryBuckets does; '' = Redis TIME
 
 
@@ -41,8 +44,8 @@ def bucket_key(tenant: str, rule: str) -> str:
     return f"sy:{{{tenant}}}:b:{rule}"
 
 
-def dedup_key(tenant: str, key: str) -> str:
-    return f"sy:{{{tenant}}}:d:{key}"
+def dedup_key(tenant: str, token: str) -> str:
+    return f"sy:{{{tenant}}}:d:{token}"
 
 
 class RedisBuckets:
@@ -88,14 +91,16 @@ class RedisBuckets:
         self._breaker.on_transition(callback)
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
     ) -> Decision:
         if not rules:
             raise ValueError("acquire() needs at least one rule")
         if not self._breaker.allow():
             raise BackendError("redis", "acquire", CircuitOpen("circuit breaker is open"))
         now = now_arg(None if self._clock is None else self._clock())
-        return await self._coalescer.submit(_Charge(tenant, rules, cost, dedup_key, now))
+        if retry is not None and len(retry.token) > MAX_RETRY_TOKEN:
+            retry = None  # not remembered: see MAX_RETRY_TOKEN
+        return await self._coalescer.submit(_Charge(tenant, rules, cost, retry, now))
 
     async def _send(self, charges: Sequence[_Charge]) -> list[Decision | BaseException]:
         if self._breaker.state is State.OPEN:
@@ -130,10 +135,12 @@ class RedisBuckets:
     def _call(self, charge: _Charge) -> tuple[list[str], list[str | int]]:
         keys = [bucket_key(charge.tenant, rule.name) for rule in charge.rules]
         dedup_ms = 0
-        if charge.dedup_key is not None:
-            keys.append(dedup_key(charge.tenant, charge.dedup_key))
+        binding = ""
+        if charge.retry is not None:
+            keys.append(dedup_key(charge.tenant, charge.retry.token))
             dedup_ms = self._dedup_ms
-        args: list[str | int] = [charge.now, charge.cost, dedup_ms]
+            binding = charge.retry.binding
+        args: list[str | int] = [charge.now, charge.cost, dedup_ms, binding]
         for rule in charge.rules:
             # repr() passes the very double bucket.take() multiplies by.
             args += [repr(rule.interval), rule.burst]
@@ -152,5 +159,6 @@ class RedisBuckets:
 
 
 def _decision(reply: Sequence[Any], rules: Sequence[Rule]) -> Decision:
-    allowed, index, remaining, retry_after, reset = reply
-    return Decision(bool(allowed), int(remaining), float(retry_after), float(reset), rules[int(index) - 1])
+    allowed, index, remaining, retry_after, reset, retry = reply
+    rule = rules[int(index) - 1]
+    return Decision(bool(allowed), int(remaining), float(retry_after), float(reset), rule, RETRY_OUTCOMES[int(retry)])

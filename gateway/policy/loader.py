@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from gateway.actions import CompileContext, compile_action
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.base import Rule
 from gateway.policy import model
 from gateway.policy.tenant import ApiAuth, CompiledRoute, Kind, Tenant
-from gateway.routing import twiml
+from gateway.protocol import twiml
 
 MIN_JWT_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -38,6 +38,9 @@ class LoadContext:
 
     env: Mapping[str, str]
     public_url: str | None = None
+    # `switchyard check` collects here what only serving settles (a stream route's own URL
+    # without --public-url) instead of refusing it; None when serving: then it is an error.
+    notes: list[PolicyProblem] | None = None
 
 
 def _message(error: ErrorDetails) -> str:
@@ -65,20 +68,6 @@ def _rule(name: str, rule: model.BucketRule) -> Rule:
     return Rule(name=name, rate=rule.rate, per=model.PER_SECONDS[rule.per], burst=rule.burst or max(1, int(rule.rate)))
 
 
-WEBSOCKET_SCHEMES = {"https": "wss", "http": "ws"}
-
-
-def _ws_base(public_url: str | None) -> str | None:
-    """wss://host[/prefix] for https://host[/prefix]; our own stream endpoint lives under it."""
-    if public_url is None:
-        return None
-    parts = urlsplit(public_url)
-    scheme = WEBSOCKET_SCHEMES.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"public URL {public_url!r} must be http(s)://host[/prefix]")
-    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
 class _Compiler:
     """Turns one validated Policy into a Tenant, collecting every problem rather than the first."""
 
@@ -98,53 +87,39 @@ class _Compiler:
             return None
         return value.encode()
 
-    def rendered(self, key: str, render: Callable[[], bytes]) -> bytes:
+    def raw(self, key: str, text: str) -> bytes:
         try:
-            return render()
+            return twiml.raw(text)
         except ValueError as exc:
             self.problem(key, str(exc))
             return b""
 
-    def raw(self, key: str, text: str) -> bytes:
-        return self.rendered(key, lambda: twiml.raw(text))
-
     def route(self, index: int, route: model.Route, fallback: bytes) -> CompiledRoute:
         key = f"routes.{index}"
-        action = next(a for a in model.ACTIONS if getattr(route, a) is not None)
-        reply = self.rendered(f"{key}.{action}", lambda: self.render_action(key, route))
+        name, value = route.action()
+        notes: list[str] | None = [] if self.context.notes is not None else None
+        compiled = None
+        try:
+            compiled = compile_action(name, value, CompileContext(self.tenant_id, self.context.public_url, notes))
+        except ValueError as exc:
+            self.problem(f"{key}.{name}", str(exc))
+        for note in notes or ():
+            self.note(f"{key}.{name}", note)
         return CompiledRoute(
             name=route.name or key,
             kind=route.match.kind,
-            action=action,
-            reply=reply,
+            action=name,
+            reply=compiled.reply if compiled is not None else b"",
+            call=compiled.call if compiled is not None else None,
             fallback=self.raw(f"{key}.fallback", route.fallback) if route.fallback else fallback,
             to=frozenset(route.match.to) if route.match.to else None,
             from_=re.compile(route.match.from_) if route.match.from_ else None,
             body=re.compile(route.match.body) if route.match.body else None,
         )
 
-    def render_action(self, key: str, route: model.Route) -> bytes:
-        if route.say:
-            return twiml.say(route.say)
-        if route.reject:
-            return twiml.reject(route.reject)
-        if route.redirect:
-            return twiml.redirect(route.redirect)
-        if route.message:
-            return twiml.message(route.message)
-        if route.stream:
-            return self.stream(key, route.stream)
-        assert route.twiml is not None
-        return twiml.raw(route.twiml)
-
-    def stream(self, key: str, action: model.Stream) -> bytes:
-        url = action.url
-        if url is None:
-            base = _ws_base(self.context.public_url)
-            if base is None:
-                raise ValueError("needs a url, or the gateway's --public-url to hand the stream to itself")
-            url = f"{base}/t/{self.tenant_id}/stream"
-        return twiml.stream(url, action, {"tenant": self.tenant_id, **action.parameters})
+    def note(self, key: str, message: str) -> None:
+        if self.context.notes is not None:
+            self.context.notes.append(PolicyProblem(self.file, key, message))
 
     def tenant(self, policy: model.Policy) -> Tenant:
         account = policy.twilio

@@ -7,9 +7,12 @@ This is the schema as written in YAML; loader.py turns it into the runtime Tenan
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
+
+from gateway.actions import ACTIONS
+from gateway.policy.base import Strict
 
 E164 = r"^\+[1-9][0-9]{1,14}$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -19,10 +22,6 @@ EnvName = Annotated[str, Field(pattern=ENV_NAME)]
 PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 PER_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TwilioAccount(Strict):
@@ -72,69 +71,47 @@ class Match(Strict):
         return self
 
 
-class Say(Strict):
-    text: Annotated[str, Field(min_length=1)]
-    voice: str | None = None
-    language: str | None = None
-    hangup: bool = True
-
-
-class Reject(Strict):
-    reason: Literal["busy", "rejected"] = "busy"
-
-
-class Redirect(Strict):
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    method: Literal["GET", "POST"] = "POST"
-
-
-class Stream(Strict):
-    url: Annotated[str, Field(pattern=r"^wss?://[^?#]+$")] | None = None
-    name: str | None = None
-    # A bidirectional <Connect><Stream> carries only the caller's audio to us.
-    track: Literal["inbound_track"] | None = None
-    parameters: dict[Annotated[str, Field(min_length=1)], str] = Field(default_factory=dict)
-
-    @field_validator("parameters")
-    @classmethod
-    def _tenant_is_ours(cls, parameters: dict[str, str]) -> dict[str, str]:
-        if "tenant" in parameters:
-            raise ValueError("'tenant' is set by the gateway to the tenant id; choose another name")
-        return parameters
-
-
-class Message(Strict):
-    text: Annotated[str, Field(min_length=1, max_length=1600)]
-
-
-class Route(Strict):
-    """One route: a match and exactly one action."""
+class RouteBase(Strict):
+    """One route: a match and exactly one action (the action keys come from gateway.actions)."""
 
     name: str | None = None
     match: Match
-    say: Say | None = None
-    reject: Reject | None = None
-    redirect: Redirect | None = None
-    stream: Stream | None = None
-    message: Message | None = None
-    twiml: str | None = None
     fallback: str | None = None
 
     @model_validator(mode="after")
-    def _one_action(self) -> Route:
-        actions = [a for a in ACTIONS if getattr(self, a) is not None]
-        if len(actions) != 1:
-            found = ", ".join(actions) or "none"
-            raise ValueError(f"a route needs exactly one of {', '.join(ACTIONS)} (found: {found})")
-        voice_only = {"say", "reject", "redirect", "stream"}
-        if self.match.kind == "sms" and actions[0] in voice_only:
-            raise ValueError(f"action '{actions[0]}' answers a call; an sms route can use message or twiml")
-        if self.match.kind == "voice" and actions[0] == "message":
-            raise ValueError("action 'message' replies to an SMS; a voice route cannot use it")
+    def _one_action(self) -> RouteBase:
+        found = [name for name in ACTIONS if getattr(self, name, None) is not None]
+        if len(found) != 1:
+            listed = ", ".join(found) or "none"
+            raise ValueError(f"a route needs exactly one of {', '.join(ACTIONS)} (found: {listed})")
+        kind = ACTIONS[found[0]]
+        if self.match.kind not in kind.kinds:
+            answers = "answers a call" if kind.kinds == {"voice"} else "replies to an SMS"
+            usable = [name for name, other in ACTIONS.items() if self.match.kind in other.kinds]
+            choices = ", ".join(usable[:-1]) + " or " + usable[-1] if len(usable) > 1 else usable[0]
+            article = "an" if self.match.kind == "sms" else "a"
+            raise ValueError(f"action '{found[0]}' {answers}; {article} {self.match.kind} route can use {choices}")
         return self
 
+    def action(self) -> tuple[str, object]:
+        """The route's one action: its name and validated value."""
+        for name in ACTIONS:
+            value = getattr(self, name, None)
+            if value is not None:
+                return name, value
+        raise AssertionError("validated routes have exactly one action")
 
-ACTIONS = ("say", "reject", "redirect", "stream", "message", "twiml")
+
+# The action fields are generated from the registry, so a new action needs no edit here.
+if TYPE_CHECKING:
+    Route = RouteBase
+else:
+    Route = create_model(
+        "Route",
+        __base__=RouteBase,
+        __doc__=RouteBase.__doc__,
+        **{name: (kind.schema | None, None) for name, kind in ACTIONS.items()},
+    )
 
 
 class ByKind(Strict):

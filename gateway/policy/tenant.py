@@ -5,23 +5,27 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from gateway.limits.base import Rule
+from gateway.limits.base import FailureMode, Rule
+
+if TYPE_CHECKING:
+    from gateway.actions.base import CallOut
 
 Kind = Literal["voice", "sms", "status", "api"]
-FailureMode = Literal["local", "open", "closed"]
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
-    """A route with its regexes compiled and its reply rendered to bytes."""
+    """A route with its regexes compiled and its action compiled: `reply` holds the bytes of a
+    static action (rendered at load), `call` the action that calls out; exactly one is set."""
 
     name: str
     kind: Literal["voice", "sms"]
     action: str
-    reply: bytes
+    reply: bytes | None
     fallback: bytes
+    call: CallOut | None = None
     to: frozenset[str] | None = None
     from_: re.Pattern[str] | None = None
     body: re.Pattern[str] | None = None
@@ -63,3 +67,10 @@ class Tenant:
     concurrent_calls: int | None = None
     concurrent_streams: int | None = None
     api: ApiAuth | None = None
+
+    def route(self, kind: str, params: Mapping[str, list[str]]) -> CompiledRoute | None:
+        """The first route for `kind` whose match fits the request, or None (the fallback)."""
+        for candidate in self.routes:
+            if candidate.kind == kind and candidate.matches(params):
+                return candidate
+        return None

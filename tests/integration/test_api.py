@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -25,7 +26,7 @@ def token(secret: str = NORTHWIND_JWT) -> str:
 
 
 async def _client(aiohttp_client: Any, clock: FakeClock) -> Client:
-    settings = Settings(policies_dir=POLICIES, public_url="http://gw.test", reload_interval=0)
+    settings = Settings(policies_dir=POLICIES, public_urls=("http://gw.test",), reload_interval=0)
     client: Client = await aiohttp_client(create_app(settings, env=ENV, clock=clock))
     return client
 
@@ -65,6 +66,29 @@ async def test_bad_token_is_401_and_spends_nothing(aiohttp_client: Any, clock: F
             response = await client.get("/api/v1/limits", headers=headers)
             assert response.status == 401
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
-            assert (await response.json()) == {"error": "invalid_token"}
     ok = await client.get("/api/v1/limits", headers={"Authorization": f"Bearer {token()}"})
     assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=4')
+
+
+@pytest.mark.parametrize(
+    ("headers", "challenge", "error"),
+    [
+        pytest.param({}, 'Bearer realm="switchyard"', "unauthorized", id="no-credentials"),
+        pytest.param({"Authorization": "Basic dTpw"}, 'Bearer realm="switchyard"', "unauthorized", id="other-scheme"),
+        pytest.param(
+            {"Authorization": "Bearer not-a-jwt"},
+            'Bearer realm="switchyard", error="invalid_token"',
+            "invalid_token",
+            id="bad-token",
+        ),
+    ],
+)
+async def test_challenge_has_an_error_only_for_a_bad_token(
+    aiohttp_client: Any, clock: FakeClock, headers: dict[str, str], challenge: str, error: str
+) -> None:
+    """RFC 6750 §3.1: no credentials (or another scheme) get a bare challenge; a bad token gets error=."""
+    client = await _client(aiohttp_client, clock)
+    response = await client.get("/api/v1/limits", headers=headers)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == challenge
+    assert (await response.json()) == {"error": error}

@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: `check`, and `sign`'s curl line against a real gateway process."""
+"""The CLI as a user runs it: `check`, `sign`'s curl line against a real gateway process, and dev.py."""
 
 from __future__ import annotations
 
@@ -16,14 +16,33 @@ import pytest
 from tests.support.processes import GatewayProcess
 from tests.support.twilio import ENV
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "policies"
 
 
-def switchyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def switchyard(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
     )
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    """The variables of policies/demo.env, as a newcomer would export them, and nothing else of ours."""
+    env = {"PATH": "/usr/bin:/bin"}
+    for line in (POLICIES / "demo.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return {**env, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +116,41 @@ def test_check_names_missing_secrets(tmp_path: Path) -> None:
 def test_serve_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
     """`serve` with a bad policy exits 1 before binding, naming file and key."""
     (tmp_path / "rate-zero.yaml").write_text((FIXTURES / "rate-zero.yaml").read_text())
-    result = switchyard("serve", "--policies", str(tmp_path), "--port", "1", env={**ENV, "PATH": "/usr/bin:/bin"})
+    flags = ["--policies", str(tmp_path), "--port", "1", "--public-url", "http://127.0.0.1:1"]
+    result = switchyard("serve", *flags, env={**ENV, "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert "rate-zero.yaml: limits.voice.rate: must be > 0" in result.stderr
+
+
+def test_check_passes_on_shipped_policies_with_demo_env() -> None:
+    """`switchyard check` with no arguments, in the repository, with demo.env's variables: OK, plus a note
+    that acme-health's stream route will use the public URL given to serve."""
+    result = switchyard("check", env=demo_env(), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("policies: 3 tenant(s) OK")
+    notes = result.stderr.splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: acme-health.yaml: routes.1.stream: "), result.stderr
+
+
+def test_check_reads_public_url_variable() -> None:
+    """SWITCHYARD_PUBLIC_URL stands in for --public-url: the stream route has its URL (no note), and a bad
+    value is refused naming the variable; a --public-url flag wins over it."""
+    ok = switchyard("check", str(POLICIES), env=demo_env(SWITCHYARD_PUBLIC_URL="https://gw.example.com"))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""
+    bad_env = demo_env(SWITCHYARD_PUBLIC_URL="gw.example.com")
+    bad = switchyard("check", str(POLICIES), env=bad_env)
+    assert bad.returncode == 2
+    assert "SWITCHYARD_PUBLIC_URL: public base URL 'gw.example.com' must be an absolute" in bad.stderr
+    flag = switchyard("check", str(POLICIES), "--public-url", "https://gw.example.com", env=bad_env)
+    assert flag.returncode == 0, flag.stderr
+
+
+def test_dev_py_unknown_command() -> None:
+    """`python3 dev.py x` names the unknown command, prints the usage and exits 2."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "dev.py"), "frobnicate"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("dev.py: unknown command 'frobnicate'\n")
+    assert "python3 dev.py check" in result.stderr

@@ -52,7 +52,7 @@ def policies(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_gateway(aiohttp_client: Any, clock: FakeClock, policies: Path) -> Callable[[str], Awaitable[Client]]:
     async def make(limiter_url: str) -> Client:
-        settings = Settings(policies_dir=policies, public_url=PUBLIC, limiter_url=limiter_url, reload_interval=0)
+        settings = Settings(policies_dir=policies, public_urls=(PUBLIC,), limiter_url=limiter_url, reload_interval=0)
         client: Client = await aiohttp_client(create_app(settings, env={"STORE_TEST_TOKEN": TOKEN}, clock=clock))
         return client
 

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.accesslog import JsonAccessLogger
 from gateway.app import create_app
 from gateway.keys import SERVICES
 from gateway.settings import Settings
+from gateway.telemetry.accesslog import JsonAccessLogger
 from tests.support.clock import FakeClock
 from tests.support.twilio import (
     ACME_AFTER_HOURS,
@@ -42,7 +42,7 @@ SAY = ["Say", "Hangup"]
 @pytest.fixture
 def make_gateway(aiohttp_client: Any, clock: FakeClock) -> MakeClient:
     async def make(**overrides: Any) -> Client:
-        options: dict[str, Any] = {"policies_dir": POLICIES, "public_url": PUBLIC, "reload_interval": 0}
+        options: dict[str, Any] = {"policies_dir": POLICIES, "public_urls": (PUBLIC,), "reload_interval": 0}
         settings = Settings(**{**options, **overrides})
         server = TestServer(create_app(settings, env=ENV, clock=clock), host="127.0.0.1")
         # TestServer passes only start_server()'s kwargs to its runner: start it here with our logger.
@@ -250,7 +250,7 @@ def bistro_only(tmp_path: Path) -> Path:
 
 async def test_forwarded_headers_from_trusted_proxy(make_gateway: MakeClient, bistro_only: Path) -> None:
     """Without a public URL, X-Forwarded-Proto/Host rebuild the signed URL, but only from a trusted peer."""
-    trusted = await make_gateway(policies_dir=bistro_only, public_url=None, trusted_proxies=("127.0.0.0/8",))
+    trusted = await make_gateway(policies_dir=bistro_only, public_urls=(), trusted_proxies=("127.0.0.0/8",))
     head, body = signed_form(BISTRO_TOKEN, "https://gw.example.com/twilio/voice", voice_params(to=BISTRO_NUMBER))
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"}
     assert (await trusted.post("/twilio/voice", data=body, headers={**head, **forwarded})).status == 200
@@ -258,7 +258,7 @@ async def test_forwarded_headers_from_trusted_proxy(make_gateway: MakeClient, bi
 
 async def test_forwarded_headers_from_untrusted_peer_are_ignored(make_gateway: MakeClient, bistro_only: Path) -> None:
     """The same forwarded headers from a peer that is not a trusted proxy do not change the URL: 403."""
-    untrusted = await make_gateway(policies_dir=bistro_only, public_url=None)
+    untrusted = await make_gateway(policies_dir=bistro_only, public_urls=())
     head, body = signed_form(BISTRO_TOKEN, "https://gw.example.com/twilio/voice", voice_params(to=BISTRO_NUMBER))
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.com"}
     assert (await untrusted.post("/twilio/voice", data=body, headers={**head, **forwarded})).status == 403

@@ -16,17 +16,28 @@ START_TIMEOUT = 20.0
 
 
 class GatewayProcess:
-    """`python -m gateway serve …` on its own port; its output goes to a log file for failures."""
+    """`python -m gateway serve …` on its own port; its output goes to a log file for failures.
 
-    def __init__(self, policies: Path, env: Mapping[str, str], args: Sequence[str] = (), port: int | None = None):
+    ``public_urls`` are its --public-url flags; by default the one URL tests call it by, ``base``.
+    """
+
+    def __init__(
+        self,
+        policies: Path,
+        env: Mapping[str, str],
+        args: Sequence[str] = (),
+        port: int | None = None,
+        public_urls: Sequence[str] | None = None,
+    ):
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        urls = [self.base] if public_urls is None else public_urls
         self.log = policies.parent / f"gateway-{self.port}.log"
         command = [
             sys.executable, "-m", "gateway", "serve",
             "--policies", str(policies),
             "--port", str(self.port),
-            "--public-url", self.base,
+            *(flag for url in urls for flag in ("--public-url", url)),
             "--no-access-log",
             "--reload-interval", "0",
             *args,

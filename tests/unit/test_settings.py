@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import SettingsError, from_env
+from gateway.settings import SettingsError, from_env, public_urls_from_env
 
 
 def test_flags_override_environment() -> None:
@@ -52,3 +52,35 @@ def test_unknown_flag_is_refused() -> None:
     """A misspelt setting is an error, not silently ignored."""
     with pytest.raises(SettingsError, match="unknown setting"):
         from_env({}, prot=1)
+
+
+def test_public_url_variable_lists_several() -> None:
+    """SWITCHYARD_PUBLIC_URL is comma-separated; --public-url flags (a tuple) replace it; unset means none."""
+    env = {"SWITCHYARD_PUBLIC_URL": " https://gw.example.com , https://voice.example.org/edge,"}
+    assert from_env(env).public_urls == ("https://gw.example.com", "https://voice.example.org/edge")
+    assert from_env(env, public_urls=("https://other.example",)).public_urls == ("https://other.example",)
+    assert from_env({}).public_urls == ()
+    assert public_urls_from_env(env) == ("https://gw.example.com", "https://voice.example.org/edge")
+    assert public_urls_from_env({}) == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        pytest.param(
+            {"SWITCHYARD_PUBLIC_URL": "https://ok.example,gw.example.com"},
+            {},
+            "SWITCHYARD_PUBLIC_URL: public base URL 'gw.example.com' must be an absolute",
+            id="variable",
+        ),
+        pytest.param({}, {"public_urls": ("ftp://gw.example.com",)}, "public_urls: public base URL 'ftp://", id="flag"),
+        pytest.param({}, {"public_urls": "https://gw.example.com"}, "public_urls: 'https://gw.example.com'", id="str"),
+    ],
+)
+def test_bad_public_url_names_key_and_value(env: dict[str, str], flags: dict[str, object], message: str) -> None:
+    """A public URL that is not an absolute http(s) base is refused with its key and value."""
+    with pytest.raises(SettingsError, match=message):
+        from_env(env, **flags)
+    if env:  # `check` reads the variable alone, with the same message
+        with pytest.raises(SettingsError, match=message):
+            public_urls_from_env(env)

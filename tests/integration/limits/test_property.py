@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.limits.base import Rule
+from gateway.limits.base import RetryKey, Rule
 from gateway.limits.memory import MemoryBuckets
 from gateway.limits.redis import RedisBuckets
 from gateway.limits.redis_client import connect
@@ -29,18 +29,21 @@ advance = st.one_of(st.sampled_from([0.0, 0.5, 2.0, 7 / 3]), st.floats(0.0, 4.0)
 charge = st.tuples(
     st.lists(st.sampled_from(RULES), min_size=1, max_size=3, unique=True),
     st.integers(1, 3),
-    st.sampled_from([None, None, "tok-a", "tok-b"]),
+    # Two tokens, one of them also sent with another request's binding (a mismatch).
+    st.sampled_from([None, None, ("tok-a", "sig-1"), ("tok-a", "sig-2"), ("tok-b", "sig-1")]),
 )
-# At most 20 advances of 4 s: dedup keys (120 s) never expire in one store and not the other.
 steps = st.lists(st.one_of(advance, charge), max_size=20)
+# At most 20 advances of 4 s: the memory store keeps a token at least half its TTL (120 s), so
+# no token expires in one store and not the other.
+DEDUP_TTL = 240.0
 
 
 @pytest.fixture
 async def both(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[MemoryBuckets, RedisBuckets]]:
     """A memory and a Redis limiter on one fake clock."""
     client = connect(redis_url)
-    redis_limiter = RedisBuckets(client, clock=clock, deadline=2.0)
-    yield MemoryBuckets(clock), redis_limiter
+    redis_limiter = RedisBuckets(client, clock=clock, deadline=2.0, dedup_ttl=DEDUP_TTL)
+    yield MemoryBuckets(clock, DEDUP_TTL), redis_limiter
     await redis_limiter.close()
     await client.aclose()
 
@@ -51,16 +54,16 @@ async def both(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[MemoryBu
 async def test_random_sequences_agree(
     both: tuple[MemoryBuckets, RedisBuckets],
     clock: FakeClock,
-    steps: list[float | tuple[list[Rule], int, str | None]],
+    steps: list[float | tuple[list[Rule], int, tuple[str, str] | None]],
 ) -> None:
-    """Any sequence of clock advances and charges gets the same Decisions from both stores."""
+    """Any sequence of clock advances and charges gets the same Decisions, retry outcome included, from both stores."""
     memory, redis_limiter = both
     tenant = uuid.uuid4().hex
     for step in steps:
         if isinstance(step, float):
             clock.advance(step)
             continue
-        rules, cost, dedup = step
-        dedup_key = None if dedup is None else f"{tenant}-{dedup}"
-        expected = await memory.acquire(tenant, rules, cost, dedup_key)
-        assert await redis_limiter.acquire(tenant, rules, cost, dedup_key) == expected
+        rules, cost, token = step
+        retry = None if token is None else RetryKey(f"{tenant}-{token[0]}", token[1])
+        expected = await memory.acquire(tenant, rules, cost, retry)
+        assert await redis_limiter.acquire(tenant, rules, cost, retry) == expected

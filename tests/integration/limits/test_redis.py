@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.limits.base import Rule
+from gateway.limits.base import RetryKey, Rule
 from gateway.limits.factory import stores_from_url
 from gateway.limits.redis import RedisBuckets, bucket_key, dedup_key
 from gateway.limits.redis_client import RedisClient, connect
@@ -98,16 +98,19 @@ async def test_bucket_key_lives_until_the_bucket_is_full(
 
 
 async def test_dedup_key_expires_after_its_ttl(redis_url: str, clock: FakeClock) -> None:
-    """An admitted idempotency token is remembered for dedup_ttl, then forgotten."""
+    """An admitted retry token is remembered for dedup_ttl, its key holding the binding, then forgotten."""
     redis_client = connect(redis_url)
     limiter = RedisBuckets(redis_client, clock=clock, deadline=2.0, dedup_ttl=30.0)
     try:
-        await limiter.acquire("acme", [WEBHOOKS], dedup_key="tok-1")
+        await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("tok-1", "sig-first"))
+        await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("tok-1", "sig-other"))
         pttl = await redis_client.pttl(dedup_key("acme", "tok-1"))
+        binding = await redis_client.get(dedup_key("acme", "tok-1"))
     finally:
         await limiter.close()
         await redis_client.aclose()
     assert 29_000 < pttl <= 30_000
+    assert binding == b"sig-first"
 
 
 async def test_concurrent_acquires_share_round_trips(limiter: RedisBuckets, client: RedisClient) -> None:
@@ -139,7 +142,7 @@ async def test_cluster_batches_route_each_tenant_to_its_slot(redis_cluster_url: 
     tenants = [f"tenant-{i}" for i in range(30)]
     try:
         decisions = await asyncio.gather(
-            *(stores.limiter.acquire(t, [WEBHOOKS], dedup_key=None) for t in tenants for _ in range(12))
+            *(stores.limiter.acquire(t, [WEBHOOKS], retry=None) for t in tenants for _ in range(12))
         )
     finally:
         await stores.close()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.errors import BackendError
-from gateway.limits.base import Decision, Rule
+from gateway.limits.base import Decision, Limiter, RetryKey, Rule
 from gateway.limits.failover import CLOSED_RETRY_AFTER, FailoverLimiter, local_rule
 from gateway.limits.memory import MemoryBuckets
 from tests.support.clock import FakeClock
@@ -25,7 +25,7 @@ class FlakyLimiter:
         self.closed = False
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
     ) -> Decision:
         self.calls += 1
         if self.down:
@@ -68,12 +68,27 @@ async def test_local_mode_charges_this_instances_share(primary: FlakyLimiter, cl
 
 
 async def test_local_mode_keeps_dedup(primary: FlakyLimiter, clock: FakeClock) -> None:
-    """Mode local honours idempotency tokens too: a retry is not charged twice."""
+    """Mode local honours retry tokens too: a retry is not charged twice, another request is."""
     primary.down = True
     failover = FailoverLimiter(primary, MemoryBuckets(clock))
-    first = await failover.acquire("acme", [LLM], dedup_key="tok", mode="local")
-    again = await failover.acquire("acme", [LLM], dedup_key="tok", mode="local")
+    first = await failover.acquire("acme", [LLM], retry=RetryKey("tok", "sig-1"), mode="local")
+    again = await failover.acquire("acme", [LLM], retry=RetryKey("tok", "sig-1"), mode="local")
+    other = await failover.acquire("acme", [LLM], retry=RetryKey("tok", "sig-2"), mode="local")
     assert first.remaining == again.remaining == 9
+    assert (again.retry, other.retry, other.remaining) == ("replay", "mismatch", 8)
+
+
+async def test_failover_is_a_limiter(primary: FlakyLimiter, clock: FakeClock) -> None:
+    """FailoverLimiter satisfies the Limiter protocol (mypy checks the assignment); sync only in process."""
+    local = MemoryBuckets(clock)
+    shared: Limiter = FailoverLimiter(primary, local)
+    in_process: Limiter = FailoverLimiter(MemoryBuckets(clock), local)
+    retry = RetryKey("tok", "sig-1")
+    assert shared.acquire_now("acme", [LLM], 1, retry) is None
+    assert (await shared.acquire("acme", [LLM], 1, retry, mode="closed")).remaining == 42
+    decision = in_process.acquire_now("acme", [LLM], 1, retry)
+    assert decision is not None and decision.remaining == 9
+    assert not shared.degraded
 
 
 async def test_open_mode_admits(primary: FlakyLimiter, clock: FakeClock) -> None:
@@ -114,7 +129,7 @@ async def test_other_errors_are_not_swallowed(clock: FakeClock) -> None:
 
     class Broken(FlakyLimiter):
         async def acquire(
-            self, tenant: str, rules: Sequence[Rule], cost: int = 1, dedup_key: str | None = None
+            self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
         ) -> Decision:
             raise KeyError("bug")
 

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.errors import BackendError
-from gateway.limits.base import Decision, Rule
+from gateway.limits.base import MAX_RETRY_TOKEN, Decision, RetryKey, Rule
 from gateway.limits.breaker import CircuitBreaker, State
 from gateway.limits.leases import lease_key
 from gateway.limits.redis import CircuitOpen, RedisBuckets, bucket_key, dedup_key
@@ -19,8 +19,8 @@ from tests.support.clock import FakeClock
 
 WEBHOOKS = Rule("webhooks", rate=5, per=1.0, burst=10)
 LLM = Rule("llm", rate=3, per=7.0, burst=2)
-# What the script answers: allowed, 1-based rule index, remaining, retry_after, reset.
-ALLOWED = [1, 1, 9, b"0", b"0.2"]
+# What the script answers: allowed, 1-based rule index, remaining, retry_after, reset, retry.
+ALLOWED = [1, 1, 9, b"0", b"0.2", 0]
 
 
 class FakeScript:
@@ -96,17 +96,35 @@ def limiter(client: FakeClient, clock: FakeClock, breaker_clock: FakeClock) -> R
 
 
 async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisBuckets, client: FakeClient) -> None:
-    """Each acquire is one EVALSHA: bucket keys, dedup key, now, cost, dedup TTL, rule doubles."""
-    client.reply = [1, 2, 1, b"0", b"4.666666666666667"]
-    decision = await limiter.acquire("acme", [WEBHOOKS, LLM], cost=2, dedup_key="tok")
+    """Each acquire is one EVALSHA: bucket keys, dedup key, now, cost, dedup TTL, binding, rule doubles."""
+    client.reply = [1, 2, 1, b"0", b"4.666666666666667", 0]
+    decision = await limiter.acquire("acme", [WEBHOOKS, LLM], cost=2, retry=RetryKey("tok", "sig"))
     assert decision == Decision(True, 1, 0.0, 4.666666666666667, LLM)
     ((command,),) = client.sent
     assert command == (
         "EVALSHA", "sha-1", 3,
         "sy:{acme}:b:webhooks", "sy:{acme}:b:llm", "sy:{acme}:d:tok",
-        "1000.0", 2, 60_000,
+        "1000.0", 2, 60_000, "sig",
         "0.2", 10, "2.3333333333333335", 2,
     )  # fmt: skip
+
+
+async def test_without_retry_no_dedup_key_is_sent(limiter: RedisBuckets, client: FakeClient) -> None:
+    """No retry token, or one over MAX_RETRY_TOKEN: no dedup key, TTL 0, empty binding."""
+    await limiter.acquire("acme", [WEBHOOKS])
+    await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("t" * (MAX_RETRY_TOKEN + 1), "sig"))
+    commands = [command for batch in client.sent for command in batch]
+    assert [command[2:8] for command in commands] == [(1, "sy:{acme}:b:webhooks", "1000.0", 1, 0, "")] * 2
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(0, "new"), (1, "replay"), (2, "mismatch")])
+async def test_retry_outcome_is_read_from_the_reply(
+    limiter: RedisBuckets, client: FakeClient, code: int, outcome: str
+) -> None:
+    """The script's sixth reply element becomes Decision.retry."""
+    client.reply = [1, 1, 9, b"0", b"0.2", code]
+    decision = await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("tok", "sig"))
+    assert decision.retry == outcome
 
 
 async def test_without_clock_the_script_reads_redis_time(client: FakeClient) -> None:

@@ -12,7 +12,7 @@ from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.base import Rule
 from gateway.policy.loader import BUCKETS_BY_KIND, LoadContext, load_dir, load_file
 from gateway.policy.tenant import Tenant
-from gateway.routing import twiml
+from gateway.protocol import twiml
 from tests.support.policies import ENV, FIXTURES, NO_PUBLIC_URL, PUBLIC, VALID
 
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
@@ -102,7 +102,7 @@ FAILURES = [
     pytest.param(
         "voice-route-with-message.yaml",
         "routes.0",
-        "action 'message' replies to an SMS; a voice route cannot use it",
+        "action 'message' replies to an SMS; a voice route can use say, reject, redirect, stream or twiml",
         id="voice-route-with-message",
     ),
     pytest.param("body-on-voice.yaml", "routes.0.match", "'body' can only match kind: sms", id="body-on-voice"),
@@ -272,7 +272,8 @@ def test_jwt_secret_length_is_counted_in_bytes() -> None:
     assert tenant.api is not None and len(tenant.api.secret) == 32
 
 
-def _stream(reply: bytes) -> tuple[str, list[tuple[str, str]]]:
+def _stream(reply: bytes | None) -> tuple[str, list[tuple[str, str]]]:
+    assert reply is not None
     stream = ET.fromstring(reply).find("./Connect/Stream")
     assert stream is not None
     params = [(p.get("name", ""), p.get("value", "")) for p in stream.findall("Parameter")]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from gateway.actions import ACTIONS, static
 from gateway.policy import model
 
 SID = "AC0123456789abcdef0123456789abcdef"
@@ -52,11 +53,11 @@ def test_period_names_map_to_seconds() -> None:
 
 def test_action_defaults() -> None:
     """say hangs up, reject is busy, redirect POSTs, stream has no url/name/track/parameters."""
-    say = model.Say(text="hi")
+    say = static.Say(text="hi")
     assert (say.voice, say.language, say.hangup) == (None, None, True)
-    assert model.Reject().reason == "busy"
-    assert model.Redirect(url="https://x.example/voice").method == "POST"
-    stream = model.Stream()
+    assert static.Reject().reason == "busy"
+    assert static.Redirect(url="https://x.example/voice").method == "POST"
+    stream = static.Stream()
     assert (stream.url, stream.name, stream.track, stream.parameters) == (None, None, None, {})
 
 
@@ -90,11 +91,11 @@ def test_regex_errors_name_the_yaml_key() -> None:
         pytest.param(model.BucketRule, {"rate": 1}, id="BucketRule"),
         pytest.param(model.Limits, {}, id="Limits"),
         pytest.param(model.Match, {"kind": "sms"}, id="Match"),
-        pytest.param(model.Say, {"text": "hi"}, id="Say"),
-        pytest.param(model.Reject, {}, id="Reject"),
-        pytest.param(model.Redirect, {"url": "https://x.example"}, id="Redirect"),
-        pytest.param(model.Stream, {}, id="Stream"),
-        pytest.param(model.Message, {"text": "hi"}, id="Message"),
+        pytest.param(static.Say, {"text": "hi"}, id="Say"),
+        pytest.param(static.Reject, {}, id="Reject"),
+        pytest.param(static.Redirect, {"url": "https://x.example"}, id="Redirect"),
+        pytest.param(static.Stream, {}, id="Stream"),
+        pytest.param(static.Message, {"text": "hi"}, id="Message"),
         pytest.param(model.Route, {"match": {"kind": "voice"}, "reject": {}}, id="Route"),
         pytest.param(model.ByKind, {}, id="ByKind"),
         pytest.param(model.Api, {"jwt_secret_env": "JWT"}, id="Api"),
@@ -179,21 +180,21 @@ def test_account_sid_accepts_either_hex_case() -> None:
 def test_stream_url_is_websocket_without_query(url: str, valid: bool) -> None:
     """Stream URLs are ws(s):// without ? or #, since Twilio drops a query string."""
     if valid:
-        assert model.Stream(url=url).url == url
+        assert static.Stream(url=url).url == url
     else:
-        assert _error_types(model.Stream, {"url": url}) == [(("url",), "string_pattern_mismatch")]
+        assert _error_types(static.Stream, {"url": url}) == [(("url",), "string_pattern_mismatch")]
 
 
 def test_message_text_is_at_most_1600_characters() -> None:
     """Twilio's message body limit: 1600 characters load, 1601 do not."""
-    assert len(model.Message(text="a" * 1600).text) == 1600
-    assert _error_types(model.Message, {"text": "a" * 1601}) == [(("text",), "string_too_long")]
+    assert len(static.Message(text="a" * 1600).text) == 1600
+    assert _error_types(static.Message, {"text": "a" * 1601}) == [(("text",), "string_too_long")]
 
 
 def test_actions_are_the_routes_action_fields() -> None:
-    """ACTIONS lists exactly the Route fields that are actions, in documentation order."""
-    assert model.ACTIONS == ("say", "reject", "redirect", "stream", "message", "twiml")
-    assert set(model.ACTIONS) == set(model.Route.model_fields) - {"name", "match", "fallback"}
+    """The Route schema's action fields are exactly the registry's actions, in documentation order."""
+    assert tuple(ACTIONS) == ("say", "reject", "redirect", "stream", "message", "twiml")
+    assert set(ACTIONS) == set(model.Route.model_fields) - {"name", "match", "fallback"}
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""TwiML rendering: each renderer's XML parsed back and checked, and raw() policy TwiML checks."""
+"""Static actions: each compiles from its schema to TwiML bytes at load; raw() checks operator TwiML."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gateway.policy import model
-from gateway.routing import twiml
+from gateway.actions import ACTIONS, CompileContext, static
+from gateway.protocol import twiml
 
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 
@@ -21,13 +21,20 @@ def _parse(document: bytes) -> ET.Element:
     return root
 
 
+def _compiled(name: str, value: object, public_url: str | None = None) -> bytes:
+    """The reply bytes the registry's action `name` compiles `value` to, for tenant `acme`."""
+    reply = ACTIONS[name].compile(value, CompileContext("acme", public_url)).reply
+    assert reply is not None, "a static action compiles to bytes"
+    return reply
+
+
 def _verbs(root: ET.Element) -> list[str]:
     return [child.tag for child in root]
 
 
 def test_say_with_attributes_then_hangup() -> None:
     """<Say> carries the text, voice and language, and is followed by <Hangup/>."""
-    root = _parse(twiml.say(model.Say(text="We are closed.", voice="Polly.Joanna", language="en-US")))
+    root = _parse(_compiled("say", static.Say(text="We are closed.", voice="Polly.Joanna", language="en-US")))
     assert _verbs(root) == ["Say", "Hangup"]
     say = root[0]
     assert say.text == "We are closed."
@@ -36,14 +43,14 @@ def test_say_with_attributes_then_hangup() -> None:
 
 def test_say_without_optional_attributes_or_hangup() -> None:
     """Unset voice/language are omitted; hangup: false leaves <Say> alone."""
-    root = _parse(twiml.say(model.Say(text="Hold on.", hangup=False)))
+    root = _parse(_compiled("say", static.Say(text="Hold on.", hangup=False)))
     assert _verbs(root) == ["Say"]
     assert root[0].attrib == {}
 
 
 def test_say_escapes_markup_in_text() -> None:
     """Text with < and & is escaped, not injected as TwiML."""
-    root = _parse(twiml.say(model.Say(text="A < B & <Hangup/>")))
+    root = _parse(_compiled("say", static.Say(text="A < B & <Hangup/>")))
     assert root[0].text == "A < B & <Hangup/>"
     assert _verbs(root) == ["Say", "Hangup"]
 
@@ -51,7 +58,7 @@ def test_say_escapes_markup_in_text() -> None:
 @pytest.mark.parametrize("reason", ["busy", "rejected"])
 def test_reject_reason(reason: str) -> None:
     """<Reject> is the only verb and carries the reason."""
-    root = _parse(twiml.reject(model.Reject(reason=reason)))  # type: ignore[arg-type]
+    root = _parse(_compiled("reject", static.Reject(reason=reason)))  # type: ignore[arg-type]
     assert _verbs(root) == ["Reject"]
     assert root[0].attrib == {"reason": reason}
 
@@ -59,7 +66,7 @@ def test_reject_reason(reason: str) -> None:
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_redirect_url_and_method(method: str) -> None:
     """<Redirect> holds the URL as text and the method as an attribute."""
-    root = _parse(twiml.redirect(model.Redirect(url="https://ivr.example.com/voice?a=1&b=2", method=method)))  # type: ignore[arg-type]
+    root = _parse(_compiled("redirect", static.Redirect(url="https://ivr.example.com/voice?a=1&b=2", method=method)))  # type: ignore[arg-type]
     assert _verbs(root) == ["Redirect"]
     assert root[0].text == "https://ivr.example.com/voice?a=1&b=2"
     assert root[0].attrib == {"method": method}
@@ -67,9 +74,8 @@ def test_redirect_url_and_method(method: str) -> None:
 
 def test_stream_connect_with_parameters() -> None:
     """<Connect><Stream url name track> with one <Parameter> per value, in the given order."""
-    action = model.Stream(name="agent", track="inbound_track", parameters={"agent": "triage"})
-    document = twiml.stream("wss://gw.example.com/t/acme/stream", action, {"tenant": "acme", **action.parameters})
-    root = _parse(document)
+    action = static.Stream(name="agent", track="inbound_track", parameters={"agent": "triage"})
+    root = _parse(_compiled("stream", action, public_url="https://gw.example.com"))
     assert _verbs(root) == ["Connect"]
     streams = root[0].findall("Stream")
     assert len(streams) == 1
@@ -83,7 +89,7 @@ def test_stream_connect_with_parameters() -> None:
 
 def test_stream_without_name_or_track() -> None:
     """Unset name and track are omitted; only the url remains on <Stream>."""
-    root = _parse(twiml.stream("wss://rt.example.com/s", model.Stream(), {"tenant": "acme"}))
+    root = _parse(_compiled("stream", static.Stream(url="wss://rt.example.com/s")))
     stream = root.find("./Connect/Stream")
     assert stream is not None
     assert stream.attrib == {"url": "wss://rt.example.com/s"}
@@ -92,7 +98,7 @@ def test_stream_without_name_or_track() -> None:
 
 def test_message_text() -> None:
     """<Message> holds the reply text, escaped."""
-    root = _parse(twiml.message(model.Message(text="Soup & bread <today>")))
+    root = _parse(_compiled("message", static.Message(text="Soup & bread <today>")))
     assert _verbs(root) == ["Message"]
     assert root[0].text == "Soup & bread <today>"
 
@@ -155,3 +161,37 @@ def test_raw_rejects_malformed_and_wrong_root(text: str, message: str) -> None:
     """raw() raises ValueError saying whether the XML is broken or the root is not <Response>."""
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         twiml.raw(text)
+
+
+def test_stream_without_url_needs_the_public_url() -> None:
+    """A stream route without url is refused when serving without a public URL, and names why."""
+    with pytest.raises(ValueError, match="--public-url"):
+        _compiled("stream", static.Stream())
+
+
+def test_stream_without_url_is_a_note_under_check() -> None:
+    """Under `check` (notes collected) the same route compiles, and a note says what serving needs."""
+    notes: list[str] = []
+    reply = ACTIONS["stream"].compile(static.Stream(), CompileContext("acme", None, notes)).reply
+    assert reply is not None
+    assert b"/t/acme/stream" in reply
+    assert len(notes) == 1
+    assert "--public-url" in notes[0]
+
+
+def test_every_static_action_compiles_to_bytes_only() -> None:
+    """Each registered static action yields reply bytes and no call-out: nothing to await."""
+    values: dict[str, object] = {
+        "say": static.Say(text="hi"),
+        "reject": static.Reject(),
+        "redirect": static.Redirect(url="https://x.example/v"),
+        "stream": static.Stream(url="wss://x.example/s"),
+        "message": static.Message(text="hi"),
+        "twiml": "<Response/>",
+    }
+    assert set(values) <= set(ACTIONS)
+    for name, value in values.items():
+        compiled = ACTIONS[name].compile(value, CompileContext("acme"))
+        assert compiled.call is None, name
+        assert compiled.reply is not None
+        assert compiled.reply.startswith(DECLARATION), name

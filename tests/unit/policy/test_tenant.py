@@ -8,7 +8,7 @@ import pytest
 
 from gateway.policy.loader import load_file
 from gateway.policy.tenant import CompiledRoute, Tenant
-from gateway.routing import router, twiml
+from gateway.protocol import twiml
 from tests.support.policies import PUBLIC, VALID
 
 
@@ -48,7 +48,7 @@ def _tenant(*routes: CompiledRoute) -> Tenant:
 
 def _name(tenant: Tenant, kind: str, **params: str | list[str]) -> str | None:
     form = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
-    chosen = router.route(tenant, kind, form)
+    chosen = tenant.route(kind, form)
     return chosen.name if chosen is not None else None
 
 

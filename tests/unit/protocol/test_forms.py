@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlencode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.handlers.forms import parse_form
+from gateway.protocol.forms import parse_form
 
 names = st.text(min_size=1, max_size=12)
 values = st.text(max_size=20)

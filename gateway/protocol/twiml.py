@@ -1,14 +1,17 @@
-"""Pure TwiML rendering with twilio's own classes; run at policy load, never per request."""
+"""Pure TwiML rendering with twilio's own classes: plain values in, UTF-8 bytes out.
+
+Run when a policy loads (static actions) or when an action that calls out builds its answer,
+never parsed again per request.
+"""
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Connect, VoiceResponse
-
-from gateway.policy import model
 
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 NOT_CONFIGURED = b'<?xml version="1.0" encoding="UTF-8"?><Response><Say>This number is not configured.</Say></Response>'
@@ -25,40 +28,40 @@ def _bytes(response: VoiceResponse | MessagingResponse) -> bytes:
     return str(response.to_xml()).encode()
 
 
-def say(action: model.Say) -> bytes:
+def say(text: str, *, voice: str | None = None, language: str | None = None, hangup: bool = True) -> bytes:
     response = VoiceResponse()
-    response.say(action.text, voice=action.voice, language=action.language)
-    if action.hangup:
+    response.say(text, voice=voice, language=language)
+    if hangup:
         response.hangup()
     return _bytes(response)
 
 
-def reject(action: model.Reject) -> bytes:
+def reject(reason: str = "busy") -> bytes:
     response = VoiceResponse()
-    response.reject(reason=action.reason)
+    response.reject(reason=reason)
     return _bytes(response)
 
 
-def redirect(action: model.Redirect) -> bytes:
+def redirect(url: str, method: str = "POST") -> bytes:
     response = VoiceResponse()
-    response.redirect(action.url, method=action.method)
+    response.redirect(url, method=method)
     return _bytes(response)
 
 
-def stream(url: str, action: model.Stream, parameters: dict[str, str]) -> bytes:
+def stream(url: str, parameters: Mapping[str, str], *, name: str | None = None, track: str | None = None) -> bytes:
     """`<Connect><Stream>`: values travel as <Parameter>s because Twilio drops a query string."""
     response = VoiceResponse()
     connect = Connect()
-    element = connect.stream(url=url, name=action.name, track=action.track)
-    for name, value in parameters.items():
-        element.parameter(name=name, value=value)
+    element = connect.stream(url=url, name=name, track=track)
+    for key, value in parameters.items():
+        element.parameter(name=key, value=value)
     response.append(connect)
     return _bytes(response)
 
 
-def message(action: model.Message) -> bytes:
+def message(text: str) -> bytes:
     response = MessagingResponse()
-    response.message(action.text)
+    response.message(text)
     return _bytes(response)
 
 

@@ -1,0 +1,85 @@
+"""What every action is made of: its kind (schema + compiler) and its compiled, runnable form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from gateway.deadline import Deadline
+    from gateway.exchange import Exchange
+
+M = TypeVar("M")
+WEBSOCKET_SCHEMES = {"https": "wss", "http": "ws"}
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What an action that calls out may read of a *verified* request."""
+
+    kind: str
+    url: str  # the URL Twilio signed
+    params: Mapping[str, list[str]]
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
+class CallOut(Protocol):
+    """An action that does I/O. It answers TwiML bytes before `deadline`, or raises (an
+    UpstreamError, a DeadlineExceeded, anything): the handler then answers the route's fallback."""
+
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """An action ready to serve: bytes rendered at load (static) or a CallOut, never both."""
+
+    reply: bytes | None = None
+    call: CallOut | None = None
+
+    def __post_init__(self) -> None:
+        if (self.reply is None) == (self.call is None):
+            raise ValueError("an action compiles to exactly one of reply bytes or a call-out")
+
+
+@dataclass(slots=True)
+class CompileContext:
+    """What an action needs from outside its own YAML when it compiles."""
+
+    tenant_id: str
+    # The first --public-url, when known; None under `switchyard check` without one.
+    public_url: str | None = None
+    # Under `check`, things that are settled only at serve time are noted, not refused.
+    notes: list[str] | None = field(default=None)
+
+    def note(self, message: str) -> bool:
+        """Record a note when notes are being collected; False when the caller must refuse."""
+        if self.notes is None:
+            return False
+        self.notes.append(message)
+        return True
+
+    def websocket_base(self) -> str | None:
+        """wss://host[/prefix] for https://host[/prefix]: where our own endpoints live."""
+        if self.public_url is None:
+            return None
+        parts = urlsplit(self.public_url)
+        scheme = WEBSOCKET_SCHEMES.get(parts.scheme.lower())
+        if scheme is None or not parts.netloc:
+            raise ValueError(f"public URL {self.public_url!r} must be http(s)://host[/prefix]")
+        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionKind(Generic[M]):
+    """One kind of action: its YAML key, the schema of its value, which webhooks it may answer,
+    and how it compiles. `compile` raises ValueError with a message for the policy's reader."""
+
+    name: str
+    schema: Any  # the pydantic type of the value under `name` in a route
+    kinds: frozenset[str]
+    compile: Callable[[M, CompileContext], Compiled]

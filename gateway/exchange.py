@@ -1,0 +1,83 @@
+"""The exchange: one record per request, filled by its handler and read once at the end.
+
+The access log reads it today; the server span, the metrics and the spend ledger read the same
+record, so none of them re-derives anything (mitmproxy's HTTPFlow is the model).
+
+A plain class with class-level defaults rather than a dataclass: a request sets only the fields
+it reaches, and the defaults cost nothing until then (this runs on every request, the static
+path included).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from gateway.clock import Clock
+from gateway.deadline import TWILIO_TOTAL, Deadline
+
+if TYPE_CHECKING:
+    from gateway.limits.base import Decision
+    from gateway.policy.registry import PolicySet
+    from gateway.policy.tenant import Tenant
+
+Outcome = str
+"""What became of the request, for logs and spans:
+answered, refused, forged, unknown-tenant, no-route, recorded, fallback, error, unauthorized,
+client_closed (the client went away before we could answer)."""
+
+
+class Exchange:
+    """Everything about one request: the policy snapshot it started with, who it is for, what
+    was decided, and what it used. The snapshot is the request's for its whole life: a reload
+    in the middle (or a fallback) never makes it read `registry.current` again."""
+
+    # Set by the constructor.
+    kind: str
+    policies: PolicySet
+    clock: Clock
+    started: float
+    # Filled as the handler learns them; None until then.
+    tenant: Tenant | None = None
+    decision: Outcome | None = None
+    route: str | None = None
+    action: str | None = None
+    limit: Decision | None = None
+    retry: str | None = None
+    verified: bool = False
+    # Raw request values: the access log shortens, masks or drops them (and only logs them at
+    # all when it writes the line, off the handler's path).
+    sid: str | None = None
+    caller: str | None = None
+    called: str | None = None
+    error: str | None = None
+    # What the request used and what it cost (issue 7 fills prices); I/O step timings in seconds.
+    usage: dict[str, float] | None = None
+    cost_usd: float | None = None
+    timings: dict[str, float] | None = None
+    # Twilio's total time for this webhook (TWILIO_TOTAL unless the tenant says otherwise).
+    budget: float = TWILIO_TOTAL
+
+    STATUS_CLIENT_CLOSED: ClassVar[int] = 499  # nginx's code for "client closed the request"
+
+    def __init__(self, kind: str, policies: PolicySet, clock: Clock) -> None:
+        self.kind = kind
+        self.policies = policies
+        self.clock = clock
+        self.started = clock()
+
+    def deadline(self) -> Deadline:
+        """What is left of Twilio's budget, measured from when the request began."""
+        return Deadline(self.started + self.budget, self.clock)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def timed(self, step: str, seconds: float) -> None:
+        """Record how long one I/O step took (a Redis round trip, an upstream call)."""
+        if self.timings is None:
+            self.timings = {}
+        self.timings[step] = self.timings.get(step, 0.0) + seconds
+
+    @property
+    def tenant_id(self) -> str | None:
+        return None if self.tenant is None else self.tenant.id

@@ -1,0 +1,1 @@
+"""Pure Twilio wire formats: no aiohttp, no I/O (form bodies, TwiML)."""

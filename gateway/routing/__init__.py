@@ -1,1 +1,0 @@
-"""Choosing and producing the answer to a webhook."""

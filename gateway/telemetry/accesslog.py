@@ -1,0 +1,141 @@
+"""One structured JSON line per request, read once from the request's exchange.
+
+aiohttp calls the access logger once per request anyway; ours replaces its default, so the line
+costs no extra hook. Lines are buffered and written to fd 1 once per event-loop tick: one
+`os.write` per request measured ~20 % of the gateway's throughput, while a tick under load
+answers several requests. `flush()` runs at shutdown and at exit, so no line is lost.
+
+Nothing read from a request reaches a line unbounded: the request may be unverified (a 1 MB
+`CallSid` must not become a 1 MB line). SIDs are written only when they have a SID's shape,
+phone numbers shortened and masked, the path cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import re
+import time
+
+import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.exchange import Exchange
+from gateway.keys import EXCHANGE
+from gateway.redact import mask_number
+
+STDOUT = 1
+# Flush at once past this many buffered bytes, whatever the loop does.
+MAX_BUFFER = 64 * 1024
+MAX_PATH = 200
+MAX_NUMBER = 32  # E.164 is at most 16; SIP and client identities get room, not a megabyte
+SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+
+
+class LineBuffer:
+    """Lines gathered during one loop tick and written together at its end."""
+
+    def __init__(self, fd: int = STDOUT) -> None:
+        self.fd = fd
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= MAX_BUFFER:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no loop (a test calling the logger directly): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        view = memoryview(data)
+        with contextlib.suppress(OSError):  # stdout gone: nothing better to do with the lines
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+
+BUFFER = LineBuffer()
+flush = BUFFER.flush
+atexit.register(flush)
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        BUFFER.write(orjson.dumps(line(request, response.status, time, request.get(EXCHANGE))) + b"\n")
+
+
+def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchange | None) -> dict[str, object]:
+    """The access-log record of one request: everything bounded, numbers masked."""
+    path = request.path
+    record: dict[str, object] = {
+        "ts": round(_now(), 3),
+        "method": request.method[:16],
+        "path": path if len(path) <= MAX_PATH else path[:MAX_PATH] + "…",
+        "status": status,
+        "ms": round(seconds * 1000, 3),
+    }
+    if exchange is None:
+        return record
+    record["ms"] = round(exchange.elapsed() * 1000, 3)
+    if exchange.decision == "client_closed":
+        # Nothing reached the client, whatever response object the handler built.
+        record["status"] = Exchange.STATUS_CLIENT_CLOSED
+    record["kind"] = exchange.kind
+    if exchange.tenant is not None:
+        record["tenant"] = exchange.tenant.id
+    for name in ("route", "action", "decision", "retry", "error"):
+        value = getattr(exchange, name)
+        if value:
+            record[name] = value
+    if exchange.limit is not None:
+        record["remaining"] = exchange.limit.remaining
+    for name in ("caller", "called"):
+        number = getattr(exchange, name)
+        if number:
+            record[name] = mask_number(number[:MAX_NUMBER])
+    sid = exchange.sid
+    if sid and SID.fullmatch(sid):
+        record["sid"] = sid
+    if exchange.timings:
+        record["timings_ms"] = {step: round(s * 1000, 3) for step, s in exchange.timings.items()}
+    return record
+
+
+_now = time.time
+
+
+class JsonFormatter(logging.Formatter):
+    """Application log records as JSON lines, like the access log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
