@@ -13,14 +13,16 @@ from aiohttp import web
 
 from gateway.auth.public_url import PublicUrl, parse_proxies
 from gateway.clock import Clock, monotonic
+from gateway.egress import Egress, open_session
 from gateway.errors import BackendError
 from gateway.handlers import api, health
 from gateway.handlers.twilio import webhook
-from gateway.keys import SERVICES
+from gateway.keys import EGRESS, LIFECYCLE, SERVICES
 from gateway.limits.factory import stores_from_url
 from gateway.policy import watch
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
+from gateway.server import Lifecycle
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
@@ -37,6 +39,8 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: 
     registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first))
     metrics = Metrics()
     app = web.Application()
+    app[LIFECYCLE] = Lifecycle()  # /readyz reads it; gateway/server.py drains
+    app.cleanup_ctx.append(_egress)
     app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, clock))
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
     for kind in ("voice", "sms", "status"):
@@ -68,6 +72,7 @@ def _stores(
             limits=stores.failover,
             metrics=metrics,
             clock=clock or monotonic,
+            egress=app[EGRESS],
         )
         try:
             yield
@@ -75,6 +80,16 @@ def _stores(
             await stores.close()
 
     return ctx
+
+
+async def _egress(app: web.Application) -> AsyncIterator[None]:
+    """The one client session every call out shares (egress.py), closed after the last request."""
+    session = open_session()
+    app[EGRESS] = Egress(session)
+    try:
+        yield
+    finally:
+        await session.close()
 
 
 def _log_transition(url: str, metrics: Metrics) -> Callable[[bool, BackendError | None], None]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import multiprocessing
 import os
 import secrets
@@ -12,6 +10,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from multiprocessing import resource_tracker
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -20,7 +19,7 @@ from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
 from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
-from gateway.telemetry.accesslog import JsonAccessLogger, configure_logging
+from gateway.telemetry.accesslog import configure_logging
 
 EXIT_USAGE = 2
 
@@ -53,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs a shared --limiter)")
     serve.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     serve.add_argument("--reload-interval", type=float, help="seconds between policy file checks; 0 = only on SIGHUP")
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may take before they are cut (default: 10)",
+    )
 
     check = commands.add_parser("check", help="validate a policy directory; list every error")
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
@@ -93,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             access_log=False if args.no_access_log else None,
             reload_interval=args.reload_interval,
+            grace_period=args.grace_period,
         )
     except SettingsError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
@@ -183,14 +189,15 @@ def sign(
     return 0
 
 
-NO_PUBLIC_URL = (
-    "switchyard: refusing to start without a public URL. Twilio signs each webhook over the full URL it "
-    "called (e.g. https://gw.example.com/twilio/voice) and the gateway checks the signature against that URL; "
-    "it cannot take it from the request, whose Host header any client can set. Give the base URL(s) Twilio "
-    "calls: --public-url https://gw.example.com (repeatable) or SWITCHYARD_PUBLIC_URL=https://gw.example.com "
-    "(comma-separated); or, behind a proxy that sets X-Forwarded-Proto/-Host, trust it with "
-    "--trusted-proxy CIDR (SWITCHYARD_TRUSTED_PROXIES)."
-)
+NO_PUBLIC_URL = """\
+switchyard: refusing to start without a public URL.
+  Twilio signs each webhook over the full URL it called (e.g. https://gw.example.com/twilio/voice),
+  and the gateway checks the signature against that URL. It cannot take it from the request: any
+  client can set the Host header. Give the base URL(s) Twilio calls:
+    --public-url https://gw.example.com            (repeatable), or
+    SWITCHYARD_PUBLIC_URL=https://gw.example.com   (comma-separated);
+  or, behind a proxy that sets X-Forwarded-Proto/-Host, trust it: --trusted-proxy CIDR
+  (SWITCHYARD_TRUSTED_PROXIES)."""
 
 
 def serve(settings: Settings) -> int:
@@ -212,8 +219,7 @@ def serve(settings: Settings) -> int:
         print(f"switchyard: cannot start:\n{exc}", file=sys.stderr)
         return 1
     if settings.workers == 1:
-        _run_worker(settings)
-        return 0
+        return _run_worker(settings)
     return _supervise(settings)
 
 
@@ -224,48 +230,60 @@ def _check_startup(settings: Settings) -> None:
     create_app(settings)
 
 
-def _run_worker(settings: Settings) -> None:
-    from aiohttp import web
+def _run_worker(settings: Settings) -> int:
+    """One worker in this process (gateway/server.py): serve, drain on SIGTERM/SIGINT, exit."""
+    from gateway.server import run
 
-    from gateway.app import create_app
+    return run(settings)
 
-    try:
-        import uvloop
 
-        uvloop.install()
-    except ImportError:  # uvloop is optional off Linux/macOS
-        pass
-    configure_logging()
-    # Each process heartbeats in the shared store under its own id.
-    settings = dataclasses.replace(settings, instance_id=f"{os.uname().nodename}-{os.getpid()}")
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.workers > 1,
-        access_log_class=JsonAccessLogger,
-        access_log=logging.getLogger("switchyard.access") if settings.access_log else None,
-        print=lambda message: print(f"switchyard pid {os.getpid()}: {message}", file=sys.stderr),
-    )
+def _worker_process(settings: Settings) -> None:
+    """The target of each supervised worker process."""
+    # A group of its own: a terminal's Ctrl+C (SIGINT to the foreground group) then reaches only
+    # the supervisor, which forwards it once; reaching a worker twice would be the second signal,
+    # which exits at once.
+    os.setpgid(0, 0)
+    sys.exit(_run_worker(settings))
 
 
 def _supervise(settings: Settings) -> int:
-    """N processes share the port with SO_REUSEPORT; the kernel spreads connections among them."""
+    """N processes share the port with SO_REUSEPORT; the kernel spreads connections among them.
+
+    Each SIGTERM, SIGINT and SIGHUP is forwarded to every worker still running, a second stop
+    signal too (workers then exit at once); the supervisor exits once all have, with the worst
+    exit code."""
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_run_worker, args=(settings,), name=f"switchyard-{i}") for i in range(settings.workers)
+        context.Process(target=_worker_process, args=(settings,), name=f"switchyard-{i}")
+        for i in range(settings.workers)
     ]
-    for worker in workers:
-        worker.start()
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
+    # Blocked while the workers start: each inherits the mask and unblocks it once its handlers
+    # are set (server.run), so a signal sent now is held, neither lost nor fatal to a worker.
+    # multiprocessing unblocks SIGTERM/SIGINT after starting its resource tracker (bpo-33613),
+    # which the first spawn does: start it before blocking.
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+    try:
+        for worker in workers:
+            worker.start()
+        for signum in forwarded:
+            signal.signal(signum, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
     for worker in workers:
         worker.join()
-    return max((w.exitcode or 0) for w in workers)
+    return max(_exit_status(worker.exitcode) for worker in workers)
+
+
+def _exit_status(code: int | None) -> int:
+    """A worker's exit code as a shell shows it: 128 + N for a worker killed by signal N."""
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.egress import Egress
 from gateway.exchange import Exchange
+from gateway.server import Lifecycle
 from gateway.services import Services
 
 SERVICES = web.AppKey("services", Services)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+EGRESS = web.AppKey("egress", Egress)
 EXCHANGE = web.RequestKey("exchange", Exchange)

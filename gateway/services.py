@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.auth.public_url import PublicUrl
 from gateway.clock import Clock, monotonic
+from gateway.egress import Egress
 from gateway.limits.base import Limiter
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
@@ -20,3 +21,4 @@ class Services:
     limits: Limiter
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = monotonic
+    egress: Egress | None = None  # None only in tests that build Services by hand

@@ -30,6 +30,7 @@ class Settings:
     workers: int = 1
     access_log: bool = True
     reload_interval: float = 2.0
+    grace_period: float = 10.0  # seconds a SIGTERM leaves requests in flight; Twilio waits 15 s in all
     instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -39,6 +40,8 @@ class Settings:
             raise SettingsError(f"workers: {self.workers} must be at least 1")
         if self.reload_interval < 0:
             raise SettingsError(f"reload_interval: {self.reload_interval} must be >= 0")
+        if not 0 <= self.grace_period < float("inf"):  # NaN fails this too
+            raise SettingsError(f"grace_period: {self.grace_period} must be a number of seconds >= 0")
         if isinstance(self.public_urls, str):
             raise SettingsError(f"public_urls: {self.public_urls!r} must be a tuple of URLs, not one string")
         try:
@@ -87,6 +90,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "workers": ("WORKERS", lambda k, v: _env_number(k, v, int)),
     "access_log": ("ACCESS_LOG", _env_bool),
     "reload_interval": ("RELOAD_INTERVAL", lambda k, v: _env_number(k, v, float)),
+    "grace_period": ("GRACE_PERIOD", lambda k, v: _env_number(k, v, float)),
     "instance_id": ("INSTANCE_ID", lambda _k, v: v),
 }
 VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values())

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from gateway.deadline import Deadline
+    from gateway.egress import Egress
     from gateway.exchange import Exchange
 
 M = TypeVar("M")
@@ -28,10 +29,11 @@ class Incoming:
 
 
 class CallOut(Protocol):
-    """An action that does I/O. It answers TwiML bytes before `deadline`, or raises (an
-    UpstreamError, a DeadlineExceeded, anything): the handler then answers the route's fallback."""
+    """An action that does I/O, through `egress` only. It answers TwiML bytes before `deadline`,
+    or raises (UpstreamError, DeadlineExceeded, anything): the handler then answers the route's
+    fallback. It records what it used (usage, timings) in `exchange`."""
 
-    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline) -> bytes: ...
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

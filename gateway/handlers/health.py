@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import responses
-from gateway.keys import SERVICES
+from gateway.keys import LIFECYCLE, SERVICES
 from gateway.telemetry.metrics import CONTENT_TYPE
 
 
@@ -17,15 +17,19 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready while policies are loaded. A failing shared store is reported as degraded, not
     unready: the instance still enforces limits locally, and taking every instance out of the
-    load balancer because Redis is down would turn a limiter fault into an outage."""
+    load balancer because Redis is down would turn a limiter fault into an outage. Draining
+    (after SIGTERM) is unready, 503, so the load balancer sends nothing more while requests in
+    flight finish."""
     services = request.app[SERVICES]
     degraded = services.limits.degraded
+    draining = request.app[LIFECYCLE].draining
     return responses.json(
         {
-            "status": "degraded" if degraded else "ready",
+            "status": "draining" if draining else "degraded" if degraded else "ready",
             "tenants": len(services.registry.current.tenants),
             "limits": {"store": services.settings.limiter_url.split("://", 1)[0], "degraded": degraded},
-        }
+        },
+        status=503 if draining else 200,
     )
 
 

@@ -29,6 +29,7 @@ from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.protocol.forms import parse_form
+from gateway.services import Services
 
 WebhookKind = Literal["voice", "sms", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -133,7 +134,7 @@ def webhook(kind: WebhookKind) -> Handler:
             exchange.action = route.action
             reply = route.reply
             if reply is None:
-                reply = await _call_out(exchange, route, request, url or "", params, body)
+                reply = await _call_out(exchange, route, request, services, url or "", params, body)
             else:
                 exchange.decision = "answered"  # static: bytes rendered at load, no await
             return responses.twiml(reply)
@@ -151,6 +152,7 @@ async def _call_out(
     exchange: Exchange,
     route: CompiledRoute,
     request: web.Request,
+    services: Services,
     url: str,
     params: Mapping[str, list[str]],
     body: bytes,
@@ -168,7 +170,8 @@ async def _call_out(
         headers={name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None},
     )
     try:
-        reply = await call.run(exchange, incoming, exchange.deadline())
+        assert services.egress is not None, "the app's egress session is open while serving"
+        reply = await call.run(exchange, incoming, exchange.deadline(), services.egress)
     except Exception as exc:
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
         # way; the log says which, briefly (the error's text never carries request data).

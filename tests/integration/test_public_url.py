@@ -126,5 +126,11 @@ def test_serve_without_public_url_or_trusted_proxy_refuses_to_start(tmp_path: Pa
     command = [sys.executable, "-m", "gateway", "serve", "--policies", str(_policies(tmp_path / "p")), "--port", "1"]
     result = subprocess.run(command, capture_output=True, text=True, env={**env, **ENV}, timeout=60, check=False)
     assert result.returncode == 2
-    for words in ("Twilio signs", "Host header", "--public-url https://", "SWITCHYARD_PUBLIC_URL=", "--trusted-proxy"):
+    for words in (
+        "Twilio signs",
+        "the Host header",
+        "--public-url https://",
+        "SWITCHYARD_PUBLIC_URL=",
+        "--trusted-proxy",
+    ):
         assert words in result.stderr

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
 from gateway.keys import SERVICES
-from gateway.settings import Settings
-from gateway.telemetry.accesslog import JsonAccessLogger
 from tests.support.clock import FakeClock
+from tests.support.gateway import POLICIES, PUBLIC, Client, MakeClient, post
 from tests.support.twilio import (
     ACME_AFTER_HOURS,
     ACME_NUMBER,
@@ -25,43 +19,13 @@ from tests.support.twilio import (
     BISTRO_NUMBER,
     BISTRO_TOKEN,
     CALLER,
-    ENV,
     signed_form,
     signed_json,
     sms_params,
     voice_params,
 )
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
-PUBLIC = "http://gw.test"
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[Client]]
 SAY = ["Say", "Hangup"]
-
-
-@pytest.fixture
-def make_gateway(aiohttp_client: Any, clock: FakeClock) -> MakeClient:
-    async def make(**overrides: Any) -> Client:
-        options: dict[str, Any] = {"policies_dir": POLICIES, "public_urls": (PUBLIC,), "reload_interval": 0}
-        settings = Settings(**{**options, **overrides})
-        server = TestServer(create_app(settings, env=ENV, clock=clock), host="127.0.0.1")
-        # TestServer passes only start_server()'s kwargs to its runner: start it here with our logger.
-        await server.start_server(access_log_class=JsonAccessLogger)
-        client: Client = await aiohttp_client(server)
-        return client
-
-    return make
-
-
-@pytest.fixture
-async def gateway(make_gateway: MakeClient) -> Client:
-    return await make_gateway()
-
-
-async def post(client: Client, path: str, params: dict[str, str], token: str, **headers: str) -> tuple[int, str]:
-    head, body = signed_form(token, PUBLIC + path, params)
-    response = await client.post(path, data=body, headers={**head, **headers})
-    return response.status, await response.text()
 
 
 def verbs(text: str) -> list[str]:

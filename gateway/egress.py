@@ -1,0 +1,92 @@
+"""The one outbound seam: every call out of the gateway goes through `Egress.request`.
+
+One keep-alive `ClientSession` per app (opened and closed in app.py's cleanup_ctx), so calls to
+a tenant's runtime, OpenAI or Twilio's REST API reuse connections; each call's timeout comes
+from the request's Deadline; every client failure is mapped here, once, to UpstreamError (as
+httpx maps its transport errors in one place), so actions handle one error type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from gateway.deadline import Deadline, DeadlineExceeded
+from gateway.errors import UpstreamError
+
+# A TwiML answer or a chat completion is a few KB; a runtime answering megabytes is broken.
+MAX_BODY = 1024 * 1024
+LIMIT_PER_HOST = 100
+DNS_TTL = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def open_session(trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> aiohttp.ClientSession:
+    """The app's one client session; aiohttp's TraceConfig is where client spans will hook in."""
+    connector = aiohttp.TCPConnector(limit_per_host=LIMIT_PER_HOST, ttl_dns_cache=DNS_TTL)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=list(trace_configs) or None,
+        # Timeouts come from each call's deadline; the session itself never gives up on its own.
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+        raise_for_status=False,
+    )
+
+
+class Egress:
+    """Calls out under a deadline; answers a Reply (any status) or raises UpstreamError."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        target: str,
+        deadline: Deadline,
+        cap: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Reply:
+        """One HTTP exchange with `url` (always from a policy, never from a request).
+
+        target: a short name for logs and errors ("upstream acme/main", "openai").
+        cap: the step's own timeout, if shorter than what the deadline leaves.
+        """
+        try:
+            timeout = deadline.timeout(cap)
+        except DeadlineExceeded as exc:
+            raise UpstreamError(target, "deadline", detail=str(exc)) from None
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.request(method, url, headers=headers, data=body) as response:
+                    length = response.content_length
+                    if length is not None and length > max_body:
+                        raise UpstreamError(target, "too_large", response.status, f"{length} bytes")
+                    data = await response.content.read(max_body + 1)
+                    if len(data) > max_body:
+                        raise UpstreamError(target, "too_large", response.status, f"over {max_body} bytes")
+                    return Reply(response.status, response.headers, data)
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError(target, "timeout", detail=f"no answer within {timeout:.3f}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing was sent: the one failure a caller may retry without side effects.
+            raise UpstreamError(target, "connect", detail=type(exc).__name__) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(target, "connection", detail=type(exc).__name__) from None
