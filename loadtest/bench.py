@@ -52,7 +52,7 @@ from scenario import SignedRequest
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-TARGETS = ("bare", "memory", "redis")
+TARGETS = ("bare", "memory", "logged", "redis")  # logged: memory:// with the access log on
 GOALS = {"memory/bare": 0.6, "redis/memory": 0.8}
 SATURATED = 90  # % of one CPU: below it a server waited, and its req/s is not its capacity
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -232,12 +232,12 @@ def start_target(
     if name == "bare":
         server = spawn(name, [sys.executable, str(HERE / "bare_app.py"), "--port", str(port)], workdir, cpus)
     else:
-        limiter = "memory://" if name == "memory" else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
+        limiter = "memory://" if name in ("memory", "logged") else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
         switchyard = BIN / "switchyard"
         entry = [str(switchyard)] if switchyard.is_file() else [sys.executable, "-m", "gateway"]
         argv = [*entry, "serve", "--policies", str(policies), "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--public-url", f"http://127.0.0.1:{port}", "--limiter", limiter, "--workers", "1"]
-        if not access_log:
+        if not (access_log or name == "logged"):
             argv.append("--no-access-log")
         server = spawn(name, argv, workdir, cpus, {**os.environ, **scenario.demo_env()})
     server.port = port
@@ -708,7 +708,13 @@ def summarize(rounds: Sequence[Round], targets: Sequence[str]) -> dict[str, Any]
         }
 
     ratios = {
-        k: v for k, v in {"memory/bare": ratio("memory", "bare"), "redis/memory": ratio("redis", "memory")}.items() if v
+        k: v
+        for k, v in {
+            "memory/bare": ratio("memory", "bare"),
+            "logged/memory": ratio("logged", "memory"),
+            "redis/memory": ratio("redis", "memory"),
+        }.items()
+        if v
     }
     return {"medians": medians, "ratios": ratios}
 
@@ -736,7 +742,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per round (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="open connections (default 64)")
-    parser.add_argument("--targets", default="bare,memory,redis", help="comma-separated, of: bare, memory, redis")
+    parser.add_argument(
+        "--targets", default="bare,memory,redis", help="comma-separated, of: bare, memory, logged, redis"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load per target first")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: it gets one CPU)")
     parser.add_argument("--bodies", type=int, default=500, help="distinct pre-signed webhooks per target")

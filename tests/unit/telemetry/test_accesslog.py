@@ -1,0 +1,121 @@
+"""The access-log line: read once from the exchange, every request value bounded; lines buffered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.exchange import Exchange
+from gateway.policy.registry import PolicySet
+from gateway.telemetry import accesslog
+from gateway.telemetry.accesslog import MAX_BUFFER, LineBuffer, line
+from tests.support.clock import FakeClock
+
+SID = "CA" + "0123456789abcdef" * 2
+
+
+def _exchange(clock: FakeClock, **fields: object) -> Exchange:
+    exchange = Exchange("voice", PolicySet.of({}), clock)
+    for name, value in fields.items():
+        setattr(exchange, name, value)
+    return exchange
+
+
+def test_numbers_masked_and_sid_kept(clock: FakeClock) -> None:
+    """Caller and called are masked; a well-shaped CallSid is logged as is."""
+    exchange = _exchange(clock, caller="+15557654321", called="+15551230001", sid=SID, decision="answered")
+    record = line(make_mocked_request("POST", "/twilio/voice"), 200, 0.001, exchange)
+    assert (record["caller"], record["called"], record["sid"]) == ("+1******4321", "+1******0001", SID)
+    assert record["decision"] == "answered"
+
+
+@pytest.mark.parametrize(
+    "sid",
+    ["CA" + "0" * 31, "CA" + "0" * 33, "ca" + "0" * 32, "CA" + "G" * 32, "CA" + "0" * 32 + "\n", "x" * 100_000],
+    ids=["short", "long", "lower-prefix", "not-hex", "newline", "huge"],
+)
+def test_sids_of_another_shape_are_not_logged(clock: FakeClock, sid: str) -> None:
+    """Only two capitals and 32 hex digits is a SID; anything else from the request is dropped."""
+    record = line(make_mocked_request("POST", "/twilio/voice"), 403, 0.0, _exchange(clock, sid=sid))
+    assert "sid" not in record
+
+
+def test_every_request_value_is_bounded(clock: FakeClock) -> None:
+    """Megabyte numbers and paths make a line of a few hundred bytes."""
+    huge = "9" * 1_000_000
+    exchange = _exchange(clock, caller="+1" + huge, called=huge, sid=huge)
+    record = line(make_mocked_request("POST", "/t/x/" + huge), 403, 0.0, exchange)
+    assert len(orjson.dumps(record)) < 600
+
+
+def test_client_closed_is_logged_as_499(clock: FakeClock) -> None:
+    """Whatever response the handler built, a request whose client left is logged with 499."""
+    record = line(make_mocked_request("POST", "/twilio/voice"), 204, 0.0, _exchange(clock, decision="client_closed"))
+    assert record["status"] == 499
+
+
+def test_time_comes_from_the_exchange(clock: FakeClock) -> None:
+    """The line's milliseconds are the exchange's own, on the injected clock."""
+    exchange = _exchange(clock)
+    clock.advance(0.25)
+    assert line(make_mocked_request("GET", "/"), 200, 9.9, exchange)["ms"] == 250.0
+
+
+def _pipe() -> tuple[int, int]:
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    return read, write
+
+
+def _read_all(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+async def test_lines_of_one_tick_are_written_together() -> None:
+    """Lines written in one loop tick reach the file only at the tick's end, in order, in one write."""
+    read, write = _pipe()
+    buffer = LineBuffer(write)
+    try:
+        for i in range(3):
+            buffer.write(b"%d\n" % i)
+        assert _read_all(read) == b"", "nothing is written mid-tick"
+        await asyncio.sleep(0)  # one loop iteration: the scheduled flush runs
+        assert _read_all(read) == b"0\n1\n2\n"
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_a_full_buffer_is_written_at_once(tmp_path: Path) -> None:
+    """Past MAX_BUFFER bytes the lines are written without waiting for the tick."""
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    buffer = LineBuffer(fd)
+    try:
+        chunk = b"x" * 1023 + b"\n"
+        for _ in range(MAX_BUFFER // len(chunk)):
+            buffer.write(chunk)
+        assert path.stat().st_size == MAX_BUFFER
+    finally:
+        os.close(fd)
+
+
+def test_flush_writes_what_is_left_and_is_registered_at_exit() -> None:
+    """The module's flush (run at shutdown and at exit) empties the process's buffer."""
+    assert accesslog.flush == accesslog.BUFFER.flush
+    read, write = _pipe()
+    buffer = LineBuffer(write)
+    try:
+        buffer.write(b"last\n")  # no running loop: written at once rather than lost
+        assert _read_all(read) == b"last\n"
+    finally:
+        os.close(read)
+        os.close(write)
