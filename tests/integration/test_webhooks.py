@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway.keys import SERVICES
+from gateway.telemetry import accesslog
 from tests.support.clock import FakeClock
 from tests.support.gateway import POLICIES, PUBLIC, Client, MakeClient, post
 from tests.support.twilio import (
@@ -251,6 +252,7 @@ async def test_access_log_line_is_json_with_masked_numbers(gateway: Client, capf
     await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
     # aiohttp logs after sending; the next request on the same connection starts only after that.
     await gateway.get("/healthz")
+    accesslog.flush()  # lines are buffered per loop tick
     lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
     record = next(r for r in lines if r.get("path") == "/twilio/voice")
     assert record["tenant"] == "acme-health"
