@@ -26,6 +26,13 @@ from tests.support.twilio import ACME_NUMBER, ACME_TOKEN, BISTRO_NUMBER, BISTRO_
 IDEMPOTENCY = "I-Twilio-Idempotency-Token"
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """Lines another test left in the process's buffer are written and dropped before this one."""
+    accesslog.flush()
+    capfd.readouterr()
+
+
 def access_lines(capfd: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     """The access-log lines written so far (flushed first: they are buffered per loop tick)."""
     accesslog.flush()

@@ -249,6 +249,8 @@ async def test_internal_failure_answers_fallback_twiml_not_5xx(gateway: Client) 
 
 async def test_access_log_line_is_json_with_masked_numbers(gateway: Client, capfd: pytest.CaptureFixture[str]) -> None:
     """Each request writes one JSON line: tenant, route, decision, status; numbers masked, no token."""
+    accesslog.flush()
+    capfd.readouterr()  # lines of earlier tests still buffered
     await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
     # aiohttp logs after sending; the next request on the same connection starts only after that.
     await gateway.get("/healthz")

@@ -82,13 +82,28 @@ def _read_all(fd: int) -> bytes:
 async def test_lines_of_one_tick_are_written_together() -> None:
     """Lines written in one loop tick reach the file only at the tick's end, in order, in one write."""
     read, write = _pipe()
-    buffer = LineBuffer(write)
+    buffer = LineBuffer(write, interval=0)
     try:
         for i in range(3):
             buffer.write(b"%d\n" % i)
         assert _read_all(read) == b"", "nothing is written mid-tick"
         await asyncio.sleep(0)  # one loop iteration: the scheduled flush runs
         assert _read_all(read) == b"0\n1\n2\n"
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+async def test_lines_wait_for_the_interval() -> None:
+    """With an interval, lines outlive the tick; flush() (as at shutdown) writes them at once."""
+    read, write = _pipe()
+    buffer = LineBuffer(write, interval=60.0)
+    try:
+        buffer.write(b"a\n")
+        await asyncio.sleep(0)
+        assert _read_all(read) == b""
+        buffer.flush()
+        assert _read_all(read) == b"a\n"
     finally:
         os.close(read)
         os.close(write)
