@@ -8,13 +8,15 @@
 
 serve, check and sign read the demo secrets from policies/demo.env (variables
 already set win); serve listens on and checks signatures against
-http://127.0.0.1:8080. It creates `.venv` beside this file on first use and
+http://127.0.0.1:8080 (or the --port given; a --public-url given replaces it).
+check takes another directory instead of policies/. It creates `.venv` beside this file on first use and
 reinstalls only when pyproject.toml changes, so every command works from a
 clean clone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -70,15 +72,31 @@ def _exec(argv: list[str], env: dict[str, str]) -> int:
     return 1  # not reached
 
 
+def _serve_flags(rest: list[str]) -> list[str]:
+    """The demo's flags, then the caller's. The public URL follows `--port` (signatures are
+    checked against it), and one the caller gives replaces the demo's."""
+    flags = ["--policies", "policies"]
+    if not any(arg == "--public-url" or arg.startswith("--public-url=") for arg in rest):
+        port = "8080"
+        for i, arg in enumerate(rest):
+            if arg == "--port" and i + 1 < len(rest):
+                port = rest[i + 1]
+            elif arg.startswith("--port="):
+                port = arg.split("=", 1)[1]
+        flags += ["--public-url", DEMO_PUBLIC_URL.rsplit(":", 1)[0] + ":" + port]
+    return [*flags, *rest]
+
+
 def main(args: list[str]) -> int:
     command, rest = (args[0], args[1:]) if args else ("help", [])
     if command == "serve":
         _ensure_venv("")
-        flags = ["--policies", "policies", "--public-url", DEMO_PUBLIC_URL, *rest]
-        return _exec([str(BIN / "switchyard"), "serve", *flags], _demo_env())
+        return _exec([str(BIN / "switchyard"), "serve", *_serve_flags(rest)], _demo_env())
     if command == "check":
         _ensure_venv("")
-        return _exec([str(BIN / "switchyard"), "check", "policies", *rest], _demo_env())
+        # A directory given (`dev.py check my-policies`) replaces the default one.
+        directory = [] if any(not arg.startswith("-") for arg in rest) else ["policies"]
+        return _exec([str(BIN / "switchyard"), "check", *directory, *rest], _demo_env())
     if command == "sign":
         _ensure_venv("")
         return _exec([str(BIN / "switchyard"), "sign", *rest], _demo_env())
@@ -94,7 +112,8 @@ def main(args: list[str]) -> int:
                 return code
         return _run([py, "-m", "pytest", *rest])
     if command in ("help", "-h", "--help"):
-        print(__doc__, file=sys.stdout if args else sys.stderr)
+        with contextlib.suppress(BrokenPipeError):  # `dev.py help | head -1`
+            print(__doc__, file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     print(f"dev.py: unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
