@@ -77,9 +77,15 @@ class Egress:
                     length = response.content_length
                     if length is not None and length > max_body:
                         raise UpstreamError(target, "too_large", response.status, f"{length} bytes")
-                    data = await response.content.read(max_body + 1)
-                    if len(data) > max_body:
-                        raise UpstreamError(target, "too_large", response.status, f"over {max_body} bytes")
+                    # read(n) returns what has arrived so far, not n bytes: gather to the end.
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.content.iter_any():
+                        size += len(chunk)
+                        if size > max_body:
+                            raise UpstreamError(target, "too_large", response.status, f"over {max_body} bytes")
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
                     return Reply(response.status, response.headers, data)
         except UpstreamError:
             raise

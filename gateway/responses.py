@@ -22,6 +22,15 @@ def no_content() -> web.Response:
     return web.Response(status=204)
 
 
+def bad_request() -> web.Response:
+    # Fixed text: the parser's message would quote the request's bytes.
+    return web.Response(status=400, text="Bad Request: malformed body\n")
+
+
+def request_timeout() -> web.Response:
+    return web.Response(status=408, text="Request Timeout: the body did not arrive in time\n")
+
+
 def forbidden_signature() -> web.Response:
     # The reason stays in our log; the caller learns nothing about which check failed.
     return web.Response(status=403, text="Forbidden: invalid signature\n")

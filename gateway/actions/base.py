@@ -57,6 +57,19 @@ class CompileContext:
     public_url: str | None = None
     # Under `check`, things that are settled only at serve time are noted, not refused.
     notes: list[str] | None = field(default=None)
+    # The process environment: the only place secrets come from (never the YAML).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def secret(self, variable: str) -> bytes:
+        """The value of the environment variable a policy names (an API key, say).
+
+        Raises ValueError naming the variable when it is unset or empty; `check --ignore-env`
+        passes an environment in which every variable is set.
+        """
+        value = self.env.get(variable)
+        if not value:
+            raise ValueError(f"environment variable {variable} is not set")
+        return value.encode()
 
     def note(self, message: str) -> bool:
         """Record a note when notes are being collected; False when the caller must refuse."""

@@ -8,6 +8,7 @@ matters: a forged request is refused before it can spend any quota.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
@@ -15,7 +16,8 @@ from typing import Literal
 import orjson
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
-from aiohttp.http_exceptions import PayloadEncodingError
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import responses
 from gateway.actions import Incoming
@@ -42,7 +44,9 @@ OUTBOUND = frozenset({"outbound-api", "outbound-dial"})
 FORWARDED_HEADERS = (IDEMPOTENCY, "I-Twilio-Retry-Count", "X-Home-Region", "User-Agent")
 # The client went away before (or while) its body arrived: nothing to answer, nothing to log
 # as our failure. aiohttp raises these from request.read().
-CLIENT_GONE = (ClientConnectionResetError, ConnectionResetError, PayloadEncodingError, EOFError)
+CLIENT_GONE = (ClientConnectionResetError, ConnectionResetError)
+# How long a body may take to arrive after its head (Twilio's arrive with it).
+BODY_TIMEOUT = 5.0
 
 log = logging.getLogger("switchyard.twilio")
 
@@ -58,10 +62,21 @@ def webhook(kind: WebhookKind) -> Handler:
         try:
             # One coroutine for the whole pipeline: each extra frame per request is measurable.
             try:
-                body = await request.read()
+                if request.content.is_eof():
+                    body = await request.read()  # the whole body came with the head: no timer
+                else:
+                    # A body still arriving must not hold a handler (and a drain) forever.
+                    async with asyncio.timeout(exchange.deadline().timeout(cap=BODY_TIMEOUT)):
+                        body = await request.read()
             except CLIENT_GONE:
                 exchange.decision = "client_closed"
                 return responses.no_content()
+            except (RequestPayloadError, HttpProcessingError):  # a body the parser refused
+                exchange.decision = "malformed"
+                return responses.bad_request()
+            except TimeoutError:
+                exchange.decision = "body_timeout"
+                return responses.request_timeout()
             headers = request.headers
             is_json = headers.get("Content-Type", "").startswith("application/json")
             params = _json_params(body) if is_json else parse_form(body)
@@ -113,9 +128,12 @@ def webhook(kind: WebhookKind) -> Handler:
                 token = headers.get(IDEMPOTENCY)
                 # A retry is the same signed request again: the token is bound to its signature.
                 retry = RetryKey(token, signature) if token else None
-                decision = limits.acquire_now(tenant.id, rules, 1, retry) or await limits.acquire(
-                    tenant.id, rules, 1, retry, mode=tenant.on_store_failure
-                )
+                decision = limits.acquire_now(tenant.id, rules, 1, retry)
+                if decision is None:  # a shared store: one (coalesced) round trip
+                    clock = services.clock
+                    sent = clock()
+                    decision = await limits.acquire(tenant.id, rules, 1, retry, mode=tenant.on_store_failure)
+                    exchange.timed("limits", clock() - sent)
                 exchange.limit = decision
                 if decision.retry != "new":
                     exchange.retry = decision.retry
@@ -169,15 +187,18 @@ async def _call_out(
         content_type=headers.get("Content-Type", ""),
         headers={name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None},
     )
+    deadline = exchange.deadline()
     try:
         assert services.egress is not None, "the app's egress session is open while serving"
-        reply = await call.run(exchange, incoming, exchange.deadline(), services.egress)
+        # The action takes its own timeouts from the deadline; this bounds one that does not.
+        async with asyncio.timeout(deadline.timeout()):
+            reply = await call.run(exchange, incoming, deadline, services.egress)
     except Exception as exc:
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
         # way; the log says which, briefly (the error's text never carries request data).
         exchange.decision = "fallback"
         exchange.error = type(exc).__name__
-        expected = isinstance(exc, UpstreamError | DeadlineExceeded)
+        expected = isinstance(exc, UpstreamError | DeadlineExceeded | TimeoutError)
         log.warning(
             "tenant %s route %s: action %s failed (%s); answering its fallback",
             exchange.tenant_id, route.name, route.action, exc, exc_info=not expected,

@@ -68,7 +68,7 @@ class MemoryBuckets:
             for key, tat in zip(keys, new_tats, strict=True):
                 if tat is not None:
                     self._tats[key] = tat
-            if seen_key is not None:
+            if seen_key is not None and cost > 0:  # as redis_bucket.lua: a free charge claims no token
                 self._seen[seen_key] = binding
         return replace(decision, retry="mismatch") if mismatch else decision
 

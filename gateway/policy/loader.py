@@ -100,7 +100,9 @@ class _Compiler:
         notes: list[str] | None = [] if self.context.notes is not None else None
         compiled = None
         try:
-            compiled = compile_action(name, value, CompileContext(self.tenant_id, self.context.public_url, notes))
+            compiled = compile_action(
+                name, value, CompileContext(self.tenant_id, self.context.public_url, notes, self.context.env)
+            )
         except ValueError as exc:
             self.problem(f"{key}.{name}", str(exc))
         for note in notes or ():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
 import logging
 import os
@@ -51,35 +50,52 @@ class LineBuffer:
         self.interval = interval
         self._lines: list[bytes] = []
         self._size = 0
-        self._scheduled = False
+        # The loop a flush is scheduled on; a loop closed before it fired (a test's, a
+        # worker's at exit) must not leave later lines waiting for one that never comes.
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0  # bytes given up on because the output would not take them
 
     def write(self, line: bytes) -> None:
         self._lines.append(line)
         self._size += len(line)
         if self._size >= MAX_BUFFER:
             self.flush()
-        elif not self._scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-                if self.interval > 0:
-                    loop.call_later(self.interval, self.flush)
-                else:
-                    loop.call_soon(self.flush)
-                self._scheduled = True
-            except RuntimeError:  # no loop (a test calling the logger directly): write now
-                self.flush()
+            return
+        scheduled = self._scheduled_on
+        if scheduled is not None and not scheduled.is_closed():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test calling the logger directly): write now
+            self.flush()
+            return
+        if self.interval > 0:
+            loop.call_later(self.interval, self.flush)
+        else:
+            loop.call_soon(self.flush)
+        self._scheduled_on = loop
 
     def flush(self) -> None:
-        self._scheduled = False
+        self._scheduled_on = None
         if not self._lines:
             return
         data = b"".join(self._lines)
         self._lines.clear()
         self._size = 0
         view = memoryview(data)
-        with contextlib.suppress(OSError):  # stdout gone: nothing better to do with the lines
+        try:
             while view:
                 view = view[os.write(self.fd, view) :]
+        except BlockingIOError:
+            # A non-blocking stdout that is full: keep what it did not take, up to the bound.
+            rest = bytes(view)
+            if len(rest) <= MAX_BUFFER:
+                self._lines.append(rest)
+                self._size = len(rest)
+            else:
+                self.dropped += len(rest)
+        except OSError:  # stdout gone: nothing better to do with the lines
+            self.dropped += len(view)
 
 
 BUFFER = LineBuffer()
@@ -89,7 +105,9 @@ atexit.register(flush)
 
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        BUFFER.write(orjson.dumps(line(request, response.status, time, request.get(EXCHANGE))) + b"\n")
+        # No transport: the client left before the answer went out (aiohttp logs the line anyway).
+        status = response.status if request.transport is not None else Exchange.STATUS_CLIENT_CLOSED
+        BUFFER.write(orjson.dumps(line(request, status, time, request.get(EXCHANGE))) + b"\n")
 
 
 def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchange | None) -> dict[str, object]:

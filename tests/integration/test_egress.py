@@ -23,6 +23,7 @@ class Upstream:
     def __init__(self) -> None:
         self.requests: list[tuple[str, bytes, dict[str, str]]] = []
         self.release = asyncio.Event()
+        self.first_piece_sent = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -33,6 +34,15 @@ class Upstream:
             return web.Response(status=503, text="down")
         if request.path == "/huge":
             return web.Response(body=b"x" * 2048)
+        if request.path == "/slow-pieces":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"<Response><Say>part one")
+            self.first_piece_sent.set()
+            await self.release.wait()
+            await response.write(b" part two</Say></Response>")
+            await response.write_eof()
+            return response
         if request.path == "/huge-chunked":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -124,3 +134,18 @@ async def test_a_body_over_the_cap_is_refused(
     with pytest.raises(UpstreamError) as caught:
         await egress.request("GET", upstream[1] + path, target="t", deadline=Deadline.after(15, clock), max_body=1024)
     assert caught.value.reason == "too_large"
+
+
+async def test_a_body_in_pieces_is_read_to_its_end(
+    upstream: tuple[Upstream, str], egress: Egress, clock: FakeClock
+) -> None:
+    """A body that arrives in several writes comes back whole, not cut at what had arrived."""
+    stand_in, base = upstream
+    deadline = Deadline.after(15, clock)
+    call = asyncio.ensure_future(egress.request("GET", base + "/slow-pieces", target="t", deadline=deadline))
+    await stand_in.first_piece_sent.wait()
+    for _ in range(20):  # let the first piece reach the client before the second is written
+        await asyncio.sleep(0)
+    stand_in.release.set()
+    reply = await call
+    assert reply.body == b"<Response><Say>part one part two</Say></Response>"

@@ -13,10 +13,11 @@ import orjson
 import pytest
 
 from gateway.actions import Incoming
-from gateway.deadline import Deadline
+from gateway.deadline import ANSWER_MARGIN, Deadline
 from gateway.egress import Egress
 from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
+from gateway.handlers import twilio as twilio_handler
 from gateway.keys import SERVICES
 from gateway.policy.registry import PolicySet
 from gateway.telemetry import accesslog
@@ -188,3 +189,135 @@ async def test_failed_call_out_answers_the_fallback_of_its_own_snapshot(
     await gateway.get("/healthz")
     line = next(r for r in access_lines(capfd) if r["path"] == "/twilio/voice")
     assert (line["decision"], line["error"], line["status"]) == ("fallback", "UpstreamError", 200)
+
+
+async def _raw_post(gateway: Client, head: dict[str, str], body: bytes, extra: str = "") -> asyncio.StreamWriter:
+    """Send a webhook's head (and `body`) on a raw socket; returns the writer, left open."""
+    assert gateway.server.port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    writer.write(f"POST /twilio/voice HTTP/1.1\r\nHost: gw.test\r\n{lines}{extra}\r\n".encode() + body)
+    await writer.drain()
+    return writer
+
+
+async def test_malformed_body_is_400_without_traceback(
+    gateway: Client, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gzip-labelled body that is not gzip gets 400 with a fixed text and a `malformed` line; the
+    handler logs no traceback (aiohttp's own lingering read is the server's: test_malformed.py)."""
+    head, body = signed_form("not-the-token", PUBLIC + "/twilio/voice", voice_params())
+    writer = await _raw_post(gateway, head, body, f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n")
+    try:
+        for _ in range(100):
+            await gateway.get("/healthz")
+            lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
+            if lines:
+                break
+        assert [(r["status"], r["decision"]) for r in lines] == [(400, "malformed")]
+    finally:
+        writer.close()
+    ours = [r for r in caplog.records if r.name.startswith("switchyard") and (r.levelno >= logging.ERROR or r.exc_info)]
+    assert not ours
+
+
+async def test_a_body_that_never_arrives_times_out(
+    gateway: Client, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head whose body stops half-way holds the handler only until the body timeout: 408."""
+    monkeypatch.setattr(twilio_handler, "BODY_TIMEOUT", 0.05)
+    head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", voice_params())
+    writer = await _raw_post(gateway, head, body[:10], f"Content-Length: {len(body)}\r\n")
+    try:
+        for _ in range(200):
+            await gateway.get("/healthz")
+            lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
+            if lines:
+                break
+            await asyncio.sleep(0.01)  # real time must pass for the real timer under test
+        assert [(r["status"], r["decision"]) for r in lines] == [(408, "body_timeout")]
+    finally:
+        writer.close()
+
+
+async def test_client_gone_during_a_call_out_is_499(gateway: Client, capfd: pytest.CaptureFixture[str]) -> None:
+    """A caller that hangs up while its call-out runs gets a 499 line, not a 200 nobody received."""
+    release = asyncio.Event()
+    call = _Scripted(reply=b"<Response/>")
+    registry = gateway.app[SERVICES].registry
+    registry.current = _with_call(gateway, call, b"<Response/>")
+    original = call.run
+
+    async def slow(exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+        await release.wait()
+        return await original(exchange, incoming, deadline, egress)
+
+    call.run = slow  # type: ignore[method-assign]
+    head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", voice_params())
+    writer = await _raw_post(gateway, head, body, f"Content-Length: {len(body)}\r\n")
+    for _ in range(100):  # the request reached the handler and waits in its call-out
+        if release.is_set() or _in_call_out(gateway):
+            break
+        await asyncio.sleep(0)
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):  # the server has seen the hang-up
+        if not _in_call_out(gateway):
+            break
+        await asyncio.sleep(0)
+    release.set()
+    for _ in range(100):
+        await gateway.get("/healthz")
+        lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
+        if lines:
+            break
+    assert [r["status"] for r in lines] == [499]
+
+
+def _in_call_out(gateway: Client) -> bool:
+    """A connection of the server is handling a request (the test client's own are idle)."""
+    runner = gateway.server.runner
+    server = runner.server if runner is not None else None
+    return server is not None and any(c._current_request is not None for c in server.connections)
+
+
+async def test_a_call_out_that_overruns_the_deadline_gets_the_fallback(
+    gateway: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An action that ignores its deadline is cut at what is left of it, and the fallback answers."""
+    monkeypatch.setattr(Exchange, "budget", ANSWER_MARGIN + 0.05)  # 50 ms of real time for the action
+    never = asyncio.Event()
+
+    class Stuck(_Scripted):
+        async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+            await never.wait()
+            return b""
+
+    registry = gateway.app[SERVICES].registry
+    registry.current = _with_call(gateway, Stuck(), b"<Response><Say>in time</Say></Response>")
+    status, text = await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
+    assert (status, text) == (200, "<Response><Say>in time</Say></Response>")
+
+
+async def test_internal_failure_answers_the_fallback_of_its_own_snapshot(gateway: Client) -> None:
+    """A failure outside any action (the limiter, here) answers the tenant's fallback as it was
+    when the request began, though a reload swapped the policy set meanwhile."""
+    registry = gateway.app[SERVICES].registry
+    acme = registry.current.tenants["acme-health"]
+    changed = dataclasses.replace(acme, fallback={**acme.fallback, "voice": b"<Response><Say>new</Say></Response>"})
+    newer = PolicySet.of({**registry.current.tenants, "acme-health": changed})
+
+    class Broken:
+        degraded = False
+
+        def acquire_now(self, *args: object) -> None:
+            return None
+
+        async def acquire(self, *args: object, **kwargs: object) -> None:
+            registry.current = newer
+            raise RuntimeError("boom")
+
+    gateway.app[SERVICES].limits = Broken()  # type: ignore[assignment]
+    status, text = await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
+    assert status == 200
+    assert text.encode() == acme.fallback["voice"]

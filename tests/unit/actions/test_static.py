@@ -195,3 +195,12 @@ def test_every_static_action_compiles_to_bytes_only() -> None:
         assert compiled.call is None, name
         assert compiled.reply is not None
         assert compiled.reply.startswith(DECLARATION), name
+
+
+def test_compile_context_gives_secrets_from_the_environment_only() -> None:
+    """An action reads a secret by the variable its policy names; an unset one is a named error."""
+    context = CompileContext("acme", env={"ACME_OPENAI_KEY": "sk-test"})
+    assert context.secret("ACME_OPENAI_KEY") == b"sk-test"
+    with pytest.raises(ValueError, match="ACME_MISSING is not set"):
+        context.secret("ACME_MISSING")
+    assert "sk-test" not in repr(context)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -12,11 +14,11 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.exchange import Exchange
 from gateway.policy.registry import PolicySet
-from gateway.telemetry import accesslog
 from gateway.telemetry.accesslog import MAX_BUFFER, LineBuffer, line
 from tests.support.clock import FakeClock
 
 SID = "CA" + "0123456789abcdef" * 2
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _exchange(clock: FakeClock, **fields: object) -> Exchange:
@@ -109,28 +111,73 @@ async def test_lines_wait_for_the_interval() -> None:
         os.close(write)
 
 
-def test_a_full_buffer_is_written_at_once(tmp_path: Path) -> None:
-    """Past MAX_BUFFER bytes the lines are written without waiting for the tick."""
+async def test_a_full_buffer_is_written_at_once(tmp_path: Path) -> None:
+    """Past MAX_BUFFER bytes the lines are written at once, without waiting for the interval."""
     path = tmp_path / "log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    buffer = LineBuffer(fd)
+    buffer = LineBuffer(fd, interval=60.0)
     try:
         chunk = b"x" * 1023 + b"\n"
-        for _ in range(MAX_BUFFER // len(chunk)):
+        buffer.write(chunk)
+        assert path.stat().st_size == 0, "one line waits for the interval"
+        for _ in range(MAX_BUFFER // len(chunk) - 1):
             buffer.write(chunk)
         assert path.stat().st_size == MAX_BUFFER
     finally:
         os.close(fd)
 
 
-def test_flush_writes_what_is_left_and_is_registered_at_exit() -> None:
-    """The module's flush (run at shutdown and at exit) empties the process's buffer."""
-    assert accesslog.flush == accesslog.BUFFER.flush
+def test_a_flush_scheduled_on_a_closed_loop_does_not_strand_later_lines() -> None:
+    """Lines pending for a loop that closed before its flush fired get a flush on the next loop."""
     read, write = _pipe()
-    buffer = LineBuffer(write)
+    buffer = LineBuffer(write, interval=0)
+
+    async def log(line: bytes) -> None:
+        buffer.write(line)
+
     try:
-        buffer.write(b"last\n")  # no running loop: written at once rather than lost
-        assert _read_all(read) == b"last\n"
+        stranded = asyncio.new_event_loop()
+        stranded.close()
+        buffer._lines.append(b"a\n")  # as if written while `stranded` ran, its flush never run
+        buffer._scheduled_on = stranded
+        asyncio.run(log(b"b\n"))
+        assert _read_all(read) == b"a\nb\n"
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_a_full_non_blocking_output_keeps_the_rest() -> None:
+    """When a non-blocking stdout takes only part of a write, the rest waits for the next flush."""
+    read, write = _pipe()
+    os.set_blocking(write, False)
+    buffer = LineBuffer(write, interval=0)
+    try:
+        capacity = 0
+        while True:  # fill the pipe
+            try:
+                capacity += os.write(write, b"\0" * 4096)
+            except BlockingIOError:
+                break
+        buffer.write(b"kept\n")
+        assert buffer.dropped == 0
+        while _read_all(read):  # drain the filler
+            pass
+        buffer.flush()
+        assert _read_all(read) == b"kept\n"
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_flush_is_registered_at_exit(tmp_path: Path) -> None:
+    """A process that ends with lines still buffered writes them on its way out."""
+    code = (
+        "import asyncio\n"
+        "from gateway.telemetry import accesslog\n"
+        "async def main():\n"
+        "    accesslog.BUFFER.write(b'last line\\n')\n"  # buffered for FLUSH_INTERVAL
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, cwd=ROOT).stdout
+    assert out == b"last line\n"
