@@ -9,13 +9,14 @@ The drain, on the first SIGTERM or SIGINT:
   2. every request already accepted (its head parsed) is finished, even one whose body is still
      arriving, and a request that arrives on an open keep-alive connection is answered too; from
      now on each response says `Connection: close` and its connection closes after it;
-  3. once nothing is in flight, or after the grace period (the unfinished requests are cut and
-     counted at WARNING), idle connections are closed, the app's clients closed (cleanup_ctx),
-     the access log flushed, and the process exits 0.
+  3. once every connection has closed, or nothing has been in flight for IDLE_LINGER (idle
+     keep-alive connections are then closed), or when the grace period is over (unfinished
+     requests are cut and counted at WARNING, idle connections closed), the app's clients are closed
+     (cleanup_ctx), the access log flushed, and the process exits 0.
 A second SIGTERM/SIGINT exits at once with EXIT_FORCED (1), cutting whatever is in flight.
 
-A connection that has sent only part of a request head when the drain starts is not "accepted":
-it is closed with the idle ones.
+A request whose head has not fully arrived when the grace period ends is not "accepted": its
+connection is closed with the idle ones.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ SERVER_HEADER = "switchyard"
 # What aiohttp's own shutdown gives each request left after the grace period: this long to
 # finish, then as long again to unwind once cancelled. Not 0: aiohttp reads 0 as "no limit".
 CUT_TIMEOUT = 0.25
-# The drain wakes when a connection's task ends; a connection that goes back to waiting for a
-# request without ending (a response already sent keep-alive) has no event, so it looks again
-# this often.
-DRAIN_POLL = 0.05
+# The drain wakes when a connection's task ends (it closed); it also looks again this often for
+# a connection the loop registered after it looked (accepted just before the listener closed).
+DRAIN_POLL = 0.1
+# With nothing in flight, idle keep-alive connections are closed after this much quiet.
+IDLE_LINGER = 2.0
 # The parser's fixed text for too many header lines (http_parser.py and _http_parser.pyx).
 TOO_MANY_HEADERS = "Too many headers received"
 CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer; the access log uses it too
@@ -150,13 +152,16 @@ class HttpConnection(RequestHandler):
         return self._task_handler
 
     @property
+    def open(self) -> bool:
+        """Serving: not closed, and its client still there (else no one is left to answer)."""
+        task = self._task_handler
+        return task is not None and not task.done()
+
+    @property
     def busy(self) -> bool:
         """A request is being read, handled or answered (not waiting for the next request)."""
-        task = self._task_handler
-        if task is None or task.done():  # closed, or the client went away: no one to answer
-            return False
         waiter = self._waiter
-        return waiter is None or waiter.done()
+        return self.open and (waiter is None or waiter.done())
 
     def close_after_response(self) -> None:
         """Answer the request in progress, and any that arrives later, with `Connection: close`:
@@ -265,7 +270,8 @@ async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> 
 
 
 async def _drain(runner: web.AppRunner, lifecycle: Lifecycle, grace: float, reason: str) -> int:
-    """Refuse new connections and let accepted requests finish; how many were not, at the end."""
+    """Refuse new connections and answer what comes on the open ones until each has closed (after
+    its next response) or the grace period is over; how many requests were unfinished then."""
     loop = asyncio.get_running_loop()
     lifecycle.draining = True
     for site in list(runner.sites):
@@ -276,36 +282,47 @@ async def _drain(runner: web.AppRunner, lifecycle: Lifecycle, grace: float, reas
     assert server is not None
     deadline = loop.time() + grace
     marked: set[HttpConnection] = set()
-    busy = _sweep(server, marked)
+    remaining = _sweep(server, marked)
     log.info(
         "pid %d got %s: draining %d connection(s), %d busy, for up to %gs; /readyz answers 503",
         os.getpid(),
         reason,
-        len(marked),
-        len(busy),
+        len(remaining),
+        sum(c.busy for c in remaining),
         grace,
     )
-    while busy and (left := deadline - loop.time()) > 0:
-        tasks = [task for c in busy if (task := c.task) is not None]
+    # An idle keep-alive connection stays open a while: a request already on its way (a load
+    # balancer's, sent before it saw /readyz fail) is answered, not lost to a close racing it.
+    # But only IDLE_LINGER past the last busy moment: a pool of silent keep-alive connections
+    # (every load balancer keeps one) must not make each shutdown last the whole grace period.
+    quiet_since: float | None = None
+    while remaining and (left := deadline - loop.time()) > 0:
+        if any(c.busy for c in remaining):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= IDLE_LINGER:
+            break
+        tasks = [task for c in remaining if (task := c.task) is not None]
         await asyncio.wait(tasks, timeout=min(left, DRAIN_POLL), return_when=asyncio.FIRST_COMPLETED)
-        busy = _sweep(server, marked)
+        remaining = _sweep(server, marked)
+    busy = [c for c in remaining if c.busy]
     if busy:
         log.warning("pid %d: grace period of %gs over, cutting %d unfinished request(s)", os.getpid(), grace, len(busy))
     return len(busy)
 
 
 def _sweep(server: web.Server, marked: set[HttpConnection]) -> list[HttpConnection]:
-    """Mark each connection not yet marked to close after its next response; the busy ones."""
-    busy = []
+    """The connections still open, each marked (once) to close after its next response."""
+    remaining = []
     for connection in server.connections:
-        if not isinstance(connection, HttpConnection):
+        if not isinstance(connection, HttpConnection) or not connection.open:
             continue
         if connection not in marked:
             connection.close_after_response()
             marked.add(connection)
-        if connection.busy:
-            busy.append(connection)
-    return busy
+        remaining.append(connection)
+    return remaining
 
 
 def _exit_now(signum: int, runner: web.AppRunner, flush: Callable[[], None]) -> None:

@@ -174,10 +174,9 @@ def test_half_sent_webhooks_are_answered_after_sigterm(start: Start) -> None:
 
 
 def test_keep_alive_connections_are_answered_during_the_drain(start: Start) -> None:
-    """After SIGTERM new connections are refused; keep-alive ones opened before are answered, with
-    Connection: close, then closed."""
+    """After SIGTERM new connections are refused; idle keep-alive ones are answered, Connection: close."""
     gateway = start().wait_ready()
-    held = HeldWebhook(gateway, 0)  # keeps the drain open
+    held = HeldWebhook(gateway, 0)  # keeps the drain busy, so the idle connections are not closed yet
     kept = [Connection(gateway) for _ in range(5)]
     for call, connection in enumerate(kept, start=1):
         before = connection.webhook(call)
@@ -191,6 +190,30 @@ def test_keep_alive_connections_are_answered_during_the_drain(start: Start) -> N
         assert connection.closed_by_peer()
     assert_twiml(held.finish())
     assert gateway.wait_exit(EXIT_TIMEOUT) == 0
+
+
+def test_silent_keep_alive_connections_do_not_hold_the_drain(start: Start) -> None:
+    """With nothing in flight, idle keep-alive connections are closed after a short linger, well
+    before a long grace period: the process exits 0 and the connections see the close."""
+    gateway = start("--grace-period", "120").wait_ready()
+    idle = [Connection(gateway) for _ in range(3)]
+    for connection in idle:
+        assert connection.get("/healthz").status == 200
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.wait_exit(EXIT_TIMEOUT) == 0  # EXIT_TIMEOUT is far below the 120 s grace period
+    assert all(connection.closed_by_peer() for connection in idle)
+
+
+def test_grace_period_cuts_what_is_left(start: Start) -> None:
+    """At the grace period's end an unfinished request is cut (WARNING), idle connections closed, exit 0."""
+    gateway = start("--grace-period", "0.5").wait_ready()
+    held = HeldWebhook(gateway, 0)
+    idle = Connection(gateway)
+    assert idle.get("/healthz").status == 200
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.wait_exit(EXIT_TIMEOUT) == 0
+    assert held.closed_by_peer() and idle.closed_by_peer()
+    assert "grace period of 0.5s over, cutting 1 unfinished request(s)" in gateway.output(None)
 
 
 def test_readyz_answers_503_while_draining(start: Start) -> None:
@@ -238,8 +261,7 @@ def test_access_lines_of_drained_requests_are_written(start: Start) -> None:
 
 @pytest.mark.redis
 def test_workers_drain_half_sent_webhooks(start: Start, redis_url: str) -> None:
-    """With --workers 2 and a shared limiter, SIGTERM to the supervisor drains both workers: all 50
-    half-sent webhooks get their TwiML, and the supervisor exits 0."""
+    """--workers 2 on Redis: SIGTERM to the supervisor drains both workers; 50 half-sent webhooks answered."""
     gateway = start("--workers", "2", "--limiter", redis_url).wait_ready()
     gateway.wait_output("serving on", count=2)  # both workers listen: the kernel spreads the 50
     held = [HeldWebhook(gateway, call) for call in range(HELD)]
