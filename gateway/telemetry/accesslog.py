@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -29,7 +30,9 @@ from gateway.keys import EXCHANGE
 from gateway.redact import mask_number
 
 STDOUT = 1
-# Flush at once past this many buffered bytes, whatever the loop does.
+# Flush at once past this many entries (~64 KB of lines), whatever the loop does.
+MAX_ENTRIES = 256
+# What a full non-blocking stdout may leave pending before lines are dropped.
 MAX_BUFFER = 64 * 1024
 # Lines wait at most this long for their write. Once per loop tick measured ~10 % of throughput
 # still (a tick answers only a few requests); 20 ms gathers a few hundred lines under load and is
@@ -41,24 +44,43 @@ SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
 SID_LENGTH = 34
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the access log keeps of one request until its line is rendered: read at the end of
+    the request (the time, its status), rendered with the others at the next flush."""
+
+    ts: float  # wall clock, seconds
+    method: str
+    path: str  # raw, as received; cut and escaped when rendered
+    status: int
+    seconds: float
+    exchange: Exchange | None
+
+
 class LineBuffer:
-    """Lines gathered for `interval` seconds (0: until the end of the loop tick), then written
-    together with one write."""
+    """Entries gathered for `interval` seconds (0: until the end of the loop tick), then rendered
+    and written together with one write.
+
+    Rendering at the flush, not per request: a line rendered in the request's path measured
+    ~7 µs of throughput per request under load though it takes 1.6 µs alone (it evicts the
+    request path's code and data from the caches); a few hundred rendered in one loop cost
+    what they take alone.
+    """
 
     def __init__(self, fd: int = STDOUT, interval: float = FLUSH_INTERVAL) -> None:
         self.fd = fd
         self.interval = interval
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._entries: list[Entry | bytes] = []
         # The loop a flush is scheduled on; a loop closed before it fired (a test's, a
         # worker's at exit) must not leave later lines waiting for one that never comes.
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self.dropped = 0  # bytes given up on because the output would not take them
 
-    def write(self, line: bytes) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= MAX_BUFFER:
+    def write(self, entry: Entry | bytes) -> None:
+        """Queue one request's entry (or an already rendered line, newline included)."""
+        entries = self._entries
+        entries.append(entry)
+        if len(entries) >= MAX_ENTRIES:
             self.flush()
             return
         scheduled = self._scheduled_on
@@ -77,11 +99,11 @@ class LineBuffer:
 
     def flush(self) -> None:
         self._scheduled_on = None
-        if not self._lines:
+        entries = self._entries
+        if not entries:
             return
-        data = b"".join(self._lines)
-        self._lines.clear()
-        self._size = 0
+        self._entries = []
+        data = b"".join(entry if isinstance(entry, bytes) else orjson.dumps(record(entry)) + b"\n" for entry in entries)
         view = memoryview(data)
         try:
             while view:
@@ -90,8 +112,7 @@ class LineBuffer:
             # A non-blocking stdout that is full: keep what it did not take, up to the bound.
             rest = bytes(view)
             if len(rest) <= MAX_BUFFER:
-                self._lines.append(rest)
-                self._size = len(rest)
+                self._entries.insert(0, rest)
             else:
                 self.dropped += len(rest)
         except OSError:  # stdout gone: nothing better to do with the lines
@@ -105,64 +126,70 @@ atexit.register(flush)
 
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        exchange = request.get(EXCHANGE)
         # No transport: the client left before the answer went out (aiohttp logs the line anyway).
         status = response.status if request.transport is not None else Exchange.STATUS_CLIENT_CLOSED
-        BUFFER.write(orjson.dumps(line(request, status, time, request.get(EXCHANGE))) + b"\n")
+        if exchange is not None:
+            time = exchange.clock() - exchange.started
+        BUFFER.write(Entry(_now(), request.method, request.raw_path, status, time, exchange))
 
 
 def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchange | None) -> dict[str, object]:
+    """The access-log record of one request as it ends now (tests, and callers without a buffer)."""
+    if exchange is not None:
+        seconds = exchange.clock() - exchange.started
+    return record(Entry(_now(), request.method, request.raw_path, status, seconds, exchange))
+
+
+def record(entry: Entry) -> dict[str, object]:
     """The access-log record of one request: everything bounded, numbers masked.
 
-    Written out field by field (no loop over names, one clock read): it runs for every request,
-    and this form measured half the time of a generic one.
+    Written out field by field (no loop over names): this form measured half the time of a
+    generic one.
     """
-    path = request.path
+    path = entry.path.partition("?")[0]  # the query may carry what a webhook URL was given
     if len(path) > MAX_PATH:
         path = path[:MAX_PATH] + "…"
-    if exchange is None:
-        return {
-            "ts": int(_now() * 1000) / 1000,
-            "method": request.method[:16],
-            "path": path,
-            "status": status,
-            "ms": int(seconds * 1_000_000) / 1000,
-        }
-    if exchange.decision == "client_closed":
-        status = Exchange.STATUS_CLIENT_CLOSED  # nothing reached the client, whatever was built
-    record: dict[str, object] = {
+    status = entry.status
+    exchange = entry.exchange
+    out: dict[str, object] = {
         # int()/1000, not round(x, 3): round with digits is correctly rounded via strings, ~10x slower.
-        "ts": int(_now() * 1000) / 1000,
-        "method": request.method[:16],
+        "ts": int(entry.ts * 1000) / 1000,
+        "method": entry.method[:16],
         "path": path,
         "status": status,
-        "ms": int((exchange.clock() - exchange.started) * 1_000_000) / 1000,
-        "kind": exchange.kind,
+        "ms": int(entry.seconds * 1_000_000) / 1000,
     }
+    if exchange is None:
+        return out
+    if exchange.decision == "client_closed":
+        out["status"] = Exchange.STATUS_CLIENT_CLOSED  # nothing reached the client, whatever was built
+    out["kind"] = exchange.kind
     tenant = exchange.tenant
     if tenant is not None:
-        record["tenant"] = tenant.id
+        out["tenant"] = tenant.id
     if exchange.route:
-        record["route"] = exchange.route
+        out["route"] = exchange.route
     if exchange.action:
-        record["action"] = exchange.action
+        out["action"] = exchange.action
     if exchange.decision:
-        record["decision"] = exchange.decision
+        out["decision"] = exchange.decision
     if exchange.retry:
-        record["retry"] = exchange.retry
+        out["retry"] = exchange.retry
     if exchange.error:
-        record["error"] = exchange.error
+        out["error"] = exchange.error
     if exchange.limit is not None:
-        record["remaining"] = exchange.limit.remaining
+        out["remaining"] = exchange.limit.remaining
     if exchange.caller:
-        record["caller"] = _masked(exchange.caller[:MAX_NUMBER])
+        out["caller"] = _masked(exchange.caller[:MAX_NUMBER])
     if exchange.called:
-        record["called"] = _masked(exchange.called[:MAX_NUMBER])
+        out["called"] = _masked(exchange.called[:MAX_NUMBER])
     sid = exchange.sid
     if sid and len(sid) == SID_LENGTH and SID.fullmatch(sid):
-        record["sid"] = sid
+        out["sid"] = sid
     if exchange.timings:
-        record["timings_ms"] = {step: round(s * 1000, 3) for step, s in exchange.timings.items()}
-    return record
+        out["timings_ms"] = {step: round(s * 1000, 3) for step, s in exchange.timings.items()}
+    return out
 
 
 _now = time.time

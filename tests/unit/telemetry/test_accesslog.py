@@ -14,7 +14,8 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.exchange import Exchange
 from gateway.policy.registry import PolicySet
-from gateway.telemetry.accesslog import MAX_BUFFER, LineBuffer, line
+from gateway.telemetry import accesslog
+from gateway.telemetry.accesslog import MAX_ENTRIES, LineBuffer, line
 from tests.support.clock import FakeClock
 
 SID = "CA" + "0123456789abcdef" * 2
@@ -112,17 +113,17 @@ async def test_lines_wait_for_the_interval() -> None:
 
 
 async def test_a_full_buffer_is_written_at_once(tmp_path: Path) -> None:
-    """Past MAX_BUFFER bytes the lines are written at once, without waiting for the interval."""
+    """Past MAX_ENTRIES lines they are written at once, without waiting for the interval."""
     path = tmp_path / "log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     buffer = LineBuffer(fd, interval=60.0)
     try:
-        chunk = b"x" * 1023 + b"\n"
+        chunk = b"x" * 255 + b"\n"
         buffer.write(chunk)
         assert path.stat().st_size == 0, "one line waits for the interval"
-        for _ in range(MAX_BUFFER // len(chunk) - 1):
+        for _ in range(MAX_ENTRIES - 1):
             buffer.write(chunk)
-        assert path.stat().st_size == MAX_BUFFER
+        assert path.stat().st_size == MAX_ENTRIES * len(chunk)
     finally:
         os.close(fd)
 
@@ -138,7 +139,7 @@ def test_a_flush_scheduled_on_a_closed_loop_does_not_strand_later_lines() -> Non
     try:
         stranded = asyncio.new_event_loop()
         stranded.close()
-        buffer._lines.append(b"a\n")  # as if written while `stranded` ran, its flush never run
+        buffer._entries.append(b"a\n")  # as if written while `stranded` ran, its flush never run
         buffer._scheduled_on = stranded
         asyncio.run(log(b"b\n"))
         assert _read_all(read) == b"a\nb\n"
@@ -181,3 +182,26 @@ def test_flush_is_registered_at_exit(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, cwd=ROOT).stdout
     assert out == b"last line\n"
+
+
+async def test_entries_are_rendered_at_the_flush_with_their_own_time(clock: FakeClock) -> None:
+    """A request's entry keeps its status and duration from when it ended; the line is rendered
+    (masked, bounded) only when the buffer is written."""
+    read, write = _pipe()
+    buffer = LineBuffer(write, interval=0)
+    exchange = _exchange(clock, caller="+15557654321", decision="answered")
+    clock.advance(0.5)
+    try:
+        buffer.write(accesslog.Entry(1_700_000_000.0, "POST", "/twilio/voice?x=1", 200, 0.5, exchange))
+        assert _read_all(read) == b""  # nothing rendered or written yet
+        await asyncio.sleep(0)
+        record = orjson.loads(_read_all(read))
+        assert (record["path"], record["ms"], record["caller"], record["ts"]) == (
+            "/twilio/voice",
+            500.0,
+            "+1******4321",
+            1_700_000_000.0,
+        )
+    finally:
+        os.close(read)
+        os.close(write)
