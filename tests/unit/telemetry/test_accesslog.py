@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.exchange import Exchange
+from gateway.limits.base import Decision, Rule
 from gateway.policy.registry import PolicySet
 from gateway.telemetry import accesslog
 from gateway.telemetry.accesslog import MAX_ENTRIES, LineBuffer, line
@@ -192,7 +196,7 @@ async def test_entries_are_rendered_at_the_flush_with_their_own_time(clock: Fake
     exchange = _exchange(clock, caller="+15557654321", decision="answered")
     clock.advance(0.5)
     try:
-        buffer.write(accesslog.Entry(1_700_000_000.0, "POST", "/twilio/voice?x=1", 200, 0.5, exchange))
+        buffer.write((1_700_000_000.0, "POST", "/twilio/voice?x=1", 200, 0.5, exchange))
         assert _read_all(read) == b""  # nothing rendered or written yet
         await asyncio.sleep(0)
         record = orjson.loads(_read_all(read))
@@ -205,3 +209,52 @@ async def test_entries_are_rendered_at_the_flush_with_their_own_time(clock: Fake
     finally:
         os.close(read)
         os.close(write)
+
+
+class _Tenant:
+    id = "acme-health"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.text(max_size=300),
+    route=st.none() | st.text(max_size=40),
+    caller=st.none() | st.text(max_size=60),
+    called=st.none() | st.text(max_size=60),
+    sid=st.none() | st.text(max_size=40) | st.from_regex(r"\A[A-Z]{2}[0-9a-f]{32}\Z"),
+    method=st.text(min_size=1, max_size=30),
+    status=st.integers(100, 599),
+    seconds=st.floats(0, 100),
+    decision=st.sampled_from([None, "answered", "forged", "client_closed", "fallback"]),
+    timings=st.none() | st.dictionaries(st.sampled_from(["limits", "upstream"]), st.floats(0, 10), min_size=1),
+)
+def test_render_writes_the_record_as_json(
+    path: str,
+    route: str | None,
+    caller: str | None,
+    called: str | None,
+    sid: str | None,
+    method: str,
+    status: int,
+    seconds: float,
+    decision: str | None,
+    timings: dict[str, float] | None,
+) -> None:
+    """Any request and policy values make one valid JSON line holding exactly the record."""
+    exchange = Exchange("voice", PolicySet.of({}), FakeClock())
+    exchange.tenant = _Tenant()  # type: ignore[assignment]
+    exchange.route, exchange.caller, exchange.called, exchange.sid = route, caller, called, sid
+    exchange.decision, exchange.timings, exchange.action = decision, timings, "say"
+    exchange.limit = Decision(True, 7, 0.0, 1.0, Rule("webhooks", 1.0, 1.0, 10))
+    for subject in (exchange, None):
+        entry = (1_795_000_000.123456, method, path, status, seconds, subject)
+        rendered = accesslog.render(entry)
+        assert rendered.endswith(b"\n") and rendered.count(b"\n") == 1
+        assert orjson.loads(rendered) == orjson.loads(orjson.dumps(accesslog.record(entry)))
+
+
+def test_a_lone_surrogate_is_escaped_not_fatal(clock: FakeClock) -> None:
+    """Text that is not UTF-8 (a lone surrogate, say in a route name) is written escaped; the
+    flush never raises."""
+    rendered = accesslog.render((1.0, "POST", "/t/x", 200, 0.0, _exchange(clock, route="r\ud800")))
+    assert json.loads(rendered)["route"] == "r\ud800"
