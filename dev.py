@@ -76,8 +76,9 @@ def _serve_flags(rest: list[str]) -> list[str]:
     """The demo's flags, then the caller's. The public URL follows `--port` (signatures are
     checked against it), and one the caller gives replaces the demo's."""
     flags = ["--policies", "policies"]
-    if not any(arg == "--public-url" or arg.startswith("--public-url=") for arg in rest):
-        port = "8080"
+    given = any(arg == "--public-url" or arg.startswith("--public-url=") for arg in rest)
+    if not given and "SWITCHYARD_PUBLIC_URL" not in os.environ:
+        port = os.environ.get("SWITCHYARD_PORT", "8080")
         for i, arg in enumerate(rest):
             if arg == "--port" and i + 1 < len(rest):
                 port = rest[i + 1]

@@ -23,12 +23,18 @@ def no_content() -> web.Response:
 
 
 def bad_request() -> web.Response:
-    # Fixed text: the parser's message would quote the request's bytes.
-    return web.Response(status=400, text="Bad Request: malformed body\n")
+    # Fixed text: the parser's message would quote the request's bytes. The rest of a refused
+    # body is not worth reading: close (else aiohttp lingers reading it, holding a drain).
+    response = web.Response(status=400, text="Bad Request: malformed body\n")
+    response.force_close()
+    return response
 
 
 def request_timeout() -> web.Response:
-    return web.Response(status=408, text="Request Timeout: the body did not arrive in time\n")
+    # RFC 9110 §15.5.9: a server sending 408 closes the connection.
+    response = web.Response(status=408, text="Request Timeout: the body did not arrive in time\n")
+    response.force_close()
+    return response
 
 
 def forbidden_signature() -> web.Response:

@@ -15,8 +15,8 @@ The drain, on the first SIGTERM or SIGINT:
      (cleanup_ctx), the access log flushed, and the process exits 0.
 A second SIGTERM/SIGINT exits at once with EXIT_FORCED (1), cutting whatever is in flight.
 
-A request whose head has not fully arrived when the grace period ends is not "accepted": its
-connection is closed with the idle ones.
+A request whose head has not fully arrived when the drain ends (IDLE_LINGER after the last busy
+moment, or the grace period) is not "accepted": its connection is closed with the idle ones.
 """
 
 from __future__ import annotations
@@ -330,6 +330,8 @@ def _exit_now(signum: int, runner: web.AppRunner, flush: Callable[[], None]) -> 
     connections = server.connections if server is not None else []
     cut = sum(1 for c in connections if isinstance(c, HttpConnection) and c.busy)
     name = signal.Signals(signum).name
-    log.warning("pid %d got a second %s: exiting at once, cutting %d request(s)", os.getpid(), name, cut)
-    flush()
-    os._exit(EXIT_FORCED)
+    try:
+        log.warning("pid %d got a second %s: exiting at once, cutting %d request(s)", os.getpid(), name, cut)
+        flush()
+    finally:
+        os._exit(EXIT_FORCED)  # whatever the log did: a second signal always ends the process

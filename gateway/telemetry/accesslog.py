@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import select
 import time
 
 import orjson
@@ -35,6 +36,7 @@ STDOUT = 1
 MAX_ENTRIES = 32
 # What a full non-blocking stdout may leave pending before lines are dropped.
 MAX_BUFFER = 64 * 1024
+PIPE_BUF = select.PIPE_BUF  # 4096 on Linux
 # Lines wait at most this long for their write. Once per loop tick measured ~10 % of throughput
 # still (a tick answers only a few requests); 20 ms gathers a few hundred lines under load and is
 # nothing to a reader. A crash (SIGKILL) loses at most this much; shutdown and exit flush.
@@ -63,8 +65,9 @@ class LineBuffer:
         self.fd = fd
         self.interval = interval
         self._entries: list[Entry | bytes] = []
-        # The loop a flush is scheduled on; a loop closed before it fired (a test's, a
-        # worker's at exit) must not leave later lines waiting for one that never comes.
+        # The pending flush and its loop; a loop closed before it fired (a test's, a worker's
+        # at exit) must not leave later lines waiting for one that never comes.
+        self._timer: asyncio.Handle | None = None
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self.dropped = 0  # bytes given up on because the output would not take them
 
@@ -78,37 +81,80 @@ class LineBuffer:
         scheduled = self._scheduled_on
         if scheduled is not None and not scheduled.is_closed():
             return
+        self._schedule()
+
+    def _schedule(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test calling the logger directly): write now
             self.flush()
             return
         if self.interval > 0:
-            loop.call_later(self.interval, self.flush)
+            self._timer = loop.call_later(self.interval, self.flush)
         else:
-            loop.call_soon(self.flush)
+            self._timer = loop.call_soon(self.flush)
         self._scheduled_on = loop
 
     def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # a flush for MAX_ENTRIES makes the pending one moot
+            self._timer = None
         self._scheduled_on = None
         entries = self._entries
         if not entries:
             return
         self._entries = []
-        data = b"".join(entry if isinstance(entry, bytes) else orjson.dumps(record(entry)) + b"\n" for entry in entries)
-        view = memoryview(data)
+        data = b"".join(entry if isinstance(entry, bytes) else _rendered(entry) for entry in entries)
         try:
-            while view:
-                view = view[os.write(self.fd, view) :]
+            # Chunks of at most PIPE_BUF, cut at line ends: the kernel keeps such a write to a
+            # pipe whole, so workers sharing one stdout never interleave inside a line.
+            for chunk in _chunks(data):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+                data = data[len(chunk) :]
         except BlockingIOError:
-            # A non-blocking stdout that is full: keep what it did not take, up to the bound.
-            rest = bytes(view)
-            if len(rest) <= MAX_BUFFER:
-                self._entries.insert(0, rest)
-            else:
-                self.dropped += len(rest)
+            # A non-blocking stdout that is full: keep what it did not take, up to the bound,
+            # whole lines only (a line cut in two would join the next one), and try again.
+            rest = bytes(view) + data[len(chunk) :]
+            if len(rest) > MAX_BUFFER:
+                cut = rest.find(b"\n", 0) + 1  # finish the line already begun
+                self.dropped += len(rest) - cut
+                rest = rest[:cut]
+            self._entries.insert(0, rest)
+            self._schedule_retry()
         except OSError:  # stdout gone: nothing better to do with the lines
-            self.dropped += len(view)
+            self.dropped += len(data)
+
+    def _schedule_retry(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (at exit, or a test): the next flush takes them, if any
+            return
+        self._timer = loop.call_later(max(self.interval, 0.01), self.flush)
+        self._scheduled_on = loop
+
+
+def _rendered(entry: Entry) -> bytes:
+    try:
+        return render(entry)
+    except Exception:  # one unrenderable entry must not cost the batch its other lines
+        return b'{"error":"access line could not be rendered"}\n'
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    if len(data) <= PIPE_BUF:
+        return [data]
+    chunks = []
+    start = 0
+    while start < len(data):
+        end = start + PIPE_BUF
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else end  # a line longer than PIPE_BUF goes alone
+        chunks.append(data[start:end])
+        start = end
+    return chunks
 
 
 BUFFER = LineBuffer()

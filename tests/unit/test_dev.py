@@ -34,3 +34,11 @@ def test_serve_checks_signatures_for_the_port_it_listens_on(given: list[str], pu
     assert flags[:2] == ["--policies", "policies"]
     urls = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--public-url"]
     assert urls == ([public] if public else ["https://gw.example.com"])
+
+
+def test_serve_follows_the_port_and_public_url_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SWITCHYARD_PORT moves the demo public URL; SWITCHYARD_PUBLIC_URL replaces it."""
+    monkeypatch.setenv("SWITCHYARD_PORT", "9100")
+    assert "http://127.0.0.1:9100" in _dev()._serve_flags([])
+    monkeypatch.setenv("SWITCHYARD_PUBLIC_URL", "https://gw.example.com")
+    assert "--public-url" not in _dev()._serve_flags([])

@@ -130,3 +130,14 @@ def test_retry_token_length_is_bounded(clock: FakeClock, length: int, remembered
     again = limiter.acquire_now("a", [RULE], retry=token)
     assert first.retry == "new"
     assert (again.remaining, again.retry) == ((9, "replay") if remembered else (8, "new"))
+
+
+def test_a_free_charge_claims_no_retry_token(clock: FakeClock) -> None:
+    """As in redis_bucket.lua: a charge of cost 0 remembers no token, so the token's first real
+    charge is charged (and not a replay)."""
+    limiter = MemoryBuckets(clock)
+    rule = Rule("webhooks", rate=1, per=1.0, burst=5)
+    free = limiter.acquire_now("acme", [rule], 0, RetryKey("tok", "sig"))
+    assert (free.allowed, free.retry) == (True, "new")
+    first = limiter.acquire_now("acme", [rule], 1, RetryKey("tok", "sig"))
+    assert (first.retry, first.remaining) == ("new", 4)

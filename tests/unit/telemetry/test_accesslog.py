@@ -258,3 +258,91 @@ def test_a_lone_surrogate_is_escaped_not_fatal(clock: FakeClock) -> None:
     flush never raises."""
     rendered = accesslog.render((1.0, "POST", "/t/x", 200, 0.0, _exchange(clock, route="r\ud800")))
     assert json.loads(rendered)["route"] == "r\ud800"
+
+
+def test_an_unrenderable_entry_costs_only_its_own_line(clock: FakeClock) -> None:
+    """A lone surrogate in a route name is escaped at the flush, and the other lines still go out."""
+    read, write = _pipe()
+    buffer = LineBuffer(write, interval=0)
+    try:
+        buffer._entries.append((1.0, "POST", "/a", 200, 0.0, _exchange(clock, route="r\ud800")))
+        buffer._entries.append((1.0, "POST", "/b", 200, 0.0, None))
+        buffer.flush()
+        lines = [json.loads(line) for line in _read_all(read).splitlines()]
+        assert [line["path"] for line in lines] == ["/a", "/b"]
+        assert lines[0]["route"] == "r\ud800"
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_big_flushes_are_written_in_whole_lines_of_at_most_pipe_buf(tmp_path: Path) -> None:
+    """Writes stay within PIPE_BUF and end at a newline, so workers sharing a pipe never tear lines."""
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 300)) for i in range(200)]
+    chunks = accesslog._chunks(b"".join(lines))
+    assert b"".join(chunks) == b"".join(lines)
+    assert all(len(chunk) <= accesslog.PIPE_BUF and chunk.endswith(b"\n") for chunk in chunks)
+    assert len(chunks) > 1
+
+
+def test_a_full_stdout_keeps_whole_lines_only() -> None:
+    """When more than the bound is left unwritten, what is kept ends at a line end: no torn line."""
+    read, write = _pipe()
+    os.set_blocking(write, False)
+    buffer = LineBuffer(write, interval=0)
+    try:
+        for i in range(1000):
+            buffer._entries.append(b'{"n":%d,"pad":"%s"}\n' % (i, b"y" * 200))
+        buffer.flush()  # the pipe takes what it can (64 KB), the rest is kept or dropped
+        written = b""
+        while chunk := _read_all(read):
+            written += chunk
+        buffer.flush()
+        while chunk := _read_all(read):
+            written += chunk
+        assert written.endswith(b"\n")
+        for line in written.splitlines():
+            json.loads(line)  # every line whole
+        assert buffer.dropped > 0
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_every_field_of_the_record_reaches_the_line(clock: FakeClock) -> None:
+    """A record with every field set: each appears in the line under its name (a renamed field
+    of the exchange would vanish from the log without this)."""
+    exchange = _exchange(
+        clock,
+        route="main",
+        action="say",
+        decision="answered",
+        retry="replay",
+        error="UpstreamError",
+        limit=Decision(True, 7, 0.0, 1.0, Rule("webhooks", 1.0, 1.0, 10)),
+        caller="+15557654321",
+        called="+15551230001",
+        sid=SID,
+        timings={"limits": 0.002},
+    )
+    exchange.tenant = _Tenant()  # type: ignore[assignment]
+    record = orjson.loads(accesslog.render((1_700_000_000.5, "POST", "/twilio/voice", 200, 0.25, exchange)))
+    assert record == {
+        "ts": 1_700_000_000.5,
+        "method": "POST",
+        "path": "/twilio/voice",
+        "status": 200,
+        "ms": 250.0,
+        "kind": "voice",
+        "tenant": "acme-health",
+        "route": "main",
+        "action": "say",
+        "decision": "answered",
+        "retry": "replay",
+        "error": "UpstreamError",
+        "remaining": 7,
+        "caller": "+1******4321",
+        "called": "+1******0001",
+        "sid": SID,
+        "timings_ms": {"limits": 2.0},
+    }
