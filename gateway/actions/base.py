@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from gateway.auth.public_url import WEBSOCKET_SCHEMES
+
 if TYPE_CHECKING:
     from gateway.deadline import Deadline
     from gateway.egress import Egress
     from gateway.exchange import Exchange
 
 M = TypeVar("M")
-WEBSOCKET_SCHEMES = {"https": "wss", "http": "ws"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
+WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
 
 
 def parse_proxies(cidrs: Sequence[str]) -> tuple[Network, ...]:
@@ -109,7 +109,7 @@ class PublicUrl:
             return None
         if websocket:
             head, sep, rest = url.partition("://")
-            url = _WEBSOCKET_SCHEMES.get(head, head) + sep + rest
+            url = WEBSOCKET_SCHEMES.get(head, head) + sep + rest
         return url
 
     def _trusted(self, peer: str | None) -> bool:

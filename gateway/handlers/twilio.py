@@ -152,7 +152,8 @@ def webhook(kind: WebhookKind) -> Handler:
             exchange.action = route.action
             reply = route.reply
             if reply is None:
-                reply = await _call_out(exchange, route, request, services, url or "", params, body)
+                assert url is not None, "only a request verified against a URL gets here"
+                reply = await _call_out(exchange, route, request, services, url, params, body)
             else:
                 exchange.decision = "answered"  # static: bytes rendered at load, no await
             return responses.twiml(reply)

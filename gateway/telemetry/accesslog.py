@@ -168,14 +168,14 @@ class JsonAccessLogger(AbstractAccessLogger):
         # No transport: the client left before the answer went out (aiohttp logs the line anyway).
         status = response.status if request.transport is not None else Exchange.STATUS_CLIENT_CLOSED
         if exchange is not None:
-            time = exchange.clock() - exchange.started
+            time = exchange.elapsed()
         BUFFER.write((_now(), request.method, request.raw_path, status, time, exchange))
 
 
 def line(request: web.BaseRequest, status: int, seconds: float, exchange: Exchange | None) -> dict[str, object]:
     """The access-log record of one request as it ends now (tests, and callers without a buffer)."""
     if exchange is not None:
-        seconds = exchange.clock() - exchange.started
+        seconds = exchange.elapsed()
     return record((_now(), request.method, request.raw_path, status, seconds, exchange))
 
 

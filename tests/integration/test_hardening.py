@@ -34,6 +34,19 @@ def _no_earlier_lines(capfd: pytest.CaptureFixture[str]) -> None:
     capfd.readouterr()
 
 
+async def voice_lines(gateway: Client, capfd: pytest.CaptureFixture[str], wait: float = 0.0) -> list[dict[str, Any]]:
+    """The webhook's access lines, once there are any: each poll is one more request to the
+    server (its handler ran after the webhook's), plus `wait` of real time for a timer under test."""
+    for _ in range(200):
+        await gateway.get("/healthz")
+        lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
+        if lines:
+            return lines
+        if wait:
+            await asyncio.sleep(wait)
+    return []
+
+
 def access_lines(capfd: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     """The access-log lines written so far (flushed first: they are buffered per loop tick)."""
     accesslog.flush()
@@ -90,12 +103,7 @@ async def test_client_gone_mid_body_is_one_truthful_line(
     await writer.drain()
     writer.close()
     await writer.wait_closed()
-    # The handler has finished once its line is written; poll the server's own next request.
-    for _ in range(100):
-        await gateway.get("/healthz")
-        records = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
-        if records:
-            break
+    records = await voice_lines(gateway, capfd)
     assert len(records) == 1
     assert records[0]["status"] == 499
     assert records[0]["decision"] == "client_closed"
@@ -209,11 +217,7 @@ async def test_malformed_body_is_400_without_traceback(
     head, body = signed_form("not-the-token", PUBLIC + "/twilio/voice", voice_params())
     writer = await _raw_post(gateway, head, body, f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n")
     try:
-        for _ in range(100):
-            await gateway.get("/healthz")
-            lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
-            if lines:
-                break
+        lines = await voice_lines(gateway, capfd)
         assert [(r["status"], r["decision"]) for r in lines] == [(400, "malformed")]
     finally:
         writer.close()
@@ -229,12 +233,7 @@ async def test_a_body_that_never_arrives_times_out(
     head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", voice_params())
     writer = await _raw_post(gateway, head, body[:10], f"Content-Length: {len(body)}\r\n")
     try:
-        for _ in range(200):
-            await gateway.get("/healthz")
-            lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
-            if lines:
-                break
-            await asyncio.sleep(0.01)  # real time must pass for the real timer under test
+        lines = await voice_lines(gateway, capfd, wait=0.01)  # the real timer under test needs real time
         assert [(r["status"], r["decision"]) for r in lines] == [(408, "body_timeout")]
     finally:
         writer.close()
@@ -266,12 +265,7 @@ async def test_client_gone_during_a_call_out_is_499(gateway: Client, capfd: pyte
             break
         await asyncio.sleep(0)
     release.set()
-    for _ in range(100):
-        await gateway.get("/healthz")
-        lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
-        if lines:
-            break
-    assert [r["status"] for r in lines] == [499]
+    assert [r["status"] for r in await voice_lines(gateway, capfd)] == [499]
 
 
 def _in_call_out(gateway: Client) -> bool:
