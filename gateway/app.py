@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
@@ -18,30 +19,51 @@ from gateway.errors import BackendError
 from gateway.handlers import api, health
 from gateway.handlers.twilio import webhook
 from gateway.keys import EGRESS, LIFECYCLE, SERVICES
+from gateway.limits.budget import utc_day
 from gateway.limits.factory import stores_from_url
 from gateway.policy import watch
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
 from gateway.server import Lifecycle
 from gateway.services import Services
-from gateway.settings import Settings
+from gateway.settings import ADMIN_TOKEN_VARIABLE, Settings
+from gateway.telemetry import accesslog
+from gateway.telemetry.cost import MICRO
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.recorder import Recorder
+from gateway.telemetry.spans import SpanBuilder
+from gateway.telemetry.tracing import SpanExporter, TracingConfig
 
 log = logging.getLogger("switchyard")
+
+# How often the budget-remaining gauges are read from the ledger (one read per budgeted tenant).
+BUDGET_GAUGE_INTERVAL = 10.0
+# What a shutdown gives the span exporter to send what is queued.
+EXPORT_SHUTDOWN = 5.0
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: Clock | None = None) -> web.Application:
-    """Load and check everything that can be checked before serving; raise PolicyError/ValueError early."""
+def create_app(
+    settings: Settings,
+    env: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    wall: Callable[[], float] | None = None,
+) -> web.Application:
+    """Load and check everything that can be checked before serving; raise PolicyError/ValueError early.
+
+    env: secrets and the OTEL_* variables; clock: monotonic time (limits, deadlines); wall: the
+    wall clock whose UTC day spend is booked to. Tests inject all three."""
     env = os.environ if env is None else env
     public_url = PublicUrl(settings.public_urls, parse_proxies(settings.trusted_proxies))
     registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first))
+    tracing = TracingConfig.from_env(env, settings.instance_id)  # None: tracing off, at no cost
     metrics = Metrics()
     app = web.Application()
     app[LIFECYCLE] = Lifecycle()  # /readyz reads it; gateway/server.py drains
     app.cleanup_ctx.append(_egress)
-    app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, clock))
+    admin = env.get(ADMIN_TOKEN_VARIABLE) or None  # unset: no operator view
+    app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin))
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
     for kind in ("voice", "sms", "status"):
         handler = webhook(kind)
@@ -51,35 +73,81 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None, clock: 
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/api/v1/limits", api.limits)
+    app.router.add_get("/api/v1/cost", api.cost)
+    app.router.add_get("/api/v1/admin/cost", api.admin_cost)
     return app
 
 
 def _stores(
-    settings: Settings, registry: Registry, public_url: PublicUrl, metrics: Metrics, clock: Clock | None
+    settings: Settings,
+    registry: Registry,
+    public_url: PublicUrl,
+    metrics: Metrics,
+    tracing: TracingConfig | None,
+    clock: Clock | None,
+    wall: Callable[[], float],
+    admin_token: str | None,
 ) -> CleanupCtx:
+    """The limit and spend stores, and what records each request at its end (spans, metrics,
+    the ledger): opened before the first request, closed after the last one's record."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         await stores.start()
         stores.failover.on_transition(_log_transition(settings.limiter_url, metrics))
         if stores.instances is not None:
-            metrics.live_instances.set_function(stores.instances.live_instances)
+            metrics.count_instances(stores.instances.live_instances)
         else:
             metrics.live_instances.set(1)
-        app[SERVICES] = Services(
+        exporter = None
+        builder = None
+        if tracing is not None:
+            exporter = SpanExporter(tracing, on_dropped=metrics.spans_dropped)
+            await exporter.start()
+            builder = SpanBuilder(tracing.sampler, store=settings.limiter_url.split("://", 1)[0])
+        recorder = Recorder(metrics, stores.ledger, builder, exporter)
+        services = app[SERVICES] = Services(
             settings=settings,
             registry=registry,
             public_url=public_url,
             limits=stores.failover,
+            ledger=stores.ledger,
+            recorder=recorder,
             metrics=metrics,
             clock=clock or monotonic,
+            wall=wall,
             egress=app[EGRESS],
+            admin_token=admin_token.encode() if admin_token else None,
         )
+        gauges = asyncio.create_task(_budget_gauges(services))
         try:
             yield
         finally:
+            gauges.cancel()
+            # The last requests' records first (their spans and spend), then the stores.
+            accesslog.flush()
+            await recorder.close()
+            if exporter is not None:
+                await exporter.shutdown(timeout=EXPORT_SHUTDOWN)
             await stores.close()
 
     return ctx
+
+
+async def _budget_gauges(services: Services) -> None:
+    """Each budgeted tenant's remaining budget for today, as a gauge, every BUDGET_GAUGE_INTERVAL."""
+    while True:
+        day = utc_day(services.wall())
+        for tenant in services.registry.current.tenants.values():
+            cap = tenant.daily_budget
+            if cap is None:
+                continue
+            try:
+                spend = await services.ledger.spend(tenant.id, day)
+            except BackendError:
+                break  # the store is failing: its own metric says so; try again next time
+            services.metrics.budget_remaining(tenant.id, max(0, cap - spend.total - spend.reserved) / MICRO)
+        await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 
 
 async def _egress(app: web.Application) -> AsyncIterator[None]:

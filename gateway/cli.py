@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 import secrets
@@ -10,7 +11,8 @@ import shlex
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from multiprocessing import resource_tracker
+from multiprocessing import connection, resource_tracker
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -19,6 +21,7 @@ from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
 from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
+from gateway.telemetry import metrics
 from gateway.telemetry.accesslog import configure_logging
 
 EXIT_USAGE = 2
@@ -251,10 +254,16 @@ def _supervise(settings: Settings) -> int:
 
     Each SIGTERM, SIGINT and SIGHUP is forwarded to every worker still running, a second stop
     signal too (workers then exit at once); the supervisor exits once all have, with the worst
-    exit code."""
+    exit code. Their metrics meet in one directory (telemetry/metrics.py), so /metrics on any
+    worker reports the whole server."""
     context = multiprocessing.get_context("spawn")
+    # Each worker its own id: the instance registry counts ids, and spans name the instance by it.
     workers = [
-        context.Process(target=_worker_process, args=(settings,), name=f"switchyard-{i}")
+        context.Process(
+            target=_worker_process,
+            args=(dataclasses.replace(settings, instance_id=f"{settings.instance_id}-{i}"),),
+            name=f"switchyard-{i}",
+        )
         for i in range(settings.workers)
     ]
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -264,22 +273,35 @@ def _supervise(settings: Settings) -> int:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
-    # Blocked while the workers start: each inherits the mask and unblocks it once its handlers
-    # are set (server.run), so a signal sent now is held, neither lost nor fatal to a worker.
-    # multiprocessing unblocks SIGTERM/SIGINT after starting its resource tracker (bpo-33613),
-    # which the first spawn does: start it before blocking.
-    resource_tracker.ensure_running()
-    signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
-    try:
-        for worker in workers:
-            worker.start()
-        for signum in forwarded:
-            signal.signal(signum, forward)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
-    for worker in workers:
-        worker.join()
+    with metrics.shared_across_processes() as directory:
+        # Blocked while the workers start: each inherits the mask and unblocks it once its handlers
+        # are set (server.run), so a signal sent now is held, neither lost nor fatal to a worker.
+        # multiprocessing unblocks SIGTERM/SIGINT after starting its resource tracker (bpo-33613),
+        # which the first spawn does: start it before blocking.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+        try:
+            for worker in workers:
+                worker.start()
+            for signum in forwarded:
+                signal.signal(signum, forward)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, forwarded)
+        _reap(workers, directory)
     return max(_exit_status(worker.exitcode) for worker in workers)
+
+
+def _reap(workers: Sequence[BaseProcess], metrics_dir: str) -> None:
+    """Wait for every worker, in the order they exit: one that exits early leaves the live-mode
+    gauges at once, not when the workers started before it are done."""
+    running = {worker.sentinel: worker for worker in workers}
+    while running:
+        ready = connection.wait(list(running))
+        for sentinel in [sentinel for sentinel in running if sentinel in ready]:
+            worker = running.pop(sentinel)
+            worker.join()
+            if worker.pid is not None:
+                metrics.process_exited(worker.pid, metrics_dir)
 
 
 def _exit_status(code: int | None) -> int:

@@ -16,14 +16,20 @@ from gateway.clock import Clock
 from gateway.deadline import TWILIO_TOTAL, Deadline
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from gateway.limits.base import Decision
     from gateway.policy.registry import PolicySet
     from gateway.policy.tenant import Tenant
+    from gateway.telemetry.recorder import Recorder
 
 Outcome = str
 """What became of the request, for logs and spans:
 answered, refused, forged, unknown-tenant, no-route, recorded, fallback, error, unauthorized,
-client_closed (the client went away before we could answer)."""
+client_closed (the client went away before we could answer), over-budget."""
+
+Step = tuple[str, float, float]
+"""One I/O step of a request: (name, monotonic start, seconds). Each becomes a child span."""
 
 
 class Exchange:
@@ -50,10 +56,24 @@ class Exchange:
     caller: str | None = None
     called: str | None = None
     error: str | None = None
-    # What the request used and what it cost (issue 7 fills prices); I/O step timings in seconds.
-    usage: dict[str, float] | None = None
-    cost_usd: float | None = None
+    # The parsed webhook form and the TwiML answered: what it cost is worked out from them at
+    # the end, off the request's path (segments of an SMS, a call's minutes).
+    params: Mapping[str, list[str]] | None = None
+    reply: bytes | None = None
+    # Its cost in parts (micro-dollars), and what of it the ledger has already (a tenant with a
+    # budget is charged before the answer; the rest, and everyone else, at the end in batches).
+    cost: dict[str, int] | None = None
+    charged: dict[str, int] | None = None
+    # I/O step timings in seconds, summed per step (the access log), and each step with its start
+    # (the child spans).
     timings: dict[str, float] | None = None
+    steps: list[Step] | None = None
+    # The W3C trace context it came with (read only when tracing is on), for its span's parent.
+    traceparent: str | None = None
+    tracestate: str | None = None
+    # Who reads this record at the end (cost, ledger, metrics, spans): the app's. None in tests
+    # that build exchanges by hand, and then only the access line is written.
+    recorder: Recorder | None = None
     # Twilio's total time for this webhook (TWILIO_TOTAL unless the tenant says otherwise).
     budget: float = TWILIO_TOTAL
 
@@ -72,11 +92,16 @@ class Exchange:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def timed(self, step: str, seconds: float) -> None:
-        """Record how long one I/O step took (a Redis round trip, an upstream call)."""
+    def timed(self, step: str, seconds: float, start: float | None = None) -> None:
+        """Record how long one I/O step took (a Redis round trip, an upstream call), and when it
+        began (the clock's time), which makes it a child span."""
         if self.timings is None:
             self.timings = {}
+            self.steps = []
         self.timings[step] = self.timings.get(step, 0.0) + seconds
+        if start is not None:
+            assert self.steps is not None
+            self.steps.append((step, start, seconds))
 
     @property
     def tenant_id(self) -> str | None:

@@ -68,3 +68,24 @@ def with_limits(response: web.Response, decision: Decision | None) -> web.Respon
     if decision is not None:
         response.headers.update(rate_limit_headers(decision))
     return response
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    """RFC 9457 problem details; the text is ours, never the request's."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/problem+json",
+        headers=CIMultiDict(headers or {}),
+    )
+
+
+def over_budget(tenant: str, retry_after: int) -> web.Response:
+    """An API call past the tenant's daily budget: 429 until the UTC day turns."""
+    return problem(
+        429,
+        "Daily budget exhausted",
+        f"tenant {tenant} has spent its daily budget; it resets at 00:00 UTC",
+        headers={"Retry-After": str(retry_after)},
+    )

@@ -22,7 +22,6 @@ moment, or the grace period) is not "accepted": its connection is closed with th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -196,8 +195,8 @@ def run(settings: Settings) -> int:
     except ImportError:  # uvloop is optional off Linux/macOS
         pass
     configure_logging()
-    # Each process heartbeats in the shared store under its own id.
-    settings = dataclasses.replace(settings, instance_id=f"{os.uname().nodename}-{os.getpid()}")
+    # settings.instance_id is this process's own: SWITCHYARD_INSTANCE_ID or host-pid, and with
+    # --workers the supervisor's with the worker's number added (cli._supervise).
     app = create_app(settings)
     _install_server_defaults()
     return asyncio.run(_serve(app, settings, stops))
@@ -230,10 +229,13 @@ async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> 
 
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[int] = loop.create_future()
+    accesslog.BUFFER.lines = settings.access_log
     runner = web.AppRunner(
         app,
         access_log_class=accesslog.JsonAccessLogger,
-        access_log=logging.getLogger("switchyard.access") if settings.access_log else None,
+        # Always on: the hook also hands each ended request to the app's recorder (metrics,
+        # spans, spend); --no-access-log only stops the lines (BUFFER.lines).
+        access_log=logging.getLogger("switchyard.access"),
         logger=http_log,
         # aiohttp's own shutdown only cuts what our drain left (see _drain).
         shutdown_timeout=CUT_TIMEOUT,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.auth.public_url import PublicUrl
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress
 from gateway.limits.base import Limiter
+from gateway.limits.budget import FailoverLedger
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.recorder import Recorder
 
 
 @dataclass(slots=True)
@@ -19,6 +23,10 @@ class Services:
     registry: Registry
     public_url: PublicUrl
     limits: Limiter
+    ledger: FailoverLedger
+    recorder: Recorder
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = monotonic
+    wall: Callable[[], float] = time.time  # the UTC day a spend belongs to
     egress: Egress | None = None  # None only in tests that build Services by hand
+    admin_token: bytes | None = field(default=None, repr=False)  # SWITCHYARD_ADMIN_TOKEN

@@ -93,7 +93,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "grace_period": ("GRACE_PERIOD", lambda k, v: _env_number(k, v, float)),
     "instance_id": ("INSTANCE_ID", lambda _k, v: v),
 }
-VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values())
+# Secrets are read where they are used, from the environment only, never kept in Settings.
+ADMIN_TOKEN_VARIABLE = ENV_PREFIX + "ADMIN_TOKEN"  # the operators' bearer token for /api/v1/admin/cost
+VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values()) | {ADMIN_TOKEN_VARIABLE}
 PUBLIC_URL_VARIABLE = ENV_PREFIX + _VARIABLES["public_urls"][0]
 
 

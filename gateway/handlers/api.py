@@ -1,20 +1,29 @@
-"""The JSON API for tenants' own clients (JWT): read your limits; charged to the `api` bucket."""
+"""The JSON API for tenants' own clients (JWT): read your limits (charged to the `api` bucket) and
+your spend; and the operators' view of every tenant's spend (an admin token)."""
 
 from __future__ import annotations
+
+import datetime
+import hmac
 
 from aiohttp import web
 
 from gateway import responses
 from gateway.auth import jwt
-from gateway.errors import Refused, SignatureError
+from gateway.errors import BackendError, Refused, SignatureError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
+from gateway.limits.budget import utc_day
+from gateway.policy.tenant import Tenant
+from gateway.services import Services
+from gateway.telemetry.cost import PARTS, to_usd
 
 
 async def limits(request: web.Request) -> web.Response:
     """GET /api/v1/limits: the tenant's configured buckets, with RateLimit headers."""
     services = request.app[SERVICES]
     exchange = Exchange("api", services.registry.current, services.clock)
+    exchange.recorder = services.recorder
     request[EXCHANGE] = exchange
     header = request.headers.get("Authorization")
     try:
@@ -50,3 +59,91 @@ async def limits(request: web.Request) -> web.Response:
         "store_degraded": services.limits.degraded,
     }
     return responses.with_limits(responses.json(body), decision)
+
+
+async def cost(request: web.Request) -> web.Response:
+    """GET /api/v1/cost?day=YYYY-MM-DD: the tenant's spend of one UTC day (today by default),
+    in parts, with its budget; for the tenant of the bearer token."""
+    services = request.app[SERVICES]
+    exchange = Exchange("api", services.registry.current, services.clock)
+    exchange.recorder = services.recorder
+    request[EXCHANGE] = exchange
+    header = request.headers.get("Authorization")
+    try:
+        tenant = jwt.tenant_of(jwt.bearer(header), exchange.policies.tenants)
+    except SignatureError:
+        exchange.decision = "unauthorized"
+        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
+        return responses.unauthorized(credentials_given=sent_bearer)
+    exchange.tenant = tenant
+    day = _day(request, services.wall())
+    if day is None:
+        exchange.decision = "bad-request"
+        return responses.problem(400, "Bad day", "day must be a date in the form YYYY-MM-DD")
+    try:
+        report = await _report(services, tenant, day)
+    except BackendError:
+        exchange.decision = "error"
+        return responses.problem(503, "Spend ledger unavailable", "the shared store is not answering; try again")
+    exchange.decision = "answered"
+    return responses.json(report)
+
+
+async def admin_cost(request: web.Request) -> web.Response:
+    """GET /api/v1/admin/cost?day=YYYY-MM-DD: every tenant's spend of one day, for operators
+    (the bearer token is SWITCHYARD_ADMIN_TOKEN from the environment; without it, no access)."""
+    services = request.app[SERVICES]
+    exchange = Exchange("api", services.registry.current, services.clock)
+    exchange.recorder = services.recorder
+    request[EXCHANGE] = exchange
+    header = request.headers.get("Authorization")
+    expected = services.admin_token
+    try:
+        given = jwt.bearer(header).encode()
+    except SignatureError:
+        given = b""
+    if expected is None or not given or not hmac.compare_digest(given, expected):
+        exchange.decision = "unauthorized"
+        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
+        return responses.unauthorized(credentials_given=sent_bearer)
+    day = _day(request, services.wall())
+    if day is None:
+        exchange.decision = "bad-request"
+        return responses.problem(400, "Bad day", "day must be a date in the form YYYY-MM-DD")
+    try:
+        tenants = [await _report(services, t, day) for t in exchange.policies.tenants.values()]
+    except BackendError:
+        exchange.decision = "error"
+        return responses.problem(503, "Spend ledger unavailable", "the shared store is not answering; try again")
+    exchange.decision = "answered"
+    total = sum(t["spent_usd"] for t in tenants)  # type: ignore[misc]
+    return responses.json({"day": day, "currency": "USD", "spent_usd": round(total, 6), "tenants": tenants})
+
+
+def _day(request: web.Request, now: float) -> str | None:
+    day = request.query.get("day")
+    if day is None:
+        return utc_day(now)
+    try:
+        return datetime.date.fromisoformat(day).isoformat() if len(day) == 10 else None
+    except ValueError:
+        return None
+
+
+async def _report(services: Services, tenant: Tenant, day: str) -> dict[str, object]:
+    spend = await services.ledger.spend(tenant.id, day)
+    cap = tenant.daily_budget
+    report: dict[str, object] = {
+        "tenant": tenant.id,
+        "day": day,
+        "currency": "USD",
+        "spent_usd": to_usd(spend.total),
+        "parts_usd": {part: to_usd(spend.parts.get(part, 0)) for part in PARTS},
+        "reserved_usd": to_usd(spend.reserved),
+    }
+    if cap is not None:
+        left = cap - spend.total - spend.reserved
+        report["budget"] = {"daily_usd": to_usd(cap), "remaining_usd": to_usd(max(0, left)), "exhausted": left <= 0}
+    else:
+        report["budget"] = None
+    return report

@@ -34,6 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of the process's metrics."""
+    """Prometheus exposition: this process's metrics, or with --workers the whole server's (any
+    worker answers for all: they share one directory of metric files, telemetry/metrics.py)."""
     body = request.app[SERVICES].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

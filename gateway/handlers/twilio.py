@@ -27,11 +27,13 @@ from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.base import RetryKey
+from gateway.limits.budget import utc_day
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.protocol.forms import parse_form
 from gateway.services import Services
+from gateway.telemetry.usage import cost_of
 
 WebhookKind = Literal["voice", "sms", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,6 +60,7 @@ def webhook(kind: WebhookKind) -> Handler:
         services = request.app[SERVICES]
         # The request keeps this snapshot for its whole life, its fallback included.
         exchange = Exchange(kind, services.registry.current, services.clock)
+        exchange.recorder = services.recorder
         request[EXCHANGE] = exchange
         try:
             # One coroutine for the whole pipeline: each extra frame per request is measurable.
@@ -80,6 +83,7 @@ def webhook(kind: WebhookKind) -> Handler:
             headers = request.headers
             is_json = headers.get("Content-Type", "").startswith("application/json")
             params = _json_params(body) if is_json else parse_form(body)
+            exchange.params = params
             # Kept raw for the access log, which bounds and masks them (the request is not yet
             # verified: nothing from it is trusted or written at length).
             exchange.caller, exchange.called = _first(params, "From"), _first(params, "To")
@@ -133,7 +137,7 @@ def webhook(kind: WebhookKind) -> Handler:
                     clock = services.clock
                     sent = clock()
                     decision = await limits.acquire(tenant.id, rules, 1, retry, mode=tenant.on_store_failure)
-                    exchange.timed("limits", clock() - sent)
+                    exchange.timed("limits", clock() - sent, sent)
                 exchange.limit = decision
                 if decision.retry != "new":
                     exchange.retry = decision.retry
@@ -147,13 +151,21 @@ def webhook(kind: WebhookKind) -> Handler:
             route = tenant.route(kind, params)
             if route is None:
                 exchange.decision = "no-route"
+                exchange.reply = tenant.fallback[kind]
+            else:
+                exchange.route = route.name
+                exchange.action = route.action
+                exchange.reply = route.reply
+            if tenant.daily_budget is not None and not await _within_budget(exchange, tenant, services):
+                exchange.decision = "over-budget"
+                return responses.twiml(tenant.budget_refusal[kind])
+            if route is None:
                 return responses.twiml(tenant.fallback[kind])
-            exchange.route = route.name
-            exchange.action = route.action
             reply = route.reply
             if reply is None:
                 assert url is not None, "only a request verified against a URL gets here"
                 reply = await _call_out(exchange, route, request, services, url, params, body)
+                exchange.reply = reply
             else:
                 exchange.decision = "answered"  # static: bytes rendered at load, no await
             return responses.twiml(reply)
@@ -207,6 +219,27 @@ async def _call_out(
         return route.fallback
     exchange.decision = "answered"
     return reply
+
+
+async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services) -> bool:
+    """Charge what this answer costs to the tenant's day, if it fits under the cap (DESIGN §2
+    step 6): atomic in the ledger, so concurrent requests never overshoot the cap together.
+
+    A static answer's cost is known now (the webhook, the SMS segments in and out); an action
+    that calls out reserves its own estimate on top when it runs."""
+    spent = cost_of(exchange, tenant.prices)
+    ledger = services.ledger
+    day = utc_day(services.wall())
+    cap = tenant.daily_budget
+    admitted = ledger.charge_now(tenant.id, day, spent, cap)
+    if admitted is None:  # a shared ledger: one round trip
+        clock = services.clock
+        sent = clock()
+        admitted = await ledger.charge(tenant.id, day, spent, cap, mode=tenant.on_store_failure)
+        exchange.timed("budget", clock() - sent, sent)
+    if admitted:
+        exchange.charged = spent
+    return admitted
 
 
 def _first(params: Mapping[str, list[str]], name: str) -> str:

@@ -1,4 +1,5 @@
-"""Limit stores picked from one URL: the limiter, the lease store and the instance registry."""
+"""Limit stores picked from one URL: the limiter, the lease store, the instance registry and
+the spend ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import urlsplit
 from gateway.clock import Clock, monotonic
 from gateway.limits.base import DEDUP_TTL, BucketStore
 from gateway.limits.breaker import CircuitBreaker
+from gateway.limits.budget import FailoverLedger, MemoryLedger, RedisLedger
 from gateway.limits.failover import FailoverLimiter
 from gateway.limits.instances import InstanceRegistry
 from gateway.limits.leases import LeaseStore, MemoryLeases, RedisLeases
@@ -40,7 +42,7 @@ def is_shared(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """Everything the app charges limits against; `failover` is what requests go through."""
+    """Everything the app charges limits against; `failover` and `ledger` are what requests go through."""
 
     url: str
     limiter: BucketStore
@@ -48,6 +50,7 @@ class Stores:
     failover: FailoverLimiter
     instances: InstanceRegistry | None
     client: RedisClient | None
+    ledger: FailoverLedger
 
     async def start(self) -> None:
         """Start the instance heartbeat (Redis only); call inside the running loop."""
@@ -59,6 +62,7 @@ class Stores:
             await self.instances.close()
         await self.failover.close()
         await self.leases.close()
+        await self.ledger.close()
         if self.client is not None:
             await self.client.aclose()
 
@@ -81,7 +85,10 @@ def stores_from_url(
     local = MemoryBuckets(clock or monotonic, dedup_ttl)
     if scheme == "memory":
         limiter = MemoryBuckets(clock or monotonic, dedup_ttl)
-        return Stores(url, limiter, MemoryLeases(clock or monotonic), FailoverLimiter(limiter, local), None, None)
+        ledger = FailoverLedger(MemoryLedger(clock or monotonic), MemoryLedger(clock or monotonic))
+        return Stores(
+            url, limiter, MemoryLeases(clock or monotonic), FailoverLimiter(limiter, local), None, None, ledger
+        )
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
     client = connect(driver_url, cluster=cluster)
@@ -89,6 +96,8 @@ def stores_from_url(
     breaker = breaker or CircuitBreaker(clock=clock or monotonic)
     redis_limiter = RedisBuckets(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
     registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
+    # The ledger shares the limiter's breaker: one Redis, one verdict on its health.
+    redis_ledger = RedisLedger(client, clock=clock, deadline=deadline, breaker=breaker)
     return Stores(
         url,
         redis_limiter,
@@ -96,4 +105,5 @@ def stores_from_url(
         FailoverLimiter(redis_limiter, local, registry.live_instances),
         registry,
         client,
+        FailoverLedger(redis_ledger, MemoryLedger(clock or monotonic), registry.live_instances),
     )

@@ -18,6 +18,7 @@ from gateway.limits.base import Rule
 from gateway.policy import model
 from gateway.policy.tenant import ApiAuth, CompiledRoute, Kind, Tenant
 from gateway.protocol import twiml
+from gateway.telemetry import cost
 
 MIN_JWT_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -57,6 +58,9 @@ def _message(error: ErrorDetails) -> str:
         return f"{error['input']!r} does not match {ctx['pattern']}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
+    if kind == "float_type" and isinstance(error["input"], str):
+        # PyYAML reads `1e-4` (no dot) as a string; the strict number fields then refuse it.
+        return f"{error['input']!r} is text, not a number (YAML needs a dot in an exponent: 1.0e-4)"
     return error["msg"]
 
 
@@ -66,6 +70,20 @@ def _problems(file: str, exc: ValidationError) -> list[PolicyProblem]:
 
 def _rule(name: str, rule: model.BucketRule) -> Rule:
     return Rule(name=name, rate=rule.rate, per=model.PER_SECONDS[rule.per], burst=rule.burst or max(1, int(rule.rate)))
+
+
+def _prices(prices: model.Prices) -> cost.Prices:
+    """The policy's USD prices in µ$, so every later sum is exact integer arithmetic."""
+    return cost.Prices(
+        webhook=cost.to_micro(prices.webhook),
+        voice_minute=cost.to_micro(prices.voice_minute),
+        stream_minute=cost.to_micro(prices.stream_minute),
+        sms_segment=cost.to_micro(prices.sms_segment),
+        models={
+            name: cost.ModelPrice(cost.to_micro(price.input_per_1m), cost.to_micro(price.output_per_1m))
+            for name, price in prices.models.items()
+        },
+    )
 
 
 class _Compiler:
@@ -137,14 +155,25 @@ class _Compiler:
             api = ApiAuth(api_secret or b"", policy.api.audience, policy.api.issuer)
         fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
         refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
+        # Over budget, the same defaults as over a rate limit: an unanswered call is not billed.
+        budget_refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
+        budget = policy.budget.refusal if policy.budget is not None else model.ByKind()
         for kind in ("voice", "sms"):
             for table, name, given in (
                 (fallback, "fallback", getattr(policy.fallback, kind)),
                 (refusal, "refusal", getattr(policy.refusal, kind)),
+                (budget_refusal, "budget.refusal", getattr(budget, kind)),
             ):
                 if given is not None:
                     table[kind] = self.raw(f"{name}.{kind}", given)
         routes = tuple(self.route(i, r, fallback[r.match.kind]) for i, r in enumerate(policy.routes))
+        prices = _prices(policy.prices)
+        daily_budget = None
+        if policy.budget is not None:
+            daily_budget = cost.to_micro(policy.budget.daily_usd)
+            if prices.free:
+                # Legal, but nothing is ever charged against the cap, so it can never refuse.
+                self.note("budget", "every price is 0, so nothing counts against daily_usd")
         limits = policy.limits
         named = {n: getattr(limits, n) for n in ("webhooks", "voice", "sms", "api")}
         rules = {
@@ -165,6 +194,9 @@ class _Compiler:
             concurrent_calls=limits.concurrent_calls,
             concurrent_streams=limits.concurrent_streams,
             api=api,
+            prices=prices,
+            daily_budget=daily_budget,
+            budget_refusal=budget_refusal,
         )
 
 

@@ -21,6 +21,10 @@ EnvName = Annotated[str, Field(pattern=ENV_NAME)]
 # strict: YAML `rate: yes` or `rate: "5"` is a mistake, not 1.0 or 5.0; finite: int(inf) has no meaning.
 PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
+# Dollars: finite, never negative; strict like the rates (`price: "0.01"` is a quoting mistake).
+Usd = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+PositiveUsd = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+
 PER_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
 
@@ -125,6 +129,26 @@ class Api(Strict):
     issuer: str | None = None
 
 
+class ModelPrice(Strict):
+    input_per_1m: Usd = 0.0
+    output_per_1m: Usd = 0.0
+
+
+class Prices(Strict):
+    """USD per unit. There are no built-in prices: a price not given is 0, so not charged."""
+
+    webhook: Usd = 0.0
+    voice_minute: Usd = 0.0
+    stream_minute: Usd = 0.0
+    sms_segment: Usd = 0.0
+    models: dict[Annotated[str, Field(min_length=1)], ModelPrice] = Field(default_factory=dict)
+
+
+class Budget(Strict):
+    daily_usd: PositiveUsd
+    refusal: ByKind = Field(default_factory=ByKind)
+
+
 class Policy(Strict):
     twilio: TwilioAccount
     numbers: list[Number] = Field(default_factory=list)
@@ -133,6 +157,8 @@ class Policy(Strict):
     fallback: ByKind = Field(default_factory=ByKind)
     refusal: ByKind = Field(default_factory=ByKind)
     api: Api | None = None
+    prices: Prices = Field(default_factory=Prices)
+    budget: Budget | None = None
 
     @field_validator("numbers")
     @classmethod

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from gateway.limits.base import FailureMode, Rule
+from gateway.protocol import twiml
+from gateway.telemetry.cost import Prices
 
 if TYPE_CHECKING:
     from gateway.actions.base import CallOut
@@ -67,6 +69,13 @@ class Tenant:
     concurrent_calls: int | None = None
     concurrent_streams: int | None = None
     api: ApiAuth | None = None
+    prices: Prices = field(default_factory=Prices)  # µ$; all 0 (free) unless the policy prices something
+    daily_budget: int | None = None  # µ$ per UTC day; None: no cap
+    # Answered once the day's budget is spent: by default the call is left unanswered (so
+    # unbilled) and the SMS gets no reply, which is what stops the spending.
+    budget_refusal: Mapping[Literal["voice", "sms"], bytes] = field(
+        default_factory=lambda: {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
+    )
 
     def route(self, kind: str, params: Mapping[str, list[str]]) -> CompiledRoute | None:
         """The first route for `kind` whose match fits the request, or None (the fallback)."""

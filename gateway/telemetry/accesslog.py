@@ -21,6 +21,7 @@ import os
 import re
 import select
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -29,6 +30,11 @@ from aiohttp.abc import AbstractAccessLogger
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE
 from gateway.redact import mask_number
+
+if TYPE_CHECKING:
+    from gateway.telemetry.recorder import Ended, Recorder
+
+log = logging.getLogger(__name__)
 
 STDOUT = 1
 # Flush at once past this many entries, whatever the interval: a flush blocks the loop while
@@ -70,6 +76,8 @@ class LineBuffer:
         self._timer: asyncio.Handle | None = None
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self.dropped = 0  # bytes given up on because the output would not take them
+        # Write access lines at all (--no-access-log: no); the apps' recorders read the batch either way.
+        self.lines = True
 
     def write(self, entry: Entry | bytes) -> None:
         """Queue one request's entry (or an already rendered line, newline included)."""
@@ -104,6 +112,11 @@ class LineBuffer:
         if not entries:
             return
         self._entries = []
+        _hand_over(entries)
+        if not self.lines:
+            entries = [entry for entry in entries if isinstance(entry, bytes)]  # a retry's leftovers
+            if not entries:
+                return
         data = b"".join(entry if isinstance(entry, bytes) else _rendered(entry) for entry in entries)
         try:
             # Chunks of at most PIPE_BUF, cut at line ends: the kernel keeps such a write to a
@@ -135,6 +148,26 @@ class LineBuffer:
         self._scheduled_on = loop
 
 
+def _hand_over(entries: list[Entry | bytes]) -> None:
+    """Each app's ended exchanges to its recorder (cost, ledger, metrics, spans), before the
+    lines are rendered, so a line carries the cost the recorder worked out."""
+    batches: dict[Recorder, list[Ended]] = {}
+    for entry in entries:
+        if isinstance(entry, bytes):
+            continue
+        exchange = entry[5]
+        if exchange is not None and (recorder := exchange.recorder) is not None:
+            batch = batches.get(recorder)
+            if batch is None:
+                batch = batches[recorder] = []
+            batch.append(entry)  # type: ignore[arg-type]  # its exchange is not None
+    for recorder, batch in batches.items():
+        try:
+            recorder.consume(batch)
+        except Exception:  # telemetry must never cost the access lines (or the next batch)
+            log.exception("recording %d ended request(s) failed", len(batch))
+
+
 def _rendered(entry: Entry) -> bytes:
     try:
         return render(entry)
@@ -163,12 +196,22 @@ atexit.register(flush)
 
 
 class JsonAccessLogger(AbstractAccessLogger):
+    """aiohttp's end-of-request hook: every request ends here, once (the access line, and through
+    the batch its app's recorder). It runs with --no-access-log too; then no line is written."""
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         exchange = request.get(EXCHANGE)
         # No transport: the client left before the answer went out (aiohttp logs the line anyway).
         status = response.status if request.transport is not None else Exchange.STATUS_CLIENT_CLOSED
         if exchange is not None:
             time = exchange.elapsed()
+            if exchange.decision == "client_closed":
+                status = Exchange.STATUS_CLIENT_CLOSED  # nothing reached the client, whatever was built
+            recorder = exchange.recorder
+            if recorder is not None and recorder.traced:
+                headers = request.headers
+                exchange.traceparent = headers.get("traceparent")
+                exchange.tracestate = headers.get("tracestate")
         BUFFER.write((_now(), request.method, request.raw_path, status, time, exchange))
 
 
@@ -224,6 +267,8 @@ def record(entry: Entry) -> dict[str, object]:
         out["called"] = _masked(value[:MAX_NUMBER])
     if (sid := fields.get("sid")) and SID.fullmatch(sid):
         out["sid"] = sid
+    if spent := fields.get("cost"):
+        out["cost_usd"] = sum(spent.values()) / 1_000_000
     if timings := fields.get("timings"):
         out["timings_ms"] = {step: round(seconds * 1000, 3) for step, seconds in timings.items()}
     return out

@@ -17,7 +17,7 @@ def test_a_new_record_knows_only_its_kind_snapshot_and_start(clock: FakeClock) -
     assert (exchange.kind, exchange.policies, exchange.started) == ("voice", EMPTY, clock())
     assert exchange.tenant is None and exchange.decision is None and exchange.limit is None
     assert exchange.verified is False
-    assert exchange.usage is None and exchange.timings is None
+    assert exchange.cost is None and exchange.timings is None and exchange.charged is None
     assert vars(exchange).keys() == {"kind", "policies", "clock", "started"}, "defaults cost nothing per request"
 
 

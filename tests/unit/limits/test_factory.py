@@ -6,6 +6,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.limits.budget import FailoverLedger, MemoryLedger, RedisLedger
 from gateway.limits.factory import is_shared, stores_from_url
 from gateway.limits.leases import MemoryLeases, RedisLeases
 from gateway.limits.memory import MemoryBuckets
@@ -76,3 +77,21 @@ def test_is_shared_rejects_unknown_schemes() -> None:
     """is_shared() validates like stores_from_url()."""
     with pytest.raises(ValueError, match="unknown scheme"):
         is_shared("mongodb://x")
+
+
+@pytest.mark.parametrize(
+    ("url", "primary_type"),
+    [
+        ("memory://", MemoryLedger),
+        ("redis://127.0.0.1:6380/2", RedisLedger),
+        ("redis+cluster://10.0.0.5:7000", RedisLedger),
+    ],
+    ids=["memory", "redis", "cluster"],
+)
+async def test_ledger_follows_the_url(url: str, primary_type: type) -> None:
+    """The spend ledger is in process for memory://, on the same (lazy) client for Redis, behind a FailoverLedger."""
+    stores = stores_from_url(url)
+    assert isinstance(stores.ledger, FailoverLedger)
+    assert isinstance(stores.ledger.primary, primary_type)
+    assert isinstance(stores.ledger.local, MemoryLedger)
+    await stores.close()

@@ -13,6 +13,7 @@ from gateway.limits.base import Rule
 from gateway.policy.loader import BUCKETS_BY_KIND, LoadContext, load_dir, load_file
 from gateway.policy.tenant import Tenant
 from gateway.protocol import twiml
+from gateway.telemetry.cost import ModelPrice, Prices
 from tests.support.policies import ENV, FIXTURES, NO_PUBLIC_URL, PUBLIC, VALID
 
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
@@ -210,6 +211,32 @@ FAILURES = [
         Prefix("line "),
         id="duplicate-key",
     ),
+    pytest.param("bad-price-negative.yaml", "prices.sms_segment", "must be >= 0", id="bad-price-negative"),
+    pytest.param(
+        "price-infinite.yaml",
+        "prices.voice_minute",
+        "Input should be a finite number",
+        id="price-infinite",
+    ),
+    pytest.param(
+        "unknown-price-key.yaml",
+        "prices.models.gpt-4o-mini.output_per_million",
+        "unknown key",
+        id="unknown-price-key",
+    ),
+    pytest.param(
+        "price-exponent-text.yaml",
+        "prices.webhook",
+        "'1e-4' is text, not a number (YAML needs a dot in an exponent: 1.0e-4)",
+        id="price-exponent-text",
+    ),
+    pytest.param("budget-zero.yaml", "budget.daily_usd", "must be > 0", id="budget-zero"),
+    pytest.param(
+        "bad-budget-refusal.yaml",
+        "budget.refusal.sms",
+        "TwiML must have <Response> as its root, not <Message>",
+        id="bad-budget-refusal",
+    ),
 ]
 
 
@@ -369,6 +396,9 @@ def test_defaults_of_a_minimal_policy() -> None:
     assert beta.keys == (b"beta-token",)
     assert beta.numbers == frozenset({"+15550200001"})
     assert beta.account_sid == "AC00000000000000000000000000000b02"
+    assert (beta.prices, beta.daily_budget) == (Prices(), None)
+    assert beta.prices.free
+    assert dict(beta.budget_refusal) == {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
 
 
 def test_overrides_of_a_full_policy() -> None:
@@ -489,3 +519,48 @@ def test_readme_example_loads_as_annotated(tmp_path: Path) -> None:
     url, params = _stream(tenant.routes[4].reply)
     assert url == "wss://gw.example.com/t/acme-clinic/stream"
     assert params == [("tenant", "acme-clinic"), ("agent", "triage")]
+    assert (tenant.prices.sms_segment, tenant.daily_budget) == (7900, 200_000_000)
+    assert tenant.budget_refusal["voice"] == twiml.REJECT_BUSY
+
+
+def test_prices_and_budget_become_exact_micro_dollars() -> None:
+    """USD prices and the daily cap load as integer µ$, from the decimal digits written."""
+    tenant = load_file(FIXTURES / "priced.yaml", NO_PUBLIC_URL)
+    assert tenant.prices == Prices(
+        webhook=100,
+        voice_minute=8500,
+        stream_minute=4000,
+        sms_segment=7900,
+        models={"gpt-4o-mini": ModelPrice(150_000, 600_000), "free-model": ModelPrice(0, 0)},
+    )
+    assert tenant.daily_budget == 200_000_000
+    assert not tenant.prices.free
+
+
+def test_budget_refusal_twiml_is_rendered_like_refusal() -> None:
+    """budget.refusal gets the XML declaration and replaces the busy reject / empty defaults."""
+    tenant = load_file(FIXTURES / "priced.yaml", NO_PUBLIC_URL)
+    assert dict(tenant.budget_refusal) == {
+        "voice": DECLARATION + b"<Response><Say>Our daily limit is reached.</Say><Hangup/></Response>",
+        "sms": DECLARATION + b"<Response><Message>Out of credit today.</Message></Response>",
+    }
+    assert dict(tenant.refusal) == {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
+
+
+def test_a_budget_without_prices_loads_with_a_note_under_check() -> None:
+    """A cap nothing counts against is legal; `check` (notes collected) says so on `budget`."""
+    path = FIXTURES / "budget-without-prices.yaml"
+    assert load_file(path, NO_PUBLIC_URL).daily_budget == 5_000_000
+    notes: list[PolicyProblem] = []
+    tenant = load_file(path, LoadContext(env=ENV, notes=notes))
+    assert tenant.prices.free
+    assert [str(n) for n in notes] == [
+        "budget-without-prices.yaml: budget: every price is 0, so nothing counts against daily_usd"
+    ]
+
+
+def test_a_priced_budget_has_no_note() -> None:
+    """With something priced, a budget is what it should be: no note."""
+    notes: list[PolicyProblem] = []
+    load_file(FIXTURES / "priced.yaml", LoadContext(env=ENV, notes=notes))
+    assert notes == []

@@ -30,6 +30,8 @@ def test_minimal_policy_defaults() -> None:
     assert (policy.refusal.voice, policy.refusal.sms) == (None, None)
     assert policy.api is None
     assert policy.twilio.previous_auth_token_env is None
+    assert policy.prices == model.Prices()
+    assert policy.budget is None
 
 
 def test_limits_defaults() -> None:
@@ -99,6 +101,9 @@ def test_regex_errors_name_the_yaml_key() -> None:
         pytest.param(model.Route, {"match": {"kind": "voice"}, "reject": {}}, id="Route"),
         pytest.param(model.ByKind, {}, id="ByKind"),
         pytest.param(model.Api, {"jwt_secret_env": "JWT"}, id="Api"),
+        pytest.param(model.Prices, {}, id="Prices"),
+        pytest.param(model.ModelPrice, {}, id="ModelPrice"),
+        pytest.param(model.Budget, {"daily_usd": 1}, id="Budget"),
     ],
 )
 def test_every_model_forbids_unknown_keys(cls: type[BaseModel], data: dict[str, Any]) -> None:
@@ -227,3 +232,63 @@ def test_body_only_matches_sms() -> None:
     """`body` on an sms match is fine; on a voice match it is refused."""
     assert model.Match(kind="sms", body="menu").body == "menu"
     assert _error_types(model.Match, {"kind": "voice", "body": "menu"}) == [((), "value_error")]
+
+
+def test_prices_default_to_zero() -> None:
+    """No built-in prices: every price not given is 0 and no model is priced."""
+    prices = model.Prices()
+    assert (prices.webhook, prices.voice_minute, prices.stream_minute, prices.sms_segment) == (0, 0, 0, 0)
+    assert prices.models == {}
+    assert model.ModelPrice() == model.ModelPrice(input_per_1m=0, output_per_1m=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "kind"),
+    [
+        pytest.param({"webhook": -0.0001}, ("webhook",), "greater_than_equal", id="negative"),
+        pytest.param({"voice_minute": float("inf")}, ("voice_minute",), "finite_number", id="infinite"),
+        pytest.param({"sms_segment": float("nan")}, ("sms_segment",), "finite_number", id="nan"),
+        pytest.param({"stream_minute": "0.004"}, ("stream_minute",), "float_type", id="quoted"),
+        pytest.param({"webhook": True}, ("webhook",), "float_type", id="boolean"),
+        pytest.param(
+            {"models": {"m": {"input_per_1m": -1}}},
+            ("models", "m", "input_per_1m"),
+            "greater_than_equal",
+            id="negative-model-price",
+        ),
+        pytest.param({"models": {"": {}}}, ("models", "", "[key]"), "string_too_short", id="empty-model-name"),
+    ],
+)
+def test_prices_are_finite_non_negative_numbers(data: dict[str, Any], loc: tuple[str, ...], kind: str) -> None:
+    """A price is a number >= 0 and finite, written as a number; a model needs a name."""
+    assert _error_types(model.Prices, data) == [(loc, kind)]
+
+
+def test_zero_prices_are_allowed() -> None:
+    """0 is a price (free), unlike a rate or a budget."""
+    assert model.Prices.model_validate({"sms_segment": 0}).sms_segment == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "kind"),
+    [
+        pytest.param({}, ("daily_usd",), "missing", id="missing"),
+        pytest.param({"daily_usd": 0}, ("daily_usd",), "greater_than", id="zero"),
+        pytest.param({"daily_usd": float("inf")}, ("daily_usd",), "finite_number", id="infinite"),
+        pytest.param(
+            {"daily_usd": 5, "refusal": {"fax": "<Response/>"}},
+            ("refusal", "fax"),
+            "extra_forbidden",
+            id="refusal-kind",
+        ),
+    ],
+)
+def test_budget_needs_a_positive_finite_cap(data: dict[str, Any], loc: tuple[str, ...], kind: str) -> None:
+    """daily_usd is required, > 0 and finite; the refusal has only voice and sms."""
+    assert _error_types(model.Budget, data) == [(loc, kind)]
+
+
+def test_budget_refusal_defaults_to_none() -> None:
+    """Without a budget refusal the loader's busy reject / empty reply apply."""
+    budget = model.Budget.model_validate({"daily_usd": 200})
+    assert (budget.daily_usd, budget.refusal.voice, budget.refusal.sms) == (200.0, None, None)

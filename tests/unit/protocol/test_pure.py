@@ -10,7 +10,13 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["gateway.protocol.forms", "gateway.protocol.twiml", "gateway.auth.twilio_signature", "gateway.limits.bucket"],
+    [
+        "gateway.protocol.forms",
+        "gateway.protocol.twiml",
+        "gateway.auth.twilio_signature",
+        "gateway.limits.bucket",
+        "gateway.telemetry.cost",
+    ],
 )
 def test_pure_module_imports_no_aiohttp(module: str) -> None:
     """Importing the module alone (in a fresh interpreter) loads neither aiohttp nor redis."""

@@ -1,0 +1,162 @@
+"""The server span of one request, built from its exchange after it ended (DESIGN §2 step 8).
+
+No span is live while a request runs: at the end, the record has its start (the exchange's),
+its end, what was decided and what it cost, and this writes them as one OTLP span, plus one
+child span per I/O step the request waited for (a Redis round trip). Attribute values come
+from the policies and from our own decisions; from the request only its path (bounded, no
+query), its method, and SIDs of a SID's shape on a verified request. Never a phone number, a
+body, a token: nothing else of the form is read here.
+
+Attributes: OpenTelemetry's HTTP server conventions (`http.request.method`, `http.route`,
+`url.path`, `http.response.status_code`, `error.type`), Twilio's SIDs as `twilio.call_sid` /
+`twilio.message_sid`, and our own namespace `switchyard.*` (OpenTelemetry has no standard cost
+attribute: `switchyard.cost.usd` and its parts `switchyard.cost.<part>_usd`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+
+from gateway.exchange import Exchange
+from gateway.telemetry import otlp
+from gateway.telemetry.cost import MICRO
+from gateway.telemetry.tracing import Parent, Sampler, new_span_id, new_trace_id, parse_traceparent
+
+MAX_PATH = 200
+SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
+# Decisions that mean the caller did not get what the route says: the span's status is Error.
+FAILED = frozenset({"error", "fallback"})
+# I/O steps → span names (the step's name when not listed).
+STEP_NAMES = {"limits": "limits acquire", "budget": "budget charge"}
+WEBHOOKS = frozenset({"voice", "sms", "status"})
+
+
+class SpanBuilder:
+    """Turns ended exchanges into encoded OTLP spans, sampled by the configured sampler."""
+
+    def __init__(self, sampler: Sampler, store: str = "memory") -> None:
+        self._sampler = sampler
+        # Child spans around a shared store's round trip name the database (db.system.name).
+        self._step_attributes = otlp.attribute("db.system.name", "redis") if store.startswith("redis") else b""
+
+    def build(
+        self, end: float, method: str, raw_path: str, status: int, seconds: float, exchange: Exchange
+    ) -> list[bytes]:
+        """The request's spans (server span first), or [] when the sampler drops its trace.
+
+        end: wall-clock seconds when the request ended; seconds: how long it took.
+        """
+        parent = parse_traceparent(exchange.traceparent, exchange.tracestate) if exchange.traceparent else None
+        trace_id = parent.trace_id if parent is not None else new_trace_id()
+        if not self._sampler.sampled(trace_id, parent):
+            return []
+        end_ns = int(end * 1e9)
+        start_ns = end_ns - int(seconds * 1e9)
+        span_id = new_span_id()
+        kind = exchange.kind
+        path = raw_path.partition("?")[0][:MAX_PATH]
+        name, route = _names(kind, method, path)
+        tenant = exchange.tenant
+        attributes = _common(
+            method, route, path, status, kind, tenant.id if tenant is not None else "",
+            exchange.route or "", exchange.action or "", exchange.decision or "",
+        )  # fmt: skip
+        parts = [attributes]
+        limit = exchange.limit
+        if limit is not None:
+            parts.append(otlp.cached_attribute("switchyard.limit.bucket", limit.rule.name))
+            parts.append(otlp.cached_attribute("switchyard.limit.remaining", limit.remaining))
+        if exchange.retry:
+            parts.append(otlp.cached_attribute("switchyard.retry", exchange.retry))
+        if exchange.error:
+            parts.append(otlp.cached_attribute("error.type", exchange.error))
+        if exchange.verified:
+            parts.append(_sids(exchange.params))
+        if exchange.cost:
+            parts.append(_cost(exchange.cost))
+        decision = exchange.decision
+        failed = decision in FAILED or status >= 500
+        spans = [
+            otlp.span(
+                trace_id,
+                span_id,
+                parent.span_id if parent is not None else None,
+                name,
+                otlp.SPAN_KIND_SERVER,
+                start_ns,
+                end_ns,
+                b"".join(parts),
+                status=otlp.STATUS_ERROR if failed else otlp.STATUS_UNSET,
+                status_message=exchange.error or "" if failed else "",
+                trace_state=parent.trace_state if parent is not None else "",
+            )
+        ]
+        for step, began, took in exchange.steps or ():
+            step_start = start_ns + int((began - exchange.started) * 1e9)
+            spans.append(
+                otlp.span(
+                    trace_id,
+                    new_span_id(),
+                    span_id,
+                    STEP_NAMES.get(step, step),
+                    otlp.SPAN_KIND_CLIENT,
+                    step_start,
+                    step_start + int(took * 1e9),
+                    self._step_attributes,
+                )
+            )
+        return spans
+
+
+@functools.lru_cache(maxsize=256)
+def _names(kind: str, method: str, path: str) -> tuple[str, str]:
+    """(span name, http.route): `twilio.webhook voice` on `/t/{tenant}/voice`; `api GET /api/v1/limits`."""
+    if kind in WEBHOOKS:
+        route = f"/t/{{tenant}}/{kind}" if path.startswith("/t/") else f"/twilio/{kind}"
+        return f"twilio.webhook {kind}", route
+    return f"{kind} {method} {path}", path
+
+
+@functools.lru_cache(maxsize=4096)
+def _common(
+    method: str, route: str, path: str, status: int, kind: str, tenant: str, name: str, action: str, decision: str
+) -> bytes:
+    """The attributes many requests share, encoded once: one cache lookup instead of nine."""
+    out = [
+        otlp.attribute("http.request.method", method),
+        otlp.attribute("http.route", route),
+        otlp.attribute("url.path", path),
+        otlp.attribute("http.response.status_code", status),
+        otlp.attribute("switchyard.kind", kind),
+    ]
+    for key, value in (
+        ("switchyard.tenant.id", tenant),
+        ("switchyard.route", name),
+        ("switchyard.action", action),
+        ("switchyard.decision", decision),
+    ):
+        if value:
+            out.append(otlp.attribute(key, value))
+    return b"".join(out)
+
+
+def _sids(params: Mapping[str, list[str]] | None) -> bytes:
+    if not params:
+        return b""
+    out = b""
+    for field, key in (("CallSid", "twilio.call_sid"), ("MessageSid", "twilio.message_sid")):
+        values = params.get(field)
+        if values and SID.fullmatch(values[0]):
+            out += otlp.attribute(key, values[0])
+    return out
+
+
+def _cost(parts: Mapping[str, int]) -> bytes:
+    out = [otlp.attribute("switchyard.cost.usd", sum(parts.values()) / MICRO)]
+    out.extend(otlp.attribute(f"switchyard.cost.{part}_usd", micro / MICRO) for part, micro in parts.items())
+    return b"".join(out)
+
+
+__all__ = ["Parent", "SpanBuilder"]
