@@ -105,7 +105,7 @@ def _stores(
             exporter = SpanExporter(tracing, on_dropped=metrics.spans_dropped)
             await exporter.start()
             builder = SpanBuilder(tracing.sampler, store=settings.limiter_url.split("://", 1)[0])
-        recorder = Recorder(metrics, stores.ledger, builder, exporter)
+        recorder = Recorder(metrics, stores.ledger, builder, exporter, wall)
         services = app[SERVICES] = Services(
             settings=settings,
             registry=registry,

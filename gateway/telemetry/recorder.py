@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 
 from gateway.exchange import Exchange
 from gateway.limits.budget import FailoverLedger, utc_day
@@ -31,8 +32,10 @@ class Recorder:
         ledger: FailoverLedger | None = None,
         spans: SpanBuilder | None = None,
         exporter: SpanExporter | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        self.wall = wall  # the UTC day spend is booked to, read once per batch
         self.ledger = ledger
         self.spans = spans
         self.exporter = exporter
@@ -45,6 +48,7 @@ class Recorder:
         adds: list[tuple[str, str, dict[str, int]]] = []
         spans: list[bytes] = []
         builder = self.spans if self.traced else None
+        day = ""
         for end, method, raw_path, status, seconds, exchange in ended:
             tenant = exchange.tenant
             if tenant is not None and not tenant.prices.free and exchange.decision in COSTED:
@@ -52,7 +56,8 @@ class Recorder:
                 # What the handler charged against the budget is in the ledger already.
                 rest = _minus(spent, exchange.charged) if exchange.charged else spent
                 if rest:
-                    adds.append((tenant.id, utc_day(end), rest))
+                    day = day or utc_day(self.wall())
+                    adds.append((tenant.id, day, rest))
             observed.append((status, seconds, exchange))
             if builder is not None:
                 spans.extend(builder.build(end, method, raw_path, status, seconds, exchange))

@@ -1,0 +1,301 @@
+"""End to end: signed webhooks through the gateway become OTLP spans at a real receiver, cost is
+booked per tenant and day, budgets refuse past the cap, and the cost report reads the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import create_app
+from gateway.keys import SERVICES
+from gateway.settings import Settings
+from gateway.telemetry import accesslog
+from tests.integration.conftest import GatewayServer
+from tests.support.clock import FakeClock
+from tests.support.gateway import POLICIES, PUBLIC, Client, post
+from tests.support.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, Received
+from tests.support.twilio import (
+    ACME_NUMBER,
+    ACME_TOKEN,
+    BISTRO_TOKEN,
+    CALLER,
+    ENV,
+    NORTHWIND_JWT,
+    NORTHWIND_TOKEN,
+    voice_params,
+)
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+SHOP_TOKEN = "test-shop-auth-token-0000000000009"
+SHOP_SID = "AC00000000000000000000000000000009"
+SHOP_NUMBER = "+15559870001"
+ADMIN = "test-admin-token-with-some-length-0001"
+# A tenant whose cap fits exactly five webhooks a day.
+SHOP = f"""
+twilio: {{account_sid: {SHOP_SID}, auth_token_env: SHOP_TWILIO_AUTH_TOKEN}}
+numbers: ["{SHOP_NUMBER}"]
+prices: {{webhook: 0.01, sms_segment: 0.02}}
+budget: {{daily_usd: 0.05}}
+routes:
+  - {{name: hello, match: {{kind: voice}}, say: {{text: "Hello."}}}}
+  - {{name: reply, match: {{kind: sms}}, message: {{text: "Thanks!"}}}}
+"""
+BODY = "Where is my order 4471?"
+WALL = 1_790_000_000.0  # 2026-09-21, 14:13 UTC
+DAY = "2026-09-21"
+
+MakeApp = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def make_app(aiohttp_client: Any, clock: FakeClock) -> MakeApp:
+    """A gateway on given policies and extra environment (OTEL_*), with the test's clocks."""
+
+    async def make(policies: Path = POLICIES, **env: str) -> Client:
+        settings = Settings(policies_dir=policies, public_urls=(PUBLIC,), reload_interval=0)
+        environment = {**ENV, "SHOP_TWILIO_AUTH_TOKEN": SHOP_TOKEN, **env}
+        app = create_app(settings, env=environment, clock=clock, wall=lambda: WALL)
+        server = GatewayServer(app, host="127.0.0.1")
+        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
+        client: Client = await aiohttp_client(server)
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpHttpReceiver]:
+    received = OtlpHttpReceiver()
+    await received.start()
+    try:
+        yield received
+    finally:
+        received.release()
+        await received.stop()
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    (tmp_path / "shop.yaml").write_text(SHOP)
+    return tmp_path
+
+
+def _tracing(endpoint: str, **more: str) -> dict[str, str]:
+    # Batches leave at once: the test waits on the receiver, not on the exporter's 5 s default.
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "1", **more}
+
+
+async def _spans_of(received: list[Received], name: str) -> list[Received]:
+    return [span for span in received if span.span.name == name]
+
+
+async def test_a_webhook_is_one_server_span_under_the_callers_trace(
+    make_app: MakeApp, receiver: OtlpHttpReceiver
+) -> None:
+    """A voice webhook with a traceparent gives one SERVER span in that trace, with the HTTP,
+    tenant, route, decision, SID and cost attributes, and the instance in the resource."""
+    client = await make_app(**_tracing(receiver.url))
+    traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    status, _ = await post(client, "/twilio/voice", voice_params(), ACME_TOKEN, traceparent=traceparent)
+    assert status == 200
+    accesslog.flush()
+    (span,) = await receiver.wait_for(1)
+    assert span.span.name == "twilio.webhook voice"
+    assert span.span.kind == 2  # SERVER
+    assert span.span.trace_id.hex() == TRACE_ID
+    assert span.span.parent_span_id.hex() == PARENT_ID
+    assert span.span.end_time_unix_nano >= span.span.start_time_unix_nano
+    attributes = span.attributes
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["http.route"] == "/twilio/voice"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["switchyard.tenant.id"] == "acme-health"
+    assert attributes["switchyard.route"] == "agent"
+    assert attributes["switchyard.action"] == "stream"
+    assert attributes["switchyard.decision"] == "answered"
+    assert attributes["twilio.call_sid"] == "CA" + "a" * 32
+    assert attributes["switchyard.cost.usd"] == pytest.approx(0.0001)
+    assert attributes["switchyard.cost.webhook_usd"] == pytest.approx(0.0001)
+    assert isinstance(attributes["switchyard.limit.remaining"], int)
+    assert span.resource["service.name"] == "switchyard"
+    assert span.resource["service.instance.id"]
+
+
+async def test_no_number_body_or_secret_is_exported(make_app: MakeApp, receiver: OtlpHttpReceiver) -> None:
+    """Calls, texts, status callbacks and a forged request: no phone number, message body, auth
+    token or signature appears in any exported attribute or resource value."""
+    client = await make_app(**_tracing(receiver.url))
+    await post(client, "/twilio/voice", voice_params(), ACME_TOKEN)
+    sms = {"AccountSid": "AC00000000000000000000000000000002", "From": CALLER, "To": "+15552340001"}
+    await post(client, "/twilio/sms", {**sms, "Body": BODY, "MessageSid": "SM" + "b" * 32}, BISTRO_TOKEN)
+    status = voice_params(CallStatus="completed", CallDuration="61")
+    await post(client, "/t/acme-health/status", status, ACME_TOKEN)
+    forged = await client.post("/twilio/voice", data=voice_params(), headers={"X-Twilio-Signature": "forged"})
+    assert forged.status == 403
+    accesslog.flush()
+    spans = await receiver.wait_for(4)
+    secrets = [CALLER, CALLER[2:], ACME_NUMBER, ACME_NUMBER[2:], "4471", "order", ACME_TOKEN, BISTRO_TOKEN]
+    for span in spans:
+        values = [*span.attributes.values(), *span.resource.values(), span.span.name]
+        for value in values:
+            for secret in secrets:
+                assert secret not in str(value), f"{secret!r} in {span.span.name}: {value!r}"
+    assert {s.span.name for s in spans} == {"twilio.webhook voice", "twilio.webhook sms", "twilio.webhook status"}
+
+
+async def test_a_completed_call_costs_its_started_minutes(make_app: MakeApp, receiver: OtlpHttpReceiver) -> None:
+    """CallDuration 61 s on the completed status callback is 2 started minutes at the tenant's price."""
+    client = await make_app(**_tracing(receiver.url))
+    params = voice_params(CallStatus="completed", CallDuration="61")
+    assert (await post(client, "/t/acme-health/status", params, ACME_TOKEN))[0] == 204
+    accesslog.flush()
+    (span,) = await receiver.wait_for(1)
+    assert span.attributes["switchyard.cost.voice_usd"] == pytest.approx(2 * 0.0085)
+    assert span.attributes["switchyard.cost.usd"] == pytest.approx(2 * 0.0085 + 0.0001)
+    assert span.attributes["switchyard.decision"] == "recorded"
+
+
+async def test_sms_segments_in_and_out_are_costed(make_app: MakeApp, receiver: OtlpHttpReceiver) -> None:
+    """An inbound text of NumSegments=2 answered with a one-segment <Message>: 3 segments."""
+    client = await make_app(**_tracing(receiver.url))
+    sms = {"AccountSid": "AC00000000000000000000000000000001", "From": CALLER, "To": ACME_NUMBER}
+    params = {**sms, "Body": "hours please", "NumSegments": "2", "MessageSid": "SM" + "c" * 32}
+    status, text = await post(client, "/twilio/sms", params, ACME_TOKEN)
+    assert status == 200 and "<Message>" in text
+    accesslog.flush()
+    (span,) = await receiver.wait_for(1)
+    assert span.attributes["switchyard.cost.sms_usd"] == pytest.approx(3 * 0.0079)
+    assert span.attributes["twilio.message_sid"] == "SM" + "c" * 32
+
+
+async def test_grpc_export(make_app: MakeApp) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc exports the same span to a real gRPC receiver."""
+    grpc_receiver = OtlpGrpcReceiver()
+    await grpc_receiver.start()
+    try:
+        env = _tracing(f"http://{grpc_receiver.target}", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+        client = await make_app(**env)
+        assert (await post(client, "/twilio/voice", voice_params(), ACME_TOKEN))[0] == 200
+        accesslog.flush()
+        (span,) = await grpc_receiver.wait_for(1)
+        assert span.span.name == "twilio.webhook voice"
+        assert span.attributes["switchyard.tenant.id"] == "acme-health"
+    finally:
+        await grpc_receiver.stop()
+
+
+async def test_a_slow_collector_does_not_hold_answers(make_app: MakeApp, receiver: OtlpHttpReceiver) -> None:
+    """With the collector holding every export, 50 webhooks are all answered."""
+    receiver.mode = "slow"
+    client = await make_app(**_tracing(receiver.url))
+    results = await asyncio.gather(*(post(client, "/twilio/voice", voice_params(), ACME_TOKEN) for _ in range(50)))
+    assert [status for status, _ in results] == [200] * 50
+    receiver.release()
+
+
+async def test_a_collector_that_is_down_costs_nothing_but_dropped_spans(
+    make_app: MakeApp, unused_tcp_port: int
+) -> None:
+    """Nothing listens at the endpoint: every webhook is answered, and the spans are counted as
+    dropped by the time the gateway has shut down."""
+    client = await make_app(**_tracing(f"http://127.0.0.1:{unused_tcp_port}"))
+    metrics = client.app[SERVICES].metrics
+    for _ in range(20):
+        assert (await post(client, "/twilio/voice", voice_params(), ACME_TOKEN))[0] == 200
+    await client.close()  # flushes and shuts the exporter down
+    assert _sample(metrics.render().decode(), "switchyard_spans_dropped_total") == 20
+
+
+async def test_spend_past_the_daily_budget_is_refused(make_app: MakeApp, shop: Path) -> None:
+    """Five webhooks at $0.01 fill a $0.05 day; the sixth call gets <Reject reason="busy"/>, a text
+    the empty <Response/>, and the refusals cost nothing."""
+    client = await make_app(shop)
+    call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "CallSid": "CA" + "d" * 32}
+    answers = [await post(client, "/twilio/voice", call, SHOP_TOKEN) for _ in range(6)]
+    assert ["<Say>" in text for _, text in answers] == [True] * 5 + [False]
+    assert '<Reject reason="busy"' in answers[5][1]
+    text = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "Body": "hi"}
+    status, body = await post(client, "/twilio/sms", text, SHOP_TOKEN)
+    assert status == 200 and "<Message>" not in body
+    ledger = client.app[SERVICES].ledger
+    spend = await ledger.spend("shop", DAY)
+    assert spend.total == 50_000 and spend.reserved == 0
+
+
+async def test_concurrent_webhooks_never_overshoot_the_cap(make_app: MakeApp, shop: Path) -> None:
+    """100 webhooks at once against a cap of five: exactly five are answered, spend is the cap."""
+    client = await make_app(shop)
+    call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER}
+    results = await asyncio.gather(*(post(client, "/twilio/voice", call, SHOP_TOKEN) for _ in range(100)))
+    assert sum("<Say>" in text for _, text in results) == 5
+    spend = await client.app[SERVICES].ledger.spend("shop", DAY)
+    assert spend.total == 50_000
+
+
+async def test_cost_report_for_the_tenant_and_the_operator(make_app: MakeApp) -> None:
+    """The tenant's JWT reads its own day in parts; the admin token reads every tenant; neither
+    reads without its credential."""
+    client = await make_app(SWITCHYARD_ADMIN_TOKEN=ADMIN)
+    call = voice_params()
+    await post(client, "/twilio/voice", call, ACME_TOKEN)
+    await post(client, "/t/acme-health/status", voice_params(CallStatus="completed", CallDuration="30"), ACME_TOKEN)
+    await post(client, "/t/northwind/voice", {**call, "To": "+15553450001"}, NORTHWIND_TOKEN)
+    accesslog.flush()
+    await _settled(client)
+    claims = {"tenant": "northwind", "aud": "switchyard", "exp": int(time.time()) + 300}
+    auth = {"Authorization": "Bearer " + jwt.encode(claims, NORTHWIND_JWT, algorithm="HS256")}
+    own = await client.get(f"/api/v1/cost?day={DAY}", headers=auth)
+    assert own.status == 200
+    report = await own.json()
+    assert report["tenant"] == "northwind" and report["day"] == DAY and report["budget"] is None
+    admin = await client.get(f"/api/v1/admin/cost?day={DAY}", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert admin.status == 200
+    tenants = {t["tenant"]: t for t in (await admin.json())["tenants"]}
+    acme = tenants["acme-health"]
+    assert acme["parts_usd"]["webhook"] == pytest.approx(0.0002)
+    assert acme["parts_usd"]["voice"] == pytest.approx(0.0085)
+    assert acme["budget"]["daily_usd"] == 200 and acme["budget"]["exhausted"] is False
+    assert (await client.get("/api/v1/admin/cost", headers=auth)).status == 401
+    assert (await client.get("/api/v1/admin/cost")).status == 401
+    bad_day = await client.get("/api/v1/cost?day=2026-13-01", headers=auth)
+    assert bad_day.status == 400 and bad_day.content_type == "application/problem+json"
+
+
+async def test_metrics_count_requests_by_tenant_and_decision(make_app: MakeApp) -> None:
+    """/metrics counts each webhook under its tenant, kind, decision and status; forged requests
+    under their tenant with decision forged."""
+    client = await make_app()
+    await post(client, "/twilio/voice", voice_params(), ACME_TOKEN)
+    await client.post("/twilio/voice", data=voice_params(), headers={"X-Twilio-Signature": "forged"})
+    accesslog.flush()
+    text = await (await client.get("/metrics")).text()
+    answered = {"tenant": "acme-health", "kind": "voice", "decision": "answered", "status": "200"}
+    assert _sample(text, "switchyard_requests_total", **answered) == 1
+    forged = {**answered, "decision": "forged", "status": "403"}
+    assert _sample(text, "switchyard_requests_total", **forged) == 1
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+async def _settled(client: Client) -> None:
+    """Wait for the ledger writes the last flush began (they run as tasks of the recorder)."""
+    recorder = client.app[SERVICES].recorder
+    pending = set(recorder._pending)
+    if pending:
+        await asyncio.wait(pending)
