@@ -38,6 +38,8 @@ log = logging.getLogger("switchyard")
 
 # How often the budget-remaining gauges are read from the ledger (one read per budgeted tenant).
 BUDGET_GAUGE_INTERVAL = 10.0
+# The operators' token reads every tenant's spend: a guessable one is refused at start-up.
+MIN_ADMIN_TOKEN_BYTES = 32
 # What a shutdown gives the span exporter to send what is queued.
 EXPORT_SHUTDOWN = 5.0
 
@@ -63,6 +65,8 @@ def create_app(
     app[LIFECYCLE] = Lifecycle()  # /readyz reads it; gateway/server.py drains
     app.cleanup_ctx.append(_egress)
     admin = env.get(ADMIN_TOKEN_VARIABLE) or None  # unset: no operator view
+    if admin is not None and len(admin.encode()) < MIN_ADMIN_TOKEN_BYTES:
+        raise ValueError(f"{ADMIN_TOKEN_VARIABLE} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (a random secret)")
     app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin))
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
     for kind in ("voice", "sms", "status"):
@@ -95,6 +99,8 @@ def _stores(
         stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         await stores.start()
         stores.failover.on_transition(_log_transition(settings.limiter_url, metrics))
+        # The ledger logs its own outages; the gauge says "degraded" for either.
+        stores.ledger.on_transition(lambda degraded, _error: metrics.degraded(degraded))
         if stores.instances is not None:
             metrics.count_instances(stores.instances.live_instances)
         else:
@@ -124,6 +130,8 @@ def _stores(
             yield
         finally:
             gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
             # The last requests' records first (their spans and spend), then the stores.
             accesslog.flush()
             await recorder.close()
@@ -146,6 +154,9 @@ async def _budget_gauges(services: Services) -> None:
                 spend = await services.ledger.spend(tenant.id, day)
             except BackendError:
                 break  # the store is failing: its own metric says so; try again next time
+            except Exception:  # a gauge must never stop for good: log, and go on next time
+                log.exception("reading tenant %s's spend for the budget gauge failed", tenant.id)
+                break
             services.metrics.budget_remaining(tenant.id, max(0, cap - spend.total - spend.reserved) / MICRO)
         await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 

@@ -10,7 +10,7 @@ from gateway.auth.public_url import PublicUrl
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress
 from gateway.limits.base import Limiter
-from gateway.limits.budget import FailoverLedger
+from gateway.limits.budget_failover import FailoverLedger
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics

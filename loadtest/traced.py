@@ -55,3 +55,23 @@ def dropped_spans(port: int) -> float:
         if line.startswith(DROPPED + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def final_report(counts: Mapping[str, int] | None, answered: int) -> tuple[str, bool]:
+    """The whole run's line for `traced`, and whether it is a failure: `counts` read from the sink
+    after the traced gateway exited (its exporter flushes at shutdown), so no span is in flight.
+    wrk does not count the requests it leaves unanswered at the end of a load, so a few more spans
+    than requests (≤ connections per load) is expected."""
+    if counts is None:
+        return "!! traced: the sink's final count could not be read (did the traced gateway exit?)", True
+    per_req = counts["spans"] / max(1, answered)
+    text = (
+        f"traced: the sink decoded {counts['spans']} spans in {counts['exports']} exports for the {answered}"
+        f" requests the gateway answered (warm-ups, rounds, checks): {per_req:.3f} spans/req"
+    )
+    failed = counts["bad"] > 0 or per_req < 0.99
+    if counts["bad"]:
+        text += f"\n!! traced: {counts['bad']} exports did not parse as an ExportTraceServiceRequest"
+    if per_req < 0.99:
+        text += "\n!! traced: fewer spans than requests: the gateway dropped some (see spans/req dropped above)"
+    return text, failed

@@ -156,7 +156,9 @@ def webhook(kind: WebhookKind) -> Handler:
                 exchange.route = route.name
                 exchange.action = route.action
                 exchange.reply = route.reply
-            if tenant.daily_budget is not None and not await _within_budget(exchange, tenant, services):
+            # A Twilio retry of a request already answered was charged with it (the limiter saw it).
+            budgeted = tenant.daily_budget is not None and exchange.retry != "replay"
+            if budgeted and not await _within_budget(exchange, tenant, services):
                 exchange.decision = "over-budget"
                 return responses.twiml(tenant.budget_refusal[kind])
             if route is None:
@@ -225,8 +227,8 @@ async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services)
     """Charge what this answer costs to the tenant's day, if it fits under the cap (DESIGN §2
     step 6): atomic in the ledger, so concurrent requests never overshoot the cap together.
 
-    A static answer's cost is known now (the webhook, the SMS segments in and out); an action
-    that calls out reserves its own estimate on top when it runs."""
+    A static answer's cost is known now (the webhook, the SMS segments in and out). What is
+    known only later (a call's minutes, a call-out's answer) is booked when it is known."""
     spent = cost_of(exchange, tenant.prices)
     ledger = services.ledger
     day = utc_day(services.wall())

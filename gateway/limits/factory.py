@@ -9,13 +9,18 @@ from urllib.parse import urlsplit
 from gateway.clock import Clock, monotonic
 from gateway.limits.base import DEDUP_TTL, BucketStore
 from gateway.limits.breaker import CircuitBreaker
-from gateway.limits.budget import FailoverLedger, MemoryLedger, RedisLedger
+from gateway.limits.budget import MemoryLedger
+from gateway.limits.budget_failover import FailoverLedger
+from gateway.limits.budget_redis import RedisLedger
 from gateway.limits.failover import FailoverLimiter
 from gateway.limits.instances import InstanceRegistry
 from gateway.limits.leases import LeaseStore, MemoryLeases, RedisLeases
 from gateway.limits.memory import MemoryBuckets
 from gateway.limits.redis import RedisBuckets
 from gateway.limits.redis_client import RedisClient, connect
+
+# The spend ledger's deadline per Redis call (the buckets' is 50 ms): still far inside Twilio's 15 s.
+LEDGER_DEADLINE = 0.5
 
 # scheme -> (shared by instances, Redis Cluster)
 SCHEMES: dict[str, tuple[bool, bool]] = {
@@ -97,7 +102,9 @@ def stores_from_url(
     redis_limiter = RedisBuckets(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
     registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
     # The ledger shares the limiter's breaker: one Redis, one verdict on its health.
-    redis_ledger = RedisLedger(client, clock=clock, deadline=deadline, breaker=breaker)
+    # Money before latency: a charge gets longer than a bucket's round trip before it fails over
+    # (a burst of charges timing out would each be admitted by the local share of the cap).
+    redis_ledger = RedisLedger(client, clock=clock, deadline=max(deadline, LEDGER_DEADLINE), breaker=breaker)
     return Stores(
         url,
         redis_limiter,

@@ -3,12 +3,16 @@
 -- KEYS[1]: sy:{tenant}:$:<day>   HASH part -> µ$ spent
 -- KEYS[2]: sy:{tenant}:$r:<day>  ZSET '<id>:<amount>' -> expiry; the amount rides in the member
 --          so that a charge sums the live holds from this one key
+-- KEYS[3]: sy:{tenant}:$once:<id> (op once only): the idempotency id of an add, while remembered
 -- ARGV: now ('' = Redis TIME), op, expire_at (Unix s: RETENTION_DAYS after the day ends), then
 --   charge   cap ('' = none), part, µ$, part, µ$ ...  -> 1 admitted and added | 0 refused
---   reserve  cap ('' = none), member, µ$, ttl (s)     -> 1 held | 0 refused
+--   reserve  cap ('' = none), member, µ$, ttl (s), id ('' = new)
+--                                                      -> µ$ held (a live hold of that id: its
+--                                                         own, untouched) | -1 refused
 --   commit   member, part, µ$ ...                      -> 1 (the hold dropped, the cost added)
 --   release  member                                    -> 1 | 0 (not held: released or expired)
 --   spend                                              -> {{part, µ$, ...}, µ$ held}
+--   once     ttl (s), part, µ$, part, µ$ ...           -> 1 added | 0 (the id was booked already)
 -- Admitted iff cap is none or spent + held + the amount <= cap. Sums are Lua doubles: exact
 -- to 2^53 µ$ (9e9 dollars a day).
 local now = read_now(ARGV[1])
@@ -63,14 +67,27 @@ if op == 'charge' then
   add(5)
   return 1
 elseif op == 'reserve' then
-  if not fits(ARGV[4], tonumber(ARGV[6])) then
-    return 0
+  local id = ARGV[8]
+  if id ~= '' then
+    -- A retried request names its hold: answer with the live one rather than hold twice.
+    -- Pruned first, so an expired hold's id may be held anew.
+    prune()
+    for _, member in ipairs(redis.call('ZRANGE', held_key, 0, -1)) do
+      local held_id, amount = string.match(member, '^(.*):(%-?%d+)$')
+      if held_id == id then
+        return tonumber(amount)
+      end
+    end
+  end
+  local amount = tonumber(ARGV[6])
+  if not fits(ARGV[4], amount) then
+    return -1
   end
   -- Without a cap fits() read nothing; the dead holds still go before a new one joins them.
   prune()
   redis.call('ZADD', held_key, fmt(now + tonumber(ARGV[7])), ARGV[5])
   redis.call('EXPIREAT', held_key, expire_at)
-  return 1
+  return amount
 elseif op == 'commit' then
   -- The real cost is added whether or not the hold expired meanwhile: the money was spent.
   redis.call('ZREM', held_key, ARGV[4])
@@ -78,6 +95,13 @@ elseif op == 'commit' then
   return 1
 elseif op == 'release' then
   return redis.call('ZREM', held_key, ARGV[4])
+elseif op == 'once' then
+  -- The id and the add in one step: two replays racing on two instances book once.
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then
+    return 0
+  end
+  add(5)
+  return 1
 elseif op == 'spend' then
   local reserved = held()
   return {redis.call('HGETALL', spent_key), reserved}

@@ -128,7 +128,7 @@ def message_segments(twiml: bytes) -> int:
     try:
         # Our own rendering or the tenant runtime's answer; expat refuses entity-expansion bombs.
         root = ET.fromstring(twiml)  # noqa: S314
-    except ET.ParseError:
+    except (ET.ParseError, LookupError, ValueError):  # not XML, or an encoding expat does not know
         return 0
     return sum(sms_segments(_message_text(element)) for element in root.iter("Message"))
 

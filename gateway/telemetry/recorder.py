@@ -13,13 +13,18 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 
 from gateway.exchange import Exchange
-from gateway.limits.budget import FailoverLedger, utc_day
+from gateway.limits.budget import utc_day
+from gateway.limits.budget_failover import FailoverLedger
+from gateway.telemetry.cost import Prices
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.spans import SpanBuilder
 from gateway.telemetry.tracing import SpanExporter
-from gateway.telemetry.usage import COSTED, cost_of
+from gateway.telemetry.usage import COSTED, cost_of, inbound_cost, once_id
 
 log = logging.getLogger(__name__)
+
+Booking = tuple[str, str, dict[str, int], str | None]
+"""What the ledger adds: (tenant, UTC day, cost parts in micro-dollars, book-once id | None)."""
 
 Ended = tuple[float, str, str, int, float, Exchange]
 """One ended request: (wall-clock end, method, raw path, status as sent, seconds, exchange)."""
@@ -43,29 +48,36 @@ class Recorder:
         self._pending: set[asyncio.Task[None]] = set()
 
     def consume(self, ended: Sequence[Ended]) -> None:
-        """Cost, ledger, metrics and spans of a batch of ended requests."""
-        observed = []
-        adds: list[tuple[str, str, dict[str, int]]] = []
-        spans: list[bytes] = []
-        builder = self.spans if self.traced else None
+        """Cost and the ledger first (money must not wait on anything else), then metrics and
+        spans; one entry failing to cost or to encode loses only its own part."""
+        adds: list[Booking] = []
         day = ""
-        for end, method, raw_path, status, seconds, exchange in ended:
+        for entry in ended:
+            exchange = entry[5]
             tenant = exchange.tenant
-            if tenant is not None and not tenant.prices.free and exchange.decision in COSTED:
-                spent = exchange.cost = cost_of(exchange, tenant.prices)
-                # What the handler charged against the budget is in the ledger already.
-                rest = _minus(spent, exchange.charged) if exchange.charged else spent
-                if rest:
-                    day = day or utc_day(self.wall())
-                    adds.append((tenant.id, day, rest))
-            observed.append((status, seconds, exchange))
-            if builder is not None:
-                spans.extend(builder.build(end, method, raw_path, status, seconds, exchange))
-        self.metrics.observe(observed)
-        if spans and self.exporter is not None:
-            self.exporter.submit(spans)
+            if tenant is None or tenant.prices.free or not exchange.verified:
+                continue
+            try:
+                booking = _booking(exchange, tenant.prices)
+            except Exception:
+                log.exception("tenant %s: the cost of a %s request could not be worked out", tenant.id, exchange.kind)
+                continue
+            if booking is not None:
+                day = day or utc_day(self.wall())
+                adds.append((tenant.id, day, *booking))
         if adds and self.ledger is not None:
             self._spawn(self.ledger.add(adds))
+        self.metrics.observe([(entry[3], entry[4], entry[5]) for entry in ended])
+        if self.traced and self.spans is not None and self.exporter is not None:
+            spans: list[bytes] = []
+            build = self.spans.build
+            for end, method, raw_path, status, seconds, exchange in ended:
+                try:
+                    spans.extend(build(end, method, raw_path, status, seconds, exchange))
+                except Exception:
+                    log.exception("a %s request's span could not be encoded", exchange.kind)
+            if spans:
+                self.exporter.submit(spans)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         try:
@@ -88,6 +100,24 @@ class Recorder:
                 task.cancel()
             if late:
                 log.warning("%d spend ledger write(s) did not finish within %gs", len(late), timeout)
+
+
+def _booking(exchange: Exchange, prices: Prices) -> tuple[dict[str, int], str | None] | None:
+    """What the end of this request adds to the ledger, and its book-once id; None for nothing.
+
+    Sets the exchange's cost (the span, the metrics and the access line read it)."""
+    if exchange.retry == "replay":
+        return None  # Twilio's retry of a request already answered (and booked)
+    if exchange.decision in COSTED:
+        spent = exchange.cost = cost_of(exchange, prices)
+    else:
+        # Refused (over a limit, over budget): Twilio bills an inbound text all the same.
+        spent = exchange.cost = inbound_cost(exchange, prices)
+    # What the handler charged against the budget is in the ledger already.
+    rest = _minus(spent, exchange.charged) if exchange.charged else spent
+    if not rest:
+        return None
+    return rest, once_id(exchange)
 
 
 def _minus(spent: dict[str, int], charged: dict[str, int]) -> dict[str, int]:

@@ -58,6 +58,10 @@ class SpanBuilder:
         kind = exchange.kind
         path = raw_path.partition("?")[0][:MAX_PATH]
         name, route = _names(kind, method, path)
+        if not exchange.verified and kind != "api":
+            # An unverified webhook's path is anyone's text (/t/%2B15551230001/voice is a number):
+            # its http.route says enough.
+            path = ""
         tenant = exchange.tenant
         attributes = _common(
             method, route, path, status, kind, tenant.id if tenant is not None else "",
@@ -127,11 +131,11 @@ def _common(
     out = [
         otlp.attribute("http.request.method", method),
         otlp.attribute("http.route", route),
-        otlp.attribute("url.path", path),
         otlp.attribute("http.response.status_code", status),
         otlp.attribute("switchyard.kind", kind),
     ]
     for key, value in (
+        ("url.path", path),
         ("switchyard.tenant.id", tenant),
         ("switchyard.route", name),
         ("switchyard.action", action),

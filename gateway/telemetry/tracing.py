@@ -153,7 +153,8 @@ class Sampler:
 class TracingConfig:
     """Where and how spans are exported, read once from the OTEL_* variables."""
 
-    endpoint: str  # http: the full traces URL; grpc: host:port
+    # http: the full traces URL; grpc: host:port. Out of repr too: a URL can carry a key.
+    endpoint: str = field(repr=False)
     protocol: ExportProtocol
     # Collector headers are usually API keys: kept out of repr so a logged config leaks none.
     headers: tuple[tuple[str, str], ...] = field(repr=False)
@@ -498,16 +499,25 @@ class SpanExporter:
                 self._failing = True
                 log.warning(
                     "exporting spans to %s failed (%s); dropping them until it answers",
-                    self._config.endpoint,
+                    _where(self._config.endpoint),
                     _describe(error),
                 )
             return
         if self._failing:
             self._failing = False
-            log.info("exporting spans to %s works again", self._config.endpoint)
+            log.info("exporting spans to %s works again", _where(self._config.endpoint))
 
     def _drop(self, n: int, reason: str) -> None:
         try:
             self._on_dropped(n, reason)
         except Exception:  # a broken counter must not fail the request that submitted the span
             log.exception("on_dropped(%d, %r) failed", n, reason)
+
+
+def _where(endpoint: str) -> str:
+    """The endpoint as a log may show it: scheme, host and port only (a URL's user:key@ or
+    ?api_key= would put a collector's credential in the log)."""
+    parts = urlsplit(endpoint if "://" in endpoint else "//" + endpoint)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme + '://' if parts.scheme else ''}{host}{port}"

@@ -27,13 +27,10 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
     kind = exchange.kind
     spent = cost.webhook_cost(prices)
     if kind == "sms":
-        # Inbound: Twilio's own count. A form without it (a JSON webhook, a test) falls back to
-        # the segment rules on the body we were sent.
-        inbound = _int(_first(params, "NumSegments"))
-        if inbound is None:
-            inbound = cost.sms_segments(_first(params, "Body"))
-        segments = inbound + (cost.message_segments(exchange.reply) if exchange.reply else 0)
-        spent = cost.add(spent, cost.sms_cost(prices, segments))
+        # Inbound (Twilio's own count) and what we answer with.
+        spent = cost.add(spent, inbound_cost(exchange, prices))
+        if exchange.reply:
+            spent = cost.add(spent, cost.sms_cost(prices, cost.message_segments(exchange.reply)))
     elif kind == "voice":
         if exchange.reply:  # a voice answer may send an SMS too (<Message> inside <Response>)
             spent = cost.add(spent, cost.sms_cost(prices, cost.message_segments(exchange.reply)))
@@ -54,3 +51,32 @@ def _int(value: str) -> int | None:
     if not value.isdigit() or len(value) > 9:
         return None
     return int(value)
+
+
+def inbound_cost(exchange: Exchange, prices: Prices) -> Cost:
+    """What Twilio bills for a verified request whatever we answer: an inbound text's segments
+    (Twilio's own `NumSegments`; without it, a JSON webhook or a test, the segment rules on the
+    body we were sent)."""
+    if not exchange.verified or exchange.kind != "sms":
+        return {}
+    params: Mapping[str, list[str]] = exchange.params or {}
+    inbound = _int(_first(params, "NumSegments"))
+    if inbound is None:
+        inbound = cost.sms_segments(_first(params, "Body"))
+    return cost.sms_cost(prices, inbound)
+
+
+def once_id(exchange: Exchange) -> str | None:
+    """The id that books a status callback's cost once, however often it arrives.
+
+    Twilio's signature has no timestamp: a captured `completed` callback replayed a thousand
+    times must not book the call's minutes a thousand times (nor drain the tenant's budget)."""
+    if exchange.kind != "status":
+        return None
+    params: Mapping[str, list[str]] = exchange.params or {}
+    sid = _first(params, "CallSid") or _first(params, "MessageSid")
+    status = _first(params, "CallStatus") or _first(params, "MessageStatus")
+    if not sid:
+        return None
+    # Bounded: the request was verified, but the id becomes a store key.
+    return f"status:{sid[:64]}:{status[:32]}"

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.keys import SERVICES
+from gateway.limits.budget import Spend, utc_day
 from gateway.settings import Settings
 from gateway.telemetry import accesslog
 from tests.integration.conftest import GatewayServer
@@ -42,6 +43,7 @@ ADMIN = "test-admin-token-with-some-length-0001"
 SHOP = f"""
 twilio: {{account_sid: {SHOP_SID}, auth_token_env: SHOP_TWILIO_AUTH_TOKEN}}
 numbers: ["{SHOP_NUMBER}"]
+limits: {{webhooks: {{rate: 1000, per: second}}}}
 prices: {{webhook: 0.01, sms_segment: 0.02}}
 budget: {{daily_usd: 0.05}}
 routes:
@@ -49,8 +51,10 @@ routes:
   - {{name: reply, match: {{kind: sms}}, message: {{text: "Thanks!"}}}}
 """
 BODY = "Where is my order 4471?"
-WALL = 1_790_000_000.0  # 2026-09-21, 14:13 UTC
-DAY = "2026-09-21"
+# The wall clock the gateway books spend by: now, since Redis expires a day's keys by its own
+# clock (a day long past would be gone as soon as written).
+WALL = time.time()
+DAY = utc_day(WALL)
 
 MakeApp = Callable[..., Awaitable[Client]]
 
@@ -59,8 +63,8 @@ MakeApp = Callable[..., Awaitable[Client]]
 def make_app(aiohttp_client: Any, clock: FakeClock) -> MakeApp:
     """A gateway on given policies and extra environment (OTEL_*), with the test's clocks."""
 
-    async def make(policies: Path = POLICIES, **env: str) -> Client:
-        settings = Settings(policies_dir=policies, public_urls=(PUBLIC,), reload_interval=0)
+    async def make(policies: Path = POLICIES, limiter_url: str = "memory://", **env: str) -> Client:
+        settings = Settings(policies_dir=policies, public_urls=(PUBLIC,), reload_interval=0, limiter_url=limiter_url)
         environment = {**ENV, "SHOP_TWILIO_AUTH_TOKEN": SHOP_TOKEN, **env}
         app = create_app(settings, env=environment, clock=clock, wall=lambda: WALL)
         server = GatewayServer(app, host="127.0.0.1")
@@ -140,8 +144,11 @@ async def test_no_number_body_or_secret_is_exported(make_app: MakeApp, receiver:
     await post(client, "/t/acme-health/status", status, ACME_TOKEN)
     forged = await client.post("/twilio/voice", data=voice_params(), headers={"X-Twilio-Signature": "forged"})
     assert forged.status == 403
+    # A number in the path of a request nobody signed.
+    unknown = await client.post("/t/%2B15551230001/voice", data=voice_params(), headers={"X-Twilio-Signature": "x"})
+    assert unknown.status == 200
     accesslog.flush()
-    spans = await receiver.wait_for(4)
+    spans = await receiver.wait_for(5)
     secrets = [CALLER, CALLER[2:], ACME_NUMBER, ACME_NUMBER[2:], "4471", "order", ACME_TOKEN, BISTRO_TOKEN]
     for span in spans:
         values = [*span.attributes.values(), *span.resource.values(), span.span.name]
@@ -222,22 +229,50 @@ async def test_spend_past_the_daily_budget_is_refused(make_app: MakeApp, shop: P
     answers = [await post(client, "/twilio/voice", call, SHOP_TOKEN) for _ in range(6)]
     assert ["<Say>" in text for _, text in answers] == [True] * 5 + [False]
     assert '<Reject reason="busy"' in answers[5][1]
-    text = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "Body": "hi"}
+    text = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "Body": "hi", "NumSegments": "1"}
     status, body = await post(client, "/twilio/sms", text, SHOP_TOKEN)
     assert status == 200 and "<Message>" not in body
-    ledger = client.app[SERVICES].ledger
-    spend = await ledger.spend("shop", DAY)
-    assert spend.total == 50_000 and spend.reserved == 0
+    spend = await _spend(client, "shop")
+    # The refused text's inbound segment is billed by Twilio all the same: booked, past the cap.
+    assert spend.parts == {"webhook": 50_000, "sms": 20_000} and spend.reserved == 0
 
 
-async def test_concurrent_webhooks_never_overshoot_the_cap(make_app: MakeApp, shop: Path) -> None:
-    """100 webhooks at once against a cap of five: exactly five are answered, spend is the cap."""
-    client = await make_app(shop)
+@pytest.mark.parametrize(
+    "store", [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
+)
+async def test_concurrent_webhooks_never_overshoot_the_cap(
+    make_app: MakeApp, shop: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """100 webhooks at once against a cap of five: exactly five are answered, and once every
+    record is booked the day's spend is the cap, on the in-process and the Redis ledger."""
+    limiter = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
+    client = await make_app(shop, limiter_url=limiter)
     call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER}
     results = await asyncio.gather(*(post(client, "/twilio/voice", call, SHOP_TOKEN) for _ in range(100)))
     assert sum("<Say>" in text for _, text in results) == 5
-    spend = await client.app[SERVICES].ledger.spend("shop", DAY)
-    assert spend.total == 50_000
+    spend = await _spend(client, "shop")
+    assert spend.total == 50_000 and spend.reserved == 0
+
+
+async def test_a_twilio_retry_is_charged_once(make_app: MakeApp, shop: Path) -> None:
+    """The same signed webhook with the same I-Twilio-Idempotency-Token twice: answered twice,
+    booked once (against the budget and in the ledger)."""
+    client = await make_app(shop)
+    call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER}
+    retry = {"I-Twilio-Idempotency-Token": "tok-1"}
+    for _ in range(2):
+        assert "<Say>" in (await post(client, "/twilio/voice", call, SHOP_TOKEN, **retry))[1]
+    assert (await _spend(client, "shop")).parts == {"webhook": 10_000}
+
+
+async def test_a_replayed_completed_callback_books_its_minutes_once(make_app: MakeApp) -> None:
+    """The same signed `completed` status callback three times (a replay needs no new
+    signature): the call's minutes are booked once."""
+    client = await make_app()
+    params = voice_params(CallStatus="completed", CallDuration="61")
+    for _ in range(3):
+        assert (await post(client, "/t/acme-health/status", params, ACME_TOKEN))[0] == 204
+    assert (await _spend(client, "acme-health")).parts == {"webhook": 100, "voice": 17_000}
 
 
 async def test_cost_report_for_the_tenant_and_the_operator(make_app: MakeApp) -> None:
@@ -248,8 +283,7 @@ async def test_cost_report_for_the_tenant_and_the_operator(make_app: MakeApp) ->
     await post(client, "/twilio/voice", call, ACME_TOKEN)
     await post(client, "/t/acme-health/status", voice_params(CallStatus="completed", CallDuration="30"), ACME_TOKEN)
     await post(client, "/t/northwind/voice", {**call, "To": "+15553450001"}, NORTHWIND_TOKEN)
-    accesslog.flush()
-    await _settled(client)
+    await _spend(client, "acme-health")  # every record booked
     claims = {"tenant": "northwind", "aud": "switchyard", "exp": int(time.time()) + 300}
     auth = {"Authorization": "Bearer " + jwt.encode(claims, NORTHWIND_JWT, algorithm="HS256")}
     own = await client.get(f"/api/v1/cost?day={DAY}", headers=auth)
@@ -293,9 +327,12 @@ def _sample(text: str, name: str, **labels: str) -> float:
     )
 
 
-async def _settled(client: Client) -> None:
-    """Wait for the ledger writes the last flush began (they run as tasks of the recorder)."""
-    recorder = client.app[SERVICES].recorder
-    pending = set(recorder._pending)
+async def _spend(client: Client, tenant: str) -> Spend:
+    """The tenant's spend of DAY once every ended request is booked: the batch handed over, and
+    the ledger writes it began (tasks of the recorder) done."""
+    accesslog.flush()
+    services = client.app[SERVICES]
+    pending = set(services.recorder._pending)
     if pending:
         await asyncio.wait(pending)
+    return await services.ledger.spend(tenant, DAY)

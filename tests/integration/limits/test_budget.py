@@ -1,4 +1,5 @@
-"""The spend ledger on every backend: caps, parts per day, reservations, expiry, bulk adds."""
+"""The spend ledger on every backend: caps, parts per day, reservations, expiry, bulk adds booked once,
+and the replay of what was booked locally while Redis was down."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from gateway.errors import BackendError
 from gateway.limits.breaker import CircuitBreaker
-from gateway.limits.budget import RETENTION_DAYS, Reservation, expire_at, held_key, spent_key, utc_day
+from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Reservation, expire_at, utc_day
+from gateway.limits.budget_redis import held_key, once_key, spent_key
 from gateway.limits.factory import Stores, stores_from_url
 from gateway.limits.redis import CircuitOpen, RedisBuckets
 from tests.support.clock import FakeClock
@@ -151,11 +153,11 @@ async def test_add_records_many_tenants_at_once(stores: Stores) -> None:
     assert await stores.ledger.charge("acme", DAY, {"voice": CAP}, CAP)
     await stores.ledger.add(
         [
-            ("acme", DAY, {"voice": 8_500}),
-            ("acme", DAY, {"voice": 8_500, "stream": 4_000}),
-            ("beta", DAY, {"sms": 7_900}),
-            ("beta", NEXT_DAY, {"sms": 15_800}),
-            ("gamma", DAY, {}),
+            ("acme", DAY, {"voice": 8_500}, None),
+            ("acme", DAY, {"voice": 8_500, "stream": 4_000}, None),
+            ("beta", DAY, {"sms": 7_900}, None),
+            ("beta", NEXT_DAY, {"sms": 15_800}, None),
+            ("gamma", DAY, {}, None),
         ]
     )
     assert (await stores.ledger.spend("acme", DAY)).parts == {"voice": CAP + 17_000, "stream": 4_000}
@@ -177,9 +179,12 @@ async def test_add_is_one_pipeline(stores: Stores, monkeypatch: pytest.MonkeyPat
         return make_pipeline(*args, **kwargs)
 
     monkeypatch.setattr(client, "pipeline", counted)
-    await stores.ledger.add([(f"tenant-{i}", DAY, {"voice": i, "stream": 1}) for i in range(50)])
+    assert await stores.ledger.charge("warm-up", DAY, {"webhook": 1}, None)  # loads the script
+    entries: list[Entry] = [(f"tenant-{i}", DAY, {"voice": i, "stream": 1}, None) for i in range(50)]
+    entries += [(f"tenant-{i}", DAY, {"sms": 1}, f"call:CA{i}") for i in range(50)]
+    await stores.ledger.add(entries)
     assert len(pipelines) == 1
-    assert (await stores.ledger.spend("tenant-49", DAY)).parts == {"voice": 49, "stream": 1}
+    assert (await stores.ledger.spend("tenant-49", DAY)).parts == {"voice": 49, "stream": 1, "sms": 1}
 
 
 @SHARED_ONLY
@@ -188,7 +193,7 @@ async def test_keys_expire_after_retention(stores: Stores) -> None:
     client = stores.client
     assert client is not None
     assert await stores.ledger.charge("acme", DAY, {"webhook": 1}, CAP)
-    await stores.ledger.add([("beta", DAY, {"voice": 1})])
+    await stores.ledger.add([("beta", DAY, {"voice": 1}, None)])
     assert await stores.ledger.reserve("gamma", DAY, 1, CAP, TTL) is not None
     for key in (spent_key("acme", DAY), spent_key("beta", DAY), held_key("gamma", DAY)):
         ttl = await client.ttl(key)
@@ -204,8 +209,10 @@ async def test_a_malformed_day_is_refused(stores: Stores, day: str) -> None:
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         await stores.ledger.charge("acme", day, {"webhook": 1}, CAP)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        await stores.ledger.add([("acme", DAY, {"webhook": 1}), ("acme", day, {"webhook": 1})])
+        await stores.ledger.add([("acme", DAY, {"webhook": 1}, "call:CA1"), ("acme", day, {"webhook": 1}, None)])
     assert (await stores.ledger.spend("acme", DAY)).parts == {}
+    await stores.ledger.add([("acme", DAY, {"webhook": 1}, "call:CA1")])  # the refused batch kept no id
+    assert (await stores.ledger.spend("acme", DAY)).parts == {"webhook": 1}
 
 
 async def test_concurrent_reservations_never_overrun_the_cap(stores: Stores) -> None:
@@ -275,13 +282,123 @@ async def test_a_dead_redis_falls_back_and_never_loses_a_write(
         assert not await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="closed")
         assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="open")
         await ledger.commit(held, {"llm": E})
-        await ledger.add([("acme", DAY, {"voice": 8_500}), ("beta", DAY, {"sms": 7_900})])
+        await ledger.add([("acme", DAY, {"voice": 8_500}, None), ("beta", DAY, {"sms": 7_900}, None)])
         assert ledger.degraded
         assert (await ledger.local.spend("acme", DAY)).parts == {"webhook": CAP + 1, "llm": E, "voice": 8_500}
         with pytest.raises(BackendError):
             await ledger.spend("acme", DAY)
     finally:
         await stores.close()
+
+
+@pytest.mark.redis
+async def test_spend_booked_while_redis_was_down_reaches_it_once_back(
+    redis_servers: Callable[..., RedisServer], clock: FakeClock
+) -> None:
+    """Redis down: spend is booked locally; Redis back: the next call replays it there, and only once."""
+    server = redis_servers()
+    stores = stores_from_url(server.url, clock=clock, breaker=CircuitBreaker(clock, failures=100))
+    try:
+        ledger = stores.ledger
+        server.stop()
+        assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+        held = await ledger.reserve("acme", DAY, E, CAP, TTL, id="llm:1")
+        assert held is not None and held.local
+        await ledger.commit(held, {"llm": E - 1})
+        await ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1"), ("beta", DAY, {"sms": 7_900}, None)])
+        await ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1")])
+        assert ledger.unsynced == 100 + E - 1 + 8_500 + 7_900
+        server.start()  # same port, empty: what Redis holds now is only what reaches it from here
+        assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+        assert not ledger.degraded and ledger.unsynced == 0
+        await ledger.add([("acme", DAY, {"voice": 1}, None)])
+        assert (await ledger.spend("acme", DAY)).parts == {"webhook": 101, "llm": E - 1, "voice": 8_501}
+        assert (await ledger.spend("beta", DAY)).parts == {"sms": 7_900}
+    finally:
+        await stores.close()
+
+
+async def test_add_once_books_an_id_once_per_tenant(stores: Stores) -> None:
+    """A second add with the same once id books nothing, in the same batch or later, any day; another tenant's books."""
+    ledger = stores.ledger
+    await ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1"), ("acme", DAY, {"voice": 8_500}, "call:CA1")])
+    await ledger.add(
+        [
+            ("acme", DAY, {"voice": 8_500}, "call:CA1"),
+            ("acme", NEXT_DAY, {"voice": 8_500}, "call:CA1"),
+            ("beta", DAY, {"voice": 8_500}, "call:CA1"),
+            ("acme", DAY, {"voice": 1}, "call:CA2"),
+            ("acme", DAY, {"voice": 1}, None),
+            ("acme", DAY, {"voice": 1}, None),
+        ]
+    )
+    assert (await ledger.spend("acme", DAY)).parts == {"voice": 8_503}
+    assert (await ledger.spend("acme", NEXT_DAY)).parts == {}
+    assert (await ledger.spend("beta", DAY)).parts == {"voice": 8_500}
+
+
+async def test_add_once_with_no_cost_keeps_the_id_free(stores: Stores) -> None:
+    """An entry with an empty cost books nothing, its once id included."""
+    await stores.ledger.add([("acme", DAY, {}, "call:CA1")])
+    await stores.ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1")])
+    assert (await stores.ledger.spend("acme", DAY)).parts == {"voice": 8_500}
+
+
+@SHARED_ONLY
+async def test_a_once_id_lives_once_ttl(stores: Stores) -> None:
+    """The id's key expires ONCE_TTL after the booking, on Redis's clock (memory: tests/unit)."""
+    client = stores.client
+    assert client is not None
+    await stores.ledger.add([("acme", DAY, {"voice": 1}, "call:CA1")])
+    ttl = await client.ttl(once_key("acme", "call:CA1"))
+    assert ONCE_TTL - 2 <= ttl <= ONCE_TTL
+    await client.delete(once_key("acme", "call:CA1"))  # as if expired
+    await stores.ledger.add([("acme", DAY, {"voice": 1}, "call:CA1")])
+    assert (await stores.ledger.spend("acme", DAY)).parts == {"voice": 2}
+
+
+@SHARED_ONLY
+async def test_add_once_survives_a_flushed_script_cache(stores: Stores) -> None:
+    """After a restart the server has no scripts: the once entries are resent after loading it, booked once."""
+    client: Any = stores.client
+    assert await stores.ledger.charge("acme", DAY, {"webhook": 1}, None)  # loads the script
+    await client.script_flush()
+    await stores.ledger.add([("acme", DAY, {"voice": 1}, "call:CA1"), ("acme", DAY, {"sms": 2}, None)])
+    await stores.ledger.add([("acme", DAY, {"voice": 1}, "call:CA1")])
+    assert (await stores.ledger.spend("acme", DAY)).parts == {"webhook": 1, "voice": 1, "sms": 2}
+
+
+async def test_reserve_with_an_id_holds_it_once(stores: Stores) -> None:
+    """A second reserve of a live id returns the hold as it is, without a second hold or a cap check."""
+    ledger = stores.ledger
+    held = await ledger.reserve("acme", DAY, E, CAP, TTL, id="llm:CA1:1")
+    assert held == Reservation("acme", DAY, "llm:CA1:1", E)
+    assert await ledger.charge("acme", DAY, {"webhook": CAP - E}, CAP)
+    assert await ledger.reserve("acme", DAY, 2 * E, CAP, TTL, id="llm:CA1:1") == held
+    assert await ledger.reserve("acme", DAY, E, CAP, TTL, id="llm:CA1") is None  # a prefix is another id
+    assert (await ledger.spend("acme", DAY)).reserved == E
+
+
+async def test_a_rebuilt_reservation_settles(stores: Stores) -> None:
+    """Another request (any instance) commits a hold by rebuilding it from tenant, day, id and amount."""
+    ledger = stores.ledger
+    assert await ledger.reserve("acme", DAY, E, CAP, TTL, id="llm:1") is not None
+    await ledger.commit(Reservation("acme", DAY, "llm:1", E), {"llm": E - 5})
+    spend = await ledger.spend("acme", DAY)
+    assert (dict(spend.parts), spend.reserved) == ({"llm": E - 5}, 0)
+
+
+async def test_a_settled_or_expired_id_may_be_held_again(stores: Stores, clock: FakeClock) -> None:
+    """Once released or expired, reserving the id holds anew, with the new amount."""
+    ledger = stores.ledger
+    held = await ledger.reserve("acme", DAY, E, CAP, TTL, id="llm:1")
+    assert held is not None
+    await ledger.release(held)
+    again = await ledger.reserve("acme", DAY, 2 * E, CAP, TTL, id="llm:1")
+    assert again == Reservation("acme", DAY, "llm:1", 2 * E)
+    clock.advance(TTL)
+    assert await ledger.reserve("acme", DAY, 3 * E, CAP, TTL, id="llm:1") == Reservation("acme", DAY, "llm:1", 3 * E)
+    assert (await ledger.spend("acme", DAY)).reserved == 3 * E
 
 
 @SHARED_ONLY

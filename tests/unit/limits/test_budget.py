@@ -1,7 +1,9 @@
-"""FailoverLedger's answers when the shared ledger fails, the in-process ledger's own rules, and utc_day."""
+"""FailoverLedger's answers when the shared ledger fails and its replay once it is back, the
+in-process ledger's own rules, and utc_day."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -10,8 +12,9 @@ import pytest
 from gateway.errors import BackendError
 from gateway.limits.base import FailureMode
 from gateway.limits.budget import (
+    ONCE_TTL,
     RETENTION_DAYS,
-    FailoverLedger,
+    Entry,
     Ledger,
     MemoryLedger,
     Reservation,
@@ -20,6 +23,7 @@ from gateway.limits.budget import (
     expire_at,
     utc_day,
 )
+from gateway.limits.budget_failover import FailoverLedger
 from tests.support.clock import FakeClock
 
 DAY = "2024-05-01"
@@ -28,16 +32,23 @@ TTL = 30.0
 
 
 class FlakyLedger:
-    """A shared ledger that fails while `down` is set, else admits everything, recording calls."""
+    """A shared ledger that fails while `down` is set (or the op is in `failing`), else answers
+    from a MemoryLedger of its own, recording calls and what each add() was given."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
+        self.store = MemoryLedger(clock)
         self.down = False
+        self.failing: set[str] = set()
         self.calls: list[str] = []
+        self.added: list[list[Entry]] = []
+        # Set: add() waits for `resume` after setting `entered`, so a test can race a call past it.
+        self.entered: asyncio.Event | None = None
+        self.resume: asyncio.Event | None = None
         self.closed = False
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
-        if self.down:
+        if self.down or name in self.failing:
             raise BackendError("redis", f"ledger {name}", ConnectionError("refused"))
 
     def charge_now(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool | None:
@@ -45,33 +56,42 @@ class FlakyLedger:
 
     async def charge(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool:
         self._call("charge")
-        return True
+        return await self.store.charge(tenant, day, cost, cap)
 
-    async def reserve(self, tenant: str, day: str, amount: int, cap: int | None, ttl: float) -> Reservation | None:
+    async def reserve(
+        self, tenant: str, day: str, amount: int, cap: int | None, ttl: float, *, id: str | None = None
+    ) -> Reservation | None:
         self._call("reserve")
-        return Reservation(tenant, day, "shared-1", amount)
+        return await self.store.reserve(tenant, day, amount, cap, ttl, id=id)
 
     async def commit(self, reservation: Reservation, cost: Mapping[str, int]) -> None:
         self._call("commit")
+        await self.store.commit(reservation, cost)
 
     async def release(self, reservation: Reservation) -> None:
         self._call("release")
+        await self.store.release(reservation)
 
-    async def add(self, entries: Sequence[tuple[str, str, Mapping[str, int]]]) -> None:
+    async def add(self, entries: Sequence[Entry]) -> None:
         self._call("add")
+        self.added.append(list(entries))
+        if self.entered is not None and self.resume is not None:
+            self.entered.set()
+            await self.resume.wait()
+        await self.store.add(entries)
 
     async def spend(self, tenant: str, day: str) -> Spend:
         self._call("spend")
-        return Spend(day, {"voice": 42}, 0)
+        return await self.store.spend(tenant, day)
 
     async def close(self) -> None:
         self.closed = True
 
 
 @pytest.fixture
-def primary() -> FlakyLedger:
+def primary(clock: FakeClock) -> FlakyLedger:
     """A shared ledger the test can take down and bring back."""
-    return FlakyLedger()
+    return FlakyLedger(clock)
 
 
 @pytest.fixture
@@ -119,9 +139,9 @@ async def test_reserve_refuses_nonsense(local: MemoryLedger, amount: int, ttl: f
 
 async def test_memory_forgets_days_past_retention(local: MemoryLedger) -> None:
     """Writing a new day drops days more than RETENTION_DAYS before it, as Redis expires them."""
-    await local.add([("acme", "2024-05-01", {"voice": 1}), ("acme", "2024-05-02", {"voice": 2})])
+    await local.add([("acme", "2024-05-01", {"voice": 1}, None), ("acme", "2024-05-02", {"voice": 2}, None)])
     assert await local.reserve("acme", "2024-05-01", 5, None, TTL) is not None
-    await local.add([("beta", "2024-05-10", {"sms": 3})])  # 2024-05-02 is exactly RETENTION_DAYS before
+    await local.add([("beta", "2024-05-10", {"sms": 3}, None)])  # 2024-05-02 is exactly RETENTION_DAYS before
     assert (await local.spend("acme", "2024-05-01")) == Spend("2024-05-01", {}, 0)
     assert (await local.spend("acme", "2024-05-02")).parts == {"voice": 2}
     assert (await local.spend("beta", "2024-05-10")).parts == {"sms": 3}
@@ -131,15 +151,15 @@ async def test_healthy_primary_answers(primary: FlakyLedger, local: MemoryLedger
     """While the primary answers, its answers are returned and the local ledger is untouched."""
     ledger = FailoverLedger(primary, local)
     assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="closed")
-    reservation = await ledger.reserve("acme", DAY, 5, CAP, TTL, mode="closed")
-    assert reservation is not None and not reservation.local
+    reservation = await ledger.reserve("acme", DAY, 5, CAP, TTL, mode="closed", id="llm:1")
+    assert reservation == Reservation("acme", DAY, "llm:1", 5)
     await ledger.commit(reservation, {"llm": 4})
     await ledger.release(reservation)
-    await ledger.add([("acme", DAY, {"voice": 1})])
-    assert (await ledger.spend("acme", DAY)).parts == {"voice": 42}
+    await ledger.add([("acme", DAY, {"voice": 1}, "call:CA1")])
+    assert (await ledger.spend("acme", DAY)).parts == {"webhook": 1, "llm": 4, "voice": 1}
     assert primary.calls == ["charge", "reserve", "commit", "release", "add", "spend"]
     assert (await local.spend("acme", DAY)) == Spend(DAY, {}, 0)
-    assert not ledger.degraded
+    assert not ledger.degraded and ledger.unsynced == 0
 
 
 @pytest.mark.parametrize(
@@ -200,6 +220,7 @@ async def test_local_reservation_settles_locally(primary: FlakyLedger, local: Me
     await ledger.release(second)
     assert primary.calls == []
     assert (await local.spend("acme", DAY)) == Spend(DAY, {"llm": 80}, 0)
+    assert ledger.unsynced == 80  # for the primary's next answer to take
 
 
 async def test_failed_writes_are_kept_locally_and_logged_once_per_streak(
@@ -210,26 +231,29 @@ async def test_failed_writes_are_kept_locally_and_logged_once_per_streak(
     reservation = await ledger.reserve("acme", DAY, 100, CAP, TTL)
     assert reservation is not None
     primary.down = True
-    with caplog.at_level(logging.INFO, logger="gateway.limits.budget"):
+    with caplog.at_level(logging.INFO, logger="gateway.limits.budget_failover"):
         await ledger.commit(reservation, {"llm": 90})
         await ledger.release(reservation)
-        await ledger.add([("acme", DAY, {"voice": 8_500}), ("beta", DAY, {"sms": 7_900})])
+        await ledger.add([("acme", DAY, {"voice": 8_500}, None), ("beta", DAY, {"sms": 7_900}, None)])
         assert [r.levelname for r in caplog.records] == ["WARNING"]
         assert "commit of reservation" in caplog.records[0].getMessage()
         primary.down = False
-        await ledger.add([("acme", DAY, {"voice": 1})])
+        await ledger.add([("acme", DAY, {"voice": 1}, None)])
         primary.down = True
-        await ledger.add([("acme", DAY, {"voice": 1})])
-    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]
+        await ledger.add([("acme", DAY, {"voice": 1}, None)])
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "INFO", "WARNING"]
+    assert "replayed 16490 µ$ over 2 tenant-days" in caplog.records[2].getMessage()
     assert (await local.spend("acme", DAY)).parts == {"llm": 90, "voice": 8_501}
     assert (await local.spend("beta", DAY)).parts == {"sms": 7_900}
+    assert (await primary.store.spend("acme", DAY)).parts == {"llm": 90, "voice": 8_501}
+    assert ledger.unsynced == 1
 
 
 async def test_spend_does_not_pass_off_the_local_share(primary: FlakyLedger, local: MemoryLedger) -> None:
     """spend() with the primary down raises BackendError rather than report this instance's share."""
     primary.down = True
     ledger = FailoverLedger(primary, local)
-    await ledger.add([("acme", DAY, {"voice": 1})])
+    await ledger.add([("acme", DAY, {"voice": 1}, None)])
     with pytest.raises(BackendError):
         await ledger.spend("acme", DAY)
 
@@ -241,7 +265,7 @@ async def test_degraded_follows_the_primary(primary: FlakyLedger, local: MemoryL
     ledger.on_transition(lambda degraded, error: seen.append((degraded, error)))
     primary.down = True
     await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
-    await ledger.add([("acme", DAY, {"voice": 1})])
+    await ledger.add([("acme", DAY, {"voice": 1}, None)])
     assert ledger.degraded
     primary.down = False
     await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
@@ -260,7 +284,7 @@ async def test_charge_now_only_in_process(primary: FlakyLedger, local: MemoryLed
     assert primary.calls == []
 
 
-async def test_other_errors_are_not_swallowed(primary: FlakyLedger, local: MemoryLedger) -> None:
+async def test_other_errors_are_not_swallowed(local: MemoryLedger, clock: FakeClock) -> None:
     """Only BackendError means 'store down'; a bug in the primary still surfaces."""
 
     class Broken(FlakyLedger):
@@ -268,12 +292,178 @@ async def test_other_errors_are_not_swallowed(primary: FlakyLedger, local: Memor
             raise KeyError("bug")
 
     with pytest.raises(KeyError):
-        await FailoverLedger(Broken(), local).charge("acme", DAY, {"webhook": 1}, CAP)
+        await FailoverLedger(Broken(clock), local).charge("acme", DAY, {"webhook": 1}, CAP)
 
 
 async def test_close_closes_both(primary: FlakyLedger, local: MemoryLedger) -> None:
     """close() closes the primary and empties the local ledger."""
-    await local.add([("acme", DAY, {"voice": 1})])
+    await local.add([("acme", DAY, {"voice": 1}, None)])
     await FailoverLedger(primary, local).close()
     assert primary.closed
     assert (await local.spend("acme", DAY)).parts == {}
+
+
+async def test_memory_once_lasts_once_ttl(local: MemoryLedger, clock: FakeClock) -> None:
+    """A once id books nothing until ONCE_TTL has passed, whatever the day; then it books again."""
+    entry: Entry = ("acme", DAY, {"voice": 8_500}, "call:CA1")
+    await local.add([entry])
+    clock.advance(ONCE_TTL - 0.001)
+    await local.add([entry, ("acme", "2024-05-02", {"voice": 8_500}, "call:CA1")])
+    assert (await local.spend("acme", DAY)).parts == {"voice": 8_500}
+    assert (await local.spend("acme", "2024-05-02")).parts == {}
+    clock.advance(0.001)
+    await local.add([entry])
+    assert (await local.spend("acme", DAY)).parts == {"voice": 17_000}
+
+
+async def test_memory_forgets_once_ids_past_ttl(local: MemoryLedger, clock: FakeClock) -> None:
+    """Ids past ONCE_TTL are dropped from memory, not only ignored, so a process holds two days' worth."""
+    await local.add([("acme", DAY, {"voice": 1}, f"call:CA{i}") for i in range(100)])
+    clock.advance(ONCE_TTL)
+    await local.add([("acme", DAY, {"voice": 1}, "call:CA-new")])
+    assert list(local._once) == [("acme", "call:CA-new")]
+
+
+async def test_add_now_returns_what_it_booked(local: MemoryLedger) -> None:
+    """add_now() answers with the entries booked: not those refused by their once id, nor empty ones."""
+    booked = local.add_now(
+        [
+            ("acme", DAY, {"voice": 1}, "call:CA1"),
+            ("acme", DAY, {"voice": 1}, "call:CA1"),
+            ("acme", DAY, {}, "call:CA2"),
+            ("beta", DAY, {"sms": 2}, None),
+        ]
+    )
+    assert booked == [("acme", DAY, {"voice": 1}, "call:CA1"), ("beta", DAY, {"sms": 2}, None)]
+    assert local.add_now([("acme", DAY, {"voice": 1}, "call:CA2")]) == [("acme", DAY, {"voice": 1}, "call:CA2")]
+
+
+async def test_spend_while_down_is_replayed_once_the_primary_answers(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """Charges, commits and adds booked here while the primary failed reach it with its next answer, once."""
+    ledger = FailoverLedger(primary, local)
+    shared_hold = await ledger.reserve("acme", DAY, 1_000, CAP, TTL)
+    assert shared_hold is not None
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP, mode="local")
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP, mode="open")
+    assert not await ledger.charge("acme", DAY, {"webhook": 100}, CAP, mode="closed")
+    assert not await ledger.charge("acme", DAY, {"webhook": 2 * CAP}, CAP, mode="local")
+    local_hold = await ledger.reserve("acme", DAY, 500, CAP, TTL)
+    assert local_hold is not None and local_hold.local
+    await ledger.commit(local_hold, {"llm": 400})
+    await ledger.commit(shared_hold, {"llm": 900})
+    await ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1"), ("beta", DAY, {"sms": 7_900}, None)])
+    await ledger.add([("acme", DAY, {"voice": 8_500}, "call:CA1")])  # a replayed callback: booked nothing
+    assert ledger.unsynced == 200 + 400 + 900 + 8_500 + 7_900
+    primary.down = False
+    primary.calls.clear()
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    assert primary.calls == ["charge", "add"]
+    assert not ledger.degraded and ledger.unsynced == 0
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    assert primary.calls == ["charge", "add", "charge"]
+    acme = await primary.store.spend("acme", DAY)
+    assert dict(acme.parts) == {"webhook": 202, "llm": 1_300, "voice": 8_500}
+    assert acme.reserved == 1_000  # the shared hold whose commit failed lapses at its ttl
+    assert (await primary.store.spend("beta", DAY)).parts == {"sms": 7_900}
+    assert (await local.spend("acme", DAY)).parts == {"webhook": 200, "llm": 1_300, "voice": 8_500}
+
+
+async def test_the_next_add_carries_the_replay(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """An add() after the outage sends its entries and the unsynced amounts in one add() to the primary."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    await ledger.add([("acme", DAY, {"voice": 8_500}, None)])
+    primary.down = False
+    primary.added.clear()
+    await ledger.add([("acme", DAY, {"voice": 1}, "call:CA2")])
+    assert primary.added == [[("acme", DAY, {"voice": 1}, "call:CA2"), ("acme", DAY, {"voice": 8_500}, None)]]
+    assert (await ledger.spend("acme", DAY)).parts == {"voice": 8_501}
+    assert ledger.unsynced == 0
+
+
+async def test_spend_replays_before_it_reads(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """spend() right after the outage includes what was booked here meanwhile."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+    primary.down = False
+    assert (await ledger.spend("acme", DAY)).parts == {"webhook": 100}
+    assert primary.calls == ["charge", "add", "spend"]
+
+
+async def test_a_failed_replay_is_kept_for_the_next(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """A replay the primary refuses stays unsynced (with what came meanwhile) and goes with its next answer."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+    primary.down = False
+    primary.failing = {"add"}
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    assert ledger.degraded and ledger.unsynced == 100
+    primary.failing = set()
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    assert not ledger.degraded and ledger.unsynced == 0
+    assert (await primary.store.spend("acme", DAY)).parts == {"webhook": 102}
+
+
+async def test_racing_calls_replay_once(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """A call answered while the replay is in flight does not replay the same amounts again."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+    primary.down = False
+    primary.entered, primary.resume = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(ledger.charge("acme", DAY, {"webhook": 1}, CAP))
+    await primary.entered.wait()
+    assert ledger.unsynced == 0  # taken by the replay in flight
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    primary.resume.set()
+    assert await first
+    assert primary.calls.count("add") == 1
+    assert (await primary.store.spend("acme", DAY)).parts == {"webhook": 102}
+
+
+async def test_a_cancelled_replay_is_kept(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """A caller cancelled during the replay leaves the amounts unsynced, not dropped."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+    primary.down = False
+    primary.entered, primary.resume = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(ledger.charge("acme", DAY, {"webhook": 1}, CAP))
+    await primary.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ledger.unsynced == 100
+
+
+async def test_close_replays_or_says_what_is_lost(
+    primary: FlakyLedger, local: MemoryLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() replays what is unsynced; with the primary still down it warns of the amount lost."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    assert await ledger.charge("acme", DAY, {"webhook": 100}, CAP)
+    primary.down = False
+    await ledger.close()
+    assert (await primary.store.spend("acme", DAY)).parts == {"webhook": 100}
+    down = FailoverLedger(primary, MemoryLedger())
+    primary.down = True
+    assert await down.charge("acme", DAY, {"webhook": 7}, CAP)
+    with caplog.at_level(logging.WARNING, logger="gateway.limits.budget_failover"):
+        await down.close()
+    assert "7 µ$ booked here while the shared ledger failed is lost" in caplog.records[-1].getMessage()
+
+
+async def test_reserve_passes_the_id_to_either_ledger(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """reserve(id=...) holds under that id in the primary, or in the local ledger while it fails."""
+    ledger = FailoverLedger(primary, local)
+    shared = await ledger.reserve("acme", DAY, 5, CAP, TTL, id="llm:A")
+    primary.down = True
+    held = await ledger.reserve("acme", DAY, 5, CAP, TTL, id="llm:B")
+    again = await ledger.reserve("acme", DAY, 6, CAP, TTL, id="llm:B")
+    assert shared == Reservation("acme", DAY, "llm:A", 5)
+    assert held == again == Reservation("acme", DAY, "llm:B", 5, local=True)
+    assert (await local.spend("acme", DAY)).reserved == 5

@@ -6,7 +6,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.limits.budget import FailoverLedger, MemoryLedger, RedisLedger
+from gateway.limits.budget import MemoryLedger
+from gateway.limits.budget_failover import FailoverLedger
+from gateway.limits.budget_redis import RedisLedger
 from gateway.limits.factory import is_shared, stores_from_url
 from gateway.limits.leases import MemoryLeases, RedisLeases
 from gateway.limits.memory import MemoryBuckets

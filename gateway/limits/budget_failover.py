@@ -1,0 +1,280 @@
+"""What handlers use: the shared spend ledger when it answers, the tenant's failure mode when not,
+and the spend booked meanwhile replayed to the shared ledger once it answers again."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from gateway.errors import BackendError
+from gateway.limits.base import FailureMode
+from gateway.limits.budget import Cost, Entry, Ledger, MemoryLedger, Reservation, Spend
+
+log = logging.getLogger(__name__)
+
+FailoverTransition = Callable[[bool, BackendError | None], None]
+"""Called with (degraded, the error that made it so | None when healthy again)."""
+
+_Unsynced = dict[tuple[str, str], dict[str, int]]
+"""(tenant, day) -> part -> µ$ booked in the local ledger and not yet in the primary."""
+
+
+class FailoverLedger:
+    """The primary ledger when it answers, the tenant's failure mode when not.
+
+    On BackendError, charge and reserve follow `mode` (base.FailureMode):
+      local   this instance's ledger, the cap divided by the live instances;
+      open    admit, recorded in this instance's ledger without a cap;
+      closed  refuse.
+    commit, release and add never raise BackendError: they run after the money is spent (often
+    in a `finally`), so a failed write is kept in the local ledger and logged once per streak.
+
+    What the local ledger books in place of the primary (admitted charges, commits, adds) is also
+    kept as unsynced, and replayed to the primary in one add() by the first call it answers
+    afterwards (or with the next add()), so the shared figure, the report and every instance's
+    cap see it. The window: until then it lives in this process only, so a crash, or an exit
+    while the primary is still down (close() tries once more), loses what this instance booked
+    during the outage. A write that timed out may have landed all the same: booked here too and
+    replayed, it counts twice (at worst, and erring towards stopping spend). The local ledger
+    keeps what it booked, as this instance's share of the cap in the next outage of the day.
+    """
+
+    def __init__(self, primary: Ledger, local: MemoryLedger, instances: Callable[[], int] = lambda: 1) -> None:
+        self._primary = primary
+        # An in-process primary never fails and never waits: charge it without a coroutine.
+        self._sync_primary = primary if isinstance(primary, MemoryLedger) else None
+        self._local = local
+        self._instances = instances
+        self._degraded = False
+        self._writes_failing = False
+        self._unsynced: _Unsynced = {}
+        self._listeners: list[FailoverTransition] = []
+
+    @property
+    def primary(self) -> Ledger:
+        return self._primary
+
+    @property
+    def local(self) -> MemoryLedger:
+        return self._local
+
+    @property
+    def degraded(self) -> bool:
+        """True from the primary's first failure until it answers again."""
+        return self._degraded
+
+    @property
+    def unsynced(self) -> int:
+        """µ$ booked here while the primary failed and not yet replayed to it."""
+        return sum(sum(parts.values()) for parts in self._unsynced.values())
+
+    def on_transition(self, callback: FailoverTransition) -> None:
+        """Called with the new `degraded` value (and the error, on failing) when it changes."""
+        self._listeners.append(callback)
+
+    def _share(self, cap: int | None) -> int | None:
+        return None if cap is None else cap // max(1, self._instances())
+
+    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool | None:
+        """The answer at once when the primary is in process, else None: await charge()."""
+        if self._sync_primary is None:
+            return None
+        return self._sync_primary.charge_now(tenant, day, cost, cap)
+
+    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None, mode: FailureMode = "local") -> bool:
+        try:
+            admitted = await self._primary.charge(tenant, day, cost, cap)
+        except BackendError as error:
+            # A charge that timed out may have run on the primary all the same; booked here too,
+            # and replayed, it then counts twice. Only at worst, and erring towards stopping
+            # spend, which is what a cap is for; telling the cases apart would need an id per
+            # webhook and a round trip to ask.
+            self._set_degraded(True, error)
+            if mode == "closed":
+                return False
+            admitted = self._local.charge_now(tenant, day, cost, self._share(cap) if mode == "local" else None)
+            if admitted:
+                self._keep(tenant, day, cost)
+            return admitted
+        await self._answered()
+        return admitted
+
+    async def reserve(
+        self,
+        tenant: str,
+        day: str,
+        amount: int,
+        cap: int | None,
+        ttl: float,
+        mode: FailureMode = "local",
+        *,
+        id: str | None = None,
+    ) -> Reservation | None:
+        try:
+            reservation = await self._primary.reserve(tenant, day, amount, cap, ttl, id=id)
+        except BackendError as error:
+            self._set_degraded(True, error)
+            if mode == "closed":
+                return None
+            # Held here under the same id: its settling on this instance goes here (local=True);
+            # settled from another instance (rebuilt, not local), the hold here lapses at its ttl.
+            local_cap = self._share(cap) if mode == "local" else None
+            held = await self._local.reserve(tenant, day, amount, local_cap, ttl, id=id)
+            return None if held is None else replace(held, local=True)
+        await self._answered()
+        return reservation
+
+    async def commit(self, reservation: Reservation, cost: Cost) -> None:
+        if reservation.local:
+            await self._local.commit(reservation, cost)
+            self._keep(reservation.tenant, reservation.day, cost)
+            return
+        try:
+            await self._primary.commit(reservation, cost)
+        except BackendError as error:
+            # The shared hold expires at its ttl; the cost is kept here (and replayed), not lost.
+            self._write_failed(error, f"commit of reservation {reservation.id} of {reservation.tenant}")
+            self._book_locally([(reservation.tenant, reservation.day, cost, None)])
+            return
+        await self._answered(wrote=True)
+
+    async def release(self, reservation: Reservation) -> None:
+        if reservation.local:
+            await self._local.release(reservation)
+            return
+        try:
+            await self._primary.release(reservation)
+        except BackendError as error:
+            # Nothing is lost: the hold stops counting at its ttl, which is what the ttl is for.
+            self._write_failed(error, f"release of reservation {reservation.id} of {reservation.tenant}")
+            return
+        await self._answered(wrote=True)
+
+    async def add(self, entries: Sequence[Entry]) -> None:
+        """The entries, and whatever is unsynced, in one add() to the primary; on failure the
+        entries are booked here (a `once` id is then checked against this instance's ids only)."""
+        pending = self._take_unsynced()
+        try:
+            await self._primary.add([*entries, *_entries(pending)])
+        except BackendError as error:
+            self._restore(pending)
+            self._write_failed(error, f"add of {len(entries)} entries")
+            self._book_locally(entries)
+            return
+        except BaseException:
+            # Cancelled, or a malformed day: the replay did not (knowingly) happen; keep it.
+            self._restore(pending)
+            raise
+        self._write_succeeded()
+        self._replayed(pending)
+        if self._unsynced:  # booked here by a call that failed while this add was in flight
+            await self._resync()
+
+    async def spend(self, tenant: str, day: str) -> Spend:
+        """The primary's figure; BackendError when it fails, since this instance's share is
+        not the day's spend and a report must not pass it off as such."""
+        if self._unsynced:
+            # Replayed first, so that the figure read includes them.
+            await self._resync()
+        try:
+            spent = await self._primary.spend(tenant, day)
+        except BackendError as error:
+            self._set_degraded(True, error)
+            raise
+        await self._answered()
+        return spent
+
+    def _keep(self, tenant: str, day: str, cost: Cost) -> None:
+        parts = self._unsynced.setdefault((tenant, day), {})
+        for part, amount in cost.items():
+            parts[part] = parts.get(part, 0) + amount
+
+    def _book_locally(self, entries: Sequence[Entry]) -> None:
+        for tenant, day, cost, _ in self._local.add_now(entries):
+            self._keep(tenant, day, cost)
+
+    def _take_unsynced(self) -> _Unsynced:
+        # Taken before the await: a concurrent call that finds the primary back must not
+        # replay the same amounts again.
+        pending, self._unsynced = self._unsynced, {}
+        return pending
+
+    def _restore(self, pending: _Unsynced) -> None:
+        for (tenant, day), parts in pending.items():
+            self._keep(tenant, day, parts)
+
+    async def _resync(self) -> None:
+        """Replay the unsynced amounts to the primary; on failure they stay unsynced."""
+        pending = self._take_unsynced()
+        if not pending:
+            return
+        try:
+            await self._primary.add(_entries(pending))
+        except BackendError as error:
+            # As with a charge: a replay that timed out may have landed, and is then counted twice.
+            self._restore(pending)
+            self._write_failed(error, "replay of the spend booked during the outage")
+            return
+        except BaseException:
+            self._restore(pending)
+            raise
+        self._write_succeeded()
+        self._replayed(pending)
+
+    def _replayed(self, pending: _Unsynced) -> None:
+        if pending:
+            total = sum(sum(parts.values()) for parts in pending.values())
+            log.info("spend ledger: replayed %d µ$ over %d tenant-days booked here meanwhile", total, len(pending))
+
+    async def _answered(self, *, wrote: bool = False) -> None:
+        """The primary answered: it is back, so replay what was booked here meanwhile.
+
+        The first call to find it back pays the replay's round trip (one add()).
+        """
+        if wrote:
+            self._write_succeeded()
+        else:
+            self._set_degraded(False)
+        if self._unsynced:
+            await self._resync()
+
+    def _write_failed(self, error: BackendError, what: str) -> None:
+        self._set_degraded(True, error)
+        if not self._writes_failing:
+            # Once per streak: during an outage every call's usage would log a line.
+            self._writes_failing = True
+            log.warning("spend ledger: %s kept in this instance only: %s", what, error)
+
+    def _write_succeeded(self) -> None:
+        self._set_degraded(False)
+        if self._writes_failing:
+            self._writes_failing = False
+            log.info("spend ledger: shared writes succeed again")
+
+    def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
+        if degraded == self._degraded:
+            return
+        self._degraded = degraded
+        for callback in self._listeners:
+            try:
+                callback(degraded, error)
+            except Exception:
+                # A broken log or metric hook must not break the charge it reports on.
+                log.exception("ledger failover transition callback failed")
+
+    async def close(self) -> None:
+        """Replay what is unsynced one last time (what fails now is lost), then close both."""
+        if self._unsynced:
+            await self._resync()
+            if self._unsynced:
+                log.warning("spend ledger: %d µ$ booked here while the shared ledger failed is lost", self.unsynced)
+        await self._primary.close()
+        await self._local.close()
+
+
+def _entries(unsynced: _Unsynced) -> list[Entry]:
+    # No `once` id: the ids were checked here when the amounts were booked. The primary never
+    # learns them, so a replay of such a callback after the outage books there once more (once
+    # only: that booking records the id).
+    return [(tenant, day, parts, None) for (tenant, day), parts in unsynced.items()]
