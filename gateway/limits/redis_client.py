@@ -61,6 +61,24 @@ async def guard(operation: str, deadline: float) -> AsyncIterator[None]:
         raise BackendError("redis", operation, cause) from error
     except DRIVER_ERRORS as error:
         raise BackendError("redis", operation, error) from error
+    except (AttributeError, TypeError) as error:
+        # redis-py's asyncio clients can trip over a connection another task is opening or
+        # closing (seen here: the cluster client's `None._writer.writelines` under 100 concurrent
+        # scripts; redis-py #3546 is the same race in asyncio's transport). That is the store
+        # failing, not our bug: only when the error was raised inside the driver.
+        if not _raised_in_driver(error):
+            raise
+        raise BackendError("redis", operation, error) from error
+
+
+def _raised_in_driver(error: BaseException) -> bool:
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.startswith(("redis.", "asyncio."))
 
 
 def is_noscript(result: object) -> bool:
