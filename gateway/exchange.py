@@ -16,8 +16,6 @@ from gateway.clock import Clock
 from gateway.deadline import TWILIO_TOTAL, Deadline
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from gateway.limits.base import Decision
     from gateway.policy.registry import PolicySet
     from gateway.policy.tenant import Tenant
@@ -56,9 +54,11 @@ class Exchange:
     caller: str | None = None
     called: str | None = None
     error: str | None = None
-    # The parsed webhook form and the TwiML answered: what it cost is worked out from them at
-    # the end, off the request's path (segments of an SMS, a call's minutes).
-    params: Mapping[str, list[str]] | None = None
+    # The few form values its cost is worked out from at the end (BILLING_FIELDS: an SMS's
+    # segments, a call's final status and minutes), and the TwiML answered. Plain strings, not
+    # the parsed form: a dict of str is not tracked by the garbage collector, while the form's
+    # lists kept alive until the batch is flushed measured ~15 µs per request of collections.
+    fields: dict[str, str] | None = None
     reply: bytes | None = None
     # Its cost in parts (micro-dollars), and what of it the ledger has already (a tenant with a
     # budget is charged before the answer; the rest, and everyone else, at the end in batches).

@@ -33,7 +33,7 @@ from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.protocol.forms import parse_form
 from gateway.services import Services
-from gateway.telemetry.usage import cost_of
+from gateway.telemetry.usage import BILLING_FIELDS, cost_of
 
 WebhookKind = Literal["voice", "sms", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,7 +83,8 @@ def webhook(kind: WebhookKind) -> Handler:
             headers = request.headers
             is_json = headers.get("Content-Type", "").startswith("application/json")
             params = _json_params(body) if is_json else parse_form(body)
-            exchange.params = params
+            if kind != "voice":  # a call's own webhook costs what its answer says; nothing to keep
+                exchange.fields = {name: values[0] for name in BILLING_FIELDS if (values := params.get(name))}
             # Kept raw for the access log, which bounds and masks them (the request is not yet
             # verified: nothing from it is trusted or written at length).
             exchange.caller, exchange.called = _first(params, "From"), _first(params, "To")

@@ -69,6 +69,9 @@ class Recorder:
             self._spawn(self.ledger.add(adds))
         self.metrics.observe([(entry[3], entry[4], entry[5]) for entry in ended])
         if self.traced and self.spans is not None and self.exporter is not None:
+            if not self.exporter.accepting:  # the collector is down: count them, make none
+                self.exporter.discard(len(ended))
+                return
             spans: list[bytes] = []
             build = self.spans.build
             for end, method, raw_path, status, seconds, exchange in ended:

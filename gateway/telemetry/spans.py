@@ -77,7 +77,7 @@ class SpanBuilder:
         if exchange.error:
             parts.append(otlp.cached_attribute("error.type", exchange.error))
         if exchange.verified:
-            parts.append(_sids(exchange.params))
+            parts.append(_sid(exchange.sid))
         if exchange.cost:
             parts.append(_cost(exchange.cost))
         decision = exchange.decision
@@ -146,15 +146,11 @@ def _common(
     return b"".join(out)
 
 
-def _sids(params: Mapping[str, list[str]] | None) -> bytes:
-    if not params:
+def _sid(sid: str | None) -> bytes:
+    """A call's or a message's SID (by its prefix), when it has a SID's shape."""
+    if not sid or not SID.fullmatch(sid):
         return b""
-    out = b""
-    for field, key in (("CallSid", "twilio.call_sid"), ("MessageSid", "twilio.message_sid")):
-        values = params.get(field)
-        if values and SID.fullmatch(values[0]):
-            out += otlp.attribute(key, values[0])
-    return out
+    return otlp.attribute("twilio.call_sid" if sid.startswith("CA") else "twilio.message_sid", sid)
 
 
 def _cost(parts: Mapping[str, int]) -> bytes:

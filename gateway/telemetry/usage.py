@@ -7,11 +7,13 @@ The prices are the tenant's (telemetry/cost.py keeps the maths); nothing here do
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from gateway.exchange import Exchange
 from gateway.telemetry import cost
 from gateway.telemetry.cost import Cost, Prices
+
+# The form values the cost of a text or a status callback is worked out from (kept on the
+# exchange by the handler; a voice webhook keeps none).
+BILLING_FIELDS = ("NumSegments", "Body", "CallStatus", "CallDuration", "MessageStatus", "CallSid", "MessageSid")
 
 # The outcomes that cost the tenant: a verified request answered in any way. Refusals (over a
 # limit, over budget) and forged or unknown requests cost nothing.
@@ -23,7 +25,7 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
     price or was never verified. Whether it was answered is the caller's question (COSTED)."""
     if not exchange.verified:
         return {}
-    params: Mapping[str, list[str]] = exchange.params or {}
+    fields = exchange.fields or {}
     kind = exchange.kind
     spent = cost.webhook_cost(prices)
     if kind == "sms":
@@ -34,16 +36,11 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
     elif kind == "voice":
         if exchange.reply:  # a voice answer may send an SMS too (<Message> inside <Response>)
             spent = cost.add(spent, cost.sms_cost(prices, cost.message_segments(exchange.reply)))
-    elif kind == "status" and _first(params, "CallStatus") == "completed":
-        seconds = _int(_first(params, "CallDuration"))
+    elif kind == "status" and fields.get("CallStatus") == "completed":
+        seconds = _int(fields.get("CallDuration", ""))
         if seconds:
             spent = cost.add(spent, cost.voice_cost(prices, seconds))
     return spent
-
-
-def _first(params: Mapping[str, list[str]], name: str) -> str:
-    values = params.get(name)
-    return values[0] if values else ""
 
 
 def _int(value: str) -> int | None:
@@ -59,10 +56,10 @@ def inbound_cost(exchange: Exchange, prices: Prices) -> Cost:
     body we were sent)."""
     if not exchange.verified or exchange.kind != "sms":
         return {}
-    params: Mapping[str, list[str]] = exchange.params or {}
-    inbound = _int(_first(params, "NumSegments"))
+    fields = exchange.fields or {}
+    inbound = _int(fields.get("NumSegments", ""))
     if inbound is None:
-        inbound = cost.sms_segments(_first(params, "Body"))
+        inbound = cost.sms_segments(fields.get("Body", ""))
     return cost.sms_cost(prices, inbound)
 
 
@@ -73,9 +70,9 @@ def once_id(exchange: Exchange) -> str | None:
     times must not book the call's minutes a thousand times (nor drain the tenant's budget)."""
     if exchange.kind != "status":
         return None
-    params: Mapping[str, list[str]] = exchange.params or {}
-    sid = _first(params, "CallSid") or _first(params, "MessageSid")
-    status = _first(params, "CallStatus") or _first(params, "MessageStatus")
+    fields = exchange.fields or {}
+    sid = fields.get("CallSid") or fields.get("MessageSid") or ""
+    status = fields.get("CallStatus") or fields.get("MessageStatus") or ""
     if not sid:
         return None
     # Bounded: the request was verified, but the id becomes a store key.

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.telemetry import otlp
+from gateway.telemetry import otlp, tracing
 from gateway.telemetry.tracing import SpanExporter, TracingConfig
 from tests.support.otlp import OtlpGrpcReceiver, OtlpHttpReceiver
 
@@ -266,3 +266,25 @@ async def test_shutdown_gives_up_at_its_timeout(receiver: OtlpHttpReceiver, drop
     await exporter.shutdown(0.2)
     assert loop.time() - started < 1.0
     assert drops.counts == Counter(shutdown=6)
+
+
+async def test_a_failed_export_rests_the_exporter(
+    receiver: OtlpHttpReceiver, drops: Drops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed export the exporter is not accepting for FAILURE_REST (callers then make no
+    spans: `discard` counts them as failed), and accepts again once it has passed."""
+    await receiver.stop()
+    exporter = SpanExporter(_config(receiver.url), on_dropped=drops)
+    await exporter.start()
+    assert exporter.accepting
+    exporter.submit(_spans(4))
+    await drops.wait_for("export_failed", 4)
+    assert not exporter.accepting
+    exporter.discard(7)
+    assert drops.counts == Counter(export_failed=11)
+    monkeypatch.setattr(tracing, "FAILURE_REST", 0.0)
+    exporter.submit(_spans(4))  # still tried when submitted: the rest only spares the encoding
+    await drops.wait_for("export_failed", 15)
+    assert exporter.accepting
+    await exporter.shutdown(1.0)
+    assert not exporter.accepting
