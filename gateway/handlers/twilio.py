@@ -27,7 +27,7 @@ from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.base import RetryKey
-from gateway.limits.budget import utc_day
+from gateway.limits.budget import Reservation, utc_day
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
@@ -47,6 +47,11 @@ FORWARDED_HEADERS = (IDEMPOTENCY, "I-Twilio-Retry-Count", "X-Home-Region", "User
 # The client went away before (or while) its body arrived: nothing to answer, nothing to log
 # as our failure. aiohttp raises these from request.read().
 CLIENT_GONE = (ClientConnectionResetError, ConnectionResetError)
+# A call's final statuses (Twilio sends one of these last): its held estimate is dropped then.
+FINAL_CALL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+# How long a call's estimate is held if its final status never comes (no status callback set):
+# a call lasts at most 4 hours.
+CALL_RESERVE_TTL = 4 * 3600.0 + 300.0
 # How long a body may take to arrive after its head (Twilio's arrive with it).
 BODY_TIMEOUT = 5.0
 
@@ -125,6 +130,8 @@ def webhook(kind: WebhookKind) -> Handler:
 
             if kind == "status":
                 exchange.decision = "recorded"
+                if tenant.call_reserve and _first(params, "CallStatus") in FINAL_CALL_STATUSES:
+                    await _release_call(exchange, tenant, services)
                 return responses.no_content()
 
             rules = tenant.rules[kind]
@@ -234,15 +241,53 @@ async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services)
     ledger = services.ledger
     day = utc_day(services.wall())
     cap = tenant.daily_budget
-    admitted = ledger.charge_now(tenant.id, day, spent, cap)
-    if admitted is None:  # a shared ledger: one round trip
-        clock = services.clock
+    clock = services.clock
+    held = None
+    if exchange.kind == "voice" and tenant.call_reserve and exchange.sid:
+        # The call's minutes come with its final status callback: until then its estimate is
+        # held against the cap, named by the call (a retry of this webhook holds nothing more).
         sent = clock()
-        admitted = await ledger.charge(tenant.id, day, spent, cap, mode=tenant.on_store_failure)
-        exchange.timed("budget", clock() - sent, sent)
+        held = await ledger.reserve(
+            tenant.id, day, tenant.call_reserve, cap, CALL_RESERVE_TTL, tenant.on_store_failure,
+            id=_call_hold(exchange.sid),
+        )  # fmt: skip
+        if ledger.shared:
+            exchange.timed("budget.reserve", clock() - sent, sent)
+        if held is None:
+            return False
+    admitted: bool | None = False
+    try:
+        admitted = ledger.charge_now(tenant.id, day, spent, cap)
+        if admitted is None:  # a shared ledger: one round trip
+            sent = clock()
+            admitted = await ledger.charge(tenant.id, day, spent, cap, mode=tenant.on_store_failure)
+            exchange.timed("budget.charge", clock() - sent, sent)
+    finally:
+        # Refused, failed or cancelled: the call is not answered, so nothing is held for it.
+        if not admitted and held is not None:
+            await ledger.release(held)
     if admitted:
         exchange.charged = spent
-    return admitted
+    return bool(admitted)
+
+
+async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) -> None:
+    """A call ended (its final status): drop the estimate its answer held. Its real minutes are
+    booked from this callback's CallDuration at the end (once, however often it comes)."""
+    sid = exchange.sid
+    if not sid:
+        return
+    day = utc_day(services.wall())
+    held = Reservation(tenant.id, day, _call_hold(sid), tenant.call_reserve)
+    clock = services.clock
+    sent = clock()
+    await services.ledger.release(held)
+    if services.ledger.shared:
+        exchange.timed("budget.release", clock() - sent, sent)
+
+
+def _call_hold(sid: str) -> str:
+    return "call:" + sid[:64]  # verified, but it becomes a store key: bounded
 
 
 def _first(params: Mapping[str, list[str]], name: str) -> str:

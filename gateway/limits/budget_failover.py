@@ -56,6 +56,11 @@ class FailoverLedger:
         return self._primary
 
     @property
+    def shared(self) -> bool:
+        """Is the primary a shared store (its calls are I/O worth a span)?"""
+        return self._sync_primary is None
+
+    @property
     def local(self) -> MemoryLedger:
         return self._local
 

@@ -169,8 +169,10 @@ class _Compiler:
         routes = tuple(self.route(i, r, fallback[r.match.kind]) for i, r in enumerate(policy.routes))
         prices = _prices(policy.prices)
         daily_budget = None
+        call_reserve = 0
         if policy.budget is not None:
             daily_budget = cost.to_micro(policy.budget.daily_usd)
+            call_reserve = policy.budget.call_reserve_minutes * prices.voice_minute
             if prices.free:
                 # Legal, but nothing is ever charged against the cap, so it can never refuse.
                 self.note("budget", "every price is 0, so nothing counts against daily_usd")
@@ -196,6 +198,7 @@ class _Compiler:
             api=api,
             prices=prices,
             daily_budget=daily_budget,
+            call_reserve=call_reserve,
             budget_refusal=budget_refusal,
         )
 

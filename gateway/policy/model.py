@@ -146,6 +146,9 @@ class Prices(Strict):
 
 class Budget(Strict):
     daily_usd: PositiveUsd
+    # What a call is assumed to last until its completed status callback says: held against the
+    # cap (at voice_minute) from the answer, so concurrent calls cannot all fit under it.
+    call_reserve_minutes: Annotated[int, Field(ge=0, le=240, strict=True)] = 5
     refusal: ByKind = Field(default_factory=ByKind)
 
 

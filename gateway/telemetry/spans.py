@@ -29,7 +29,12 @@ SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
 # Decisions that mean the caller did not get what the route says: the span's status is Error.
 FAILED = frozenset({"error", "fallback"})
 # I/O steps → span names (the step's name when not listed).
-STEP_NAMES = {"limits": "limits acquire", "budget": "budget charge"}
+STEP_NAMES = {
+    "limits": "limits acquire",
+    "budget.reserve": "budget reserve",
+    "budget.charge": "budget charge",
+    "budget.release": "budget release",
+}
 WEBHOOKS = frozenset({"voice", "sms", "status"})
 
 

@@ -254,6 +254,33 @@ async def test_concurrent_webhooks_never_overshoot_the_cap(
     assert spend.total == 50_000 and spend.reserved == 0
 
 
+async def test_calls_hold_their_estimate_until_their_final_status(make_app: MakeApp, tmp_path: Path) -> None:
+    """Priced per minute with a cap of two calls' estimates: of five concurrent calls two are
+    answered; their completed callbacks drop the holds and book the real minutes, and a new call
+    fits again; a busy call's hold is dropped with nothing booked."""
+    (tmp_path / "shop.yaml").write_text(
+        SHOP.replace("prices: {webhook: 0.01, sms_segment: 0.02}", "prices: {voice_minute: 0.01}").replace(
+            "budget: {daily_usd: 0.05}", "budget: {daily_usd: 0.1, call_reserve_minutes: 5}"
+        )
+    )
+    client = await make_app(tmp_path)
+
+    def call(n: int, **extra: str) -> dict[str, str]:
+        return {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "CallSid": f"CA{n:032x}", **extra}
+
+    answers = await asyncio.gather(*(post(client, "/twilio/voice", call(n), SHOP_TOKEN) for n in range(5)))
+    assert sum("<Say>" in text for _, text in answers) == 2
+    assert (await _spend(client, "shop")).reserved == 100_000
+    admitted = [n for n, (_, text) in enumerate(answers) if "<Say>" in text]
+    done = call(admitted[0], CallStatus="completed", CallDuration="61")
+    assert (await post(client, "/t/shop/status", done, SHOP_TOKEN))[0] == 204
+    busy = call(admitted[1], CallStatus="busy")
+    assert (await post(client, "/t/shop/status", busy, SHOP_TOKEN))[0] == 204
+    spend = await _spend(client, "shop")
+    assert (spend.parts, spend.reserved) == ({"voice": 20_000}, 0)
+    assert "<Say>" in (await post(client, "/twilio/voice", call(9), SHOP_TOKEN))[1]
+
+
 async def test_a_twilio_retry_is_charged_once(make_app: MakeApp, shop: Path) -> None:
     """The same signed webhook with the same I-Twilio-Idempotency-Token twice: answered twice,
     booked once (against the budget and in the ledger)."""

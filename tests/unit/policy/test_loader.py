@@ -564,3 +564,12 @@ def test_a_priced_budget_has_no_note() -> None:
     notes: list[PolicyProblem] = []
     load_file(FIXTURES / "priced.yaml", LoadContext(env=ENV, notes=notes))
     assert notes == []
+
+
+def test_a_calls_hold_is_its_reserve_minutes_at_the_voice_price(tmp_path: Path) -> None:
+    """budget.call_reserve_minutes times prices.voice_minute, in µ$; 5 minutes unless said; 0 holds nothing."""
+    text = (FIXTURES / "priced.yaml").read_text()
+    assert load_file(FIXTURES / "priced.yaml", NO_PUBLIC_URL).call_reserve == 5 * 8500
+    path = tmp_path / "held.yaml"
+    path.write_text(text.replace("daily_usd: 200", "daily_usd: 200\n  call_reserve_minutes: 0"))
+    assert load_file(path, NO_PUBLIC_URL).call_reserve == 0
