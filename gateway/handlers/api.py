@@ -13,6 +13,7 @@ from gateway.auth import jwt
 from gateway.errors import BackendError, Refused, SignatureError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
+from gateway.limits.base import Decision
 from gateway.limits.budget import utc_day
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
@@ -22,31 +23,13 @@ from gateway.telemetry.cost import PARTS, to_usd
 async def limits(request: web.Request) -> web.Response:
     """GET /api/v1/limits: the tenant's configured buckets, with RateLimit headers."""
     services = request.app[SERVICES]
-    exchange = Exchange("api", services.registry.current, services.clock)
-    exchange.recorder = services.recorder
-    request[EXCHANGE] = exchange
-    header = request.headers.get("Authorization")
-    try:
-        token = jwt.bearer(header)
-        tenant = jwt.tenant_of(token, exchange.policies.tenants)
-    except SignatureError:
-        exchange.decision = "unauthorized"
-        # RFC 6750 §3.1: no credentials, or another scheme than Bearer, is "lacks any
-        # authentication information": the challenge then carries no error code.
-        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
-        return responses.unauthorized(credentials_given=sent_bearer)
-    exchange.tenant = tenant
-    decision = None
-    rules = tenant.rules["api"]
-    if rules:
-        limits = services.limits
-        decision = limits.acquire_now(tenant.id, rules) or await limits.acquire(
-            tenant.id, rules, mode=tenant.on_store_failure
-        )
-        exchange.limit = decision
-        if not decision.allowed:
-            exchange.decision = "refused"
-            return responses.too_many(Refused(decision))
+    exchange = _exchange(request, services)
+    tenant = _tenant(request, exchange)
+    if tenant is None:
+        return _unauthorized(request)
+    decision = await _charge(services, exchange, tenant)
+    if decision is not None and not decision.allowed:
+        return responses.too_many(Refused(decision))
     exchange.decision = "answered"
     body = {
         "tenant": tenant.id,
@@ -65,17 +48,13 @@ async def cost(request: web.Request) -> web.Response:
     """GET /api/v1/cost?day=YYYY-MM-DD: the tenant's spend of one UTC day (today by default),
     in parts, with its budget; for the tenant of the bearer token."""
     services = request.app[SERVICES]
-    exchange = Exchange("api", services.registry.current, services.clock)
-    exchange.recorder = services.recorder
-    request[EXCHANGE] = exchange
-    header = request.headers.get("Authorization")
-    try:
-        tenant = jwt.tenant_of(jwt.bearer(header), exchange.policies.tenants)
-    except SignatureError:
-        exchange.decision = "unauthorized"
-        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
-        return responses.unauthorized(credentials_given=sent_bearer)
-    exchange.tenant = tenant
+    exchange = _exchange(request, services)
+    tenant = _tenant(request, exchange)
+    if tenant is None:
+        return _unauthorized(request)
+    decision = await _charge(services, exchange, tenant)  # a ledger read each: the `api` bucket
+    if decision is not None and not decision.allowed:
+        return responses.too_many(Refused(decision))
     day = _day(request, services.wall())
     if day is None:
         exchange.decision = "bad-request"
@@ -86,26 +65,22 @@ async def cost(request: web.Request) -> web.Response:
         exchange.decision = "error"
         return responses.problem(503, "Spend ledger unavailable", "the shared store is not answering; try again")
     exchange.decision = "answered"
-    return responses.json(report)
+    return responses.with_limits(responses.json(report), decision)
 
 
 async def admin_cost(request: web.Request) -> web.Response:
     """GET /api/v1/admin/cost?day=YYYY-MM-DD: every tenant's spend of one day, for operators
     (the bearer token is SWITCHYARD_ADMIN_TOKEN from the environment; without it, no access)."""
     services = request.app[SERVICES]
-    exchange = Exchange("api", services.registry.current, services.clock)
-    exchange.recorder = services.recorder
-    request[EXCHANGE] = exchange
-    header = request.headers.get("Authorization")
+    exchange = _exchange(request, services)
     expected = services.admin_token
     try:
-        given = jwt.bearer(header).encode()
+        given = jwt.bearer(request.headers.get("Authorization")).encode()
     except SignatureError:
         given = b""
     if expected is None or not given or not hmac.compare_digest(given, expected):
         exchange.decision = "unauthorized"
-        sent_bearer = (header or "").partition(" ")[0].lower() == "bearer"
-        return responses.unauthorized(credentials_given=sent_bearer)
+        return _unauthorized(request)
     day = _day(request, services.wall())
     if day is None:
         exchange.decision = "bad-request"
@@ -118,6 +93,46 @@ async def admin_cost(request: web.Request) -> web.Response:
     exchange.decision = "answered"
     total = sum(t["spent_usd"] for t in tenants)  # type: ignore[misc]
     return responses.json({"day": day, "currency": "USD", "spent_usd": round(total, 6), "tenants": tenants})
+
+
+def _exchange(request: web.Request, services: Services) -> Exchange:
+    exchange = Exchange("api", services.registry.current, services.clock)
+    exchange.recorder = services.recorder
+    request[EXCHANGE] = exchange
+    return exchange
+
+
+def _tenant(request: web.Request, exchange: Exchange) -> Tenant | None:
+    """The tenant a valid bearer JWT speaks for (set on the exchange); None: unauthorized."""
+    try:
+        tenant = jwt.tenant_of(jwt.bearer(request.headers.get("Authorization")), exchange.policies.tenants)
+    except SignatureError:
+        exchange.decision = "unauthorized"
+        return None
+    exchange.tenant = tenant
+    return tenant
+
+
+async def _charge(services: Services, exchange: Exchange, tenant: Tenant) -> Decision | None:
+    """Charge the tenant's `api` bucket (None when it has none); a refusal is on the exchange."""
+    rules = tenant.rules["api"]
+    if not rules:
+        return None
+    limits = services.limits
+    decision = limits.acquire_now(tenant.id, rules) or await limits.acquire(
+        tenant.id, rules, mode=tenant.on_store_failure
+    )
+    exchange.limit = decision
+    if not decision.allowed:
+        exchange.decision = "refused"
+    return decision
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    # RFC 6750 §3.1: no credentials, or another scheme than Bearer, is "lacks any authentication
+    # information": the challenge then carries no error code.
+    scheme = (request.headers.get("Authorization") or "").partition(" ")[0]
+    return responses.unauthorized(credentials_given=scheme.lower() == "bearer")
 
 
 def _day(request: web.Request, now: float) -> str | None:
