@@ -26,8 +26,9 @@ Outcome = str
 answered, refused, forged, unknown-tenant, no-route, recorded, fallback, error, unauthorized,
 client_closed (the client went away before we could answer), over-budget."""
 
-Step = tuple[str, float, float]
-"""One I/O step of a request: (name, monotonic start, seconds). Each becomes a child span."""
+Step = tuple[str, float, float, bytes | None]
+"""One I/O step of a request: (name, monotonic start, seconds, its span id if it was sent on
+in a traceparent). Each becomes a child span."""
 
 
 class Exchange:
@@ -71,6 +72,10 @@ class Exchange:
     # The W3C trace context it came with (read only when tracing is on), for its span's parent.
     traceparent: str | None = None
     tracestate: str | None = None
+    # Its trace and server span ids, fixed early only when a call out carries them (trace()).
+    trace_id: bytes | None = None
+    span_id: bytes | None = None
+    sampled: bool = True
     # Who reads this record at the end (cost, ledger, metrics, spans): the app's. None in tests
     # that build exchanges by hand, and then only the access line is written.
     recorder: Recorder | None = None
@@ -92,16 +97,30 @@ class Exchange:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def timed(self, step: str, seconds: float, start: float | None = None) -> None:
+    def timed(self, step: str, seconds: float, start: float | None = None, span_id: bytes | None = None) -> None:
         """Record how long one I/O step took (a Redis round trip, an upstream call), and when it
-        began (the clock's time), which makes it a child span."""
+        began (the clock's time), which makes it a child span (with `span_id` when the step
+        sent it on in a traceparent)."""
         if self.timings is None:
             self.timings = {}
             self.steps = []
         self.timings[step] = self.timings.get(step, 0.0) + seconds
         if start is not None:
             assert self.steps is not None
-            self.steps.append((step, start, seconds))
+            self.steps.append((step, start, seconds, span_id))
+
+    def trace(self) -> tuple[bytes, bool]:
+        """The trace this request belongs to, and whether it is sampled, for a call out that
+        carries it on: the caller's (its traceparent), else a new one. Fixes the server span's id
+        too, so what the call out sends and the span exported at the end agree."""
+        if self.trace_id is None:
+            from gateway.telemetry.tracing import new_span_id, new_trace_id, parse_traceparent
+
+            parent = parse_traceparent(self.traceparent, self.tracestate) if self.traceparent else None
+            self.trace_id = parent.trace_id if parent is not None else new_trace_id()
+            self.span_id = new_span_id()
+            self.sampled = parent.sampled if parent is not None else True
+        return self.trace_id, self.sampled
 
     @property
     def tenant_id(self) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.actions import static
+from gateway.actions import static, upstream
 from gateway.actions.base import ActionKind, CallOut, CompileContext, Compiled, Incoming
 
 ACTIONS: Mapping[str, ActionKind[Any]] = {
@@ -22,6 +22,7 @@ ACTIONS: Mapping[str, ActionKind[Any]] = {
         static.STREAM,
         static.MESSAGE,
         static.TWIML,
+        upstream.UPSTREAM,
     )
 }
 

@@ -60,6 +60,8 @@ class CompileContext:
     notes: list[str] | None = field(default=None)
     # The process environment: the only place secrets come from (never the YAML).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The tenant's Twilio auth token: what a forwarded request is signed anew with.
+    signing_key: bytes | None = field(default=None, repr=False)
 
     def secret(self, variable: str) -> bytes:
         """The value of the environment variable a policy names (an API key, say).

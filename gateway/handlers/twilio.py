@@ -210,6 +210,12 @@ async def _call_out(
         content_type=headers.get("Content-Type", ""),
         headers={name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None},
     )
+    # The call out carries the caller's trace on (and the tenant's own Twilio timeout bounds it).
+    exchange.traceparent = headers.get("traceparent")
+    exchange.tracestate = headers.get("tracestate")
+    tenant = exchange.tenant
+    if tenant is not None:
+        exchange.budget = tenant.webhook_timeout
     deadline = exchange.deadline()
     try:
         assert services.egress is not None, "the app's egress session is open while serving"

@@ -92,6 +92,7 @@ class _Compiler:
     def __init__(self, file: str, tenant_id: str, context: LoadContext) -> None:
         self.file, self.tenant_id, self.context = file, tenant_id, context
         self.problems: list[PolicyProblem] = []
+        self.signing_key: bytes | None = None  # the auth token, once read: `upstream` signs with it
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(PolicyProblem(self.file, key, message))
@@ -119,7 +120,9 @@ class _Compiler:
         compiled = None
         try:
             compiled = compile_action(
-                name, value, CompileContext(self.tenant_id, self.context.public_url, notes, self.context.env)
+                name,
+                value,
+                CompileContext(self.tenant_id, self.context.public_url, notes, self.context.env, self.signing_key),
             )
         except ValueError as exc:
             self.problem(f"{key}.{name}", str(exc))
@@ -144,6 +147,7 @@ class _Compiler:
     def tenant(self, policy: model.Policy) -> Tenant:
         account = policy.twilio
         primary = self.secret("twilio.auth_token_env", account.auth_token_env)
+        self.signing_key = primary
         previous = self.secret("twilio.previous_auth_token_env", account.previous_auth_token_env)
         api = None
         if policy.api is not None:
@@ -199,6 +203,7 @@ class _Compiler:
             prices=prices,
             daily_budget=daily_budget,
             call_reserve=call_reserve,
+            webhook_timeout=account.webhook_timeout_ms / 1000,
             budget_refusal=budget_refusal,
         )
 

@@ -32,6 +32,9 @@ class TwilioAccount(Strict):
     account_sid: Annotated[str, Field(pattern=r"^AC[0-9a-fA-F]{32}$")]
     auth_token_env: EnvName
     previous_auth_token_env: EnvName | None = None
+    # Twilio's total time for this account's webhooks: 15 s unless its URLs say otherwise with a
+    # `#tt=` fragment, which never reaches us, so the policy must say it.
+    webhook_timeout_ms: Annotated[int, Field(ge=1000, le=15_000, strict=True)] = 15_000
 
 
 class BucketRule(Strict):

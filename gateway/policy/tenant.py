@@ -71,6 +71,7 @@ class Tenant:
     api: ApiAuth | None = None
     prices: Prices = field(default_factory=Prices)  # µ$; all 0 (free) unless the policy prices something
     daily_budget: int | None = None  # µ$ per UTC day; None: no cap
+    webhook_timeout: float = 15.0  # seconds: Twilio's total time (twilio.webhook_timeout_ms)
     call_reserve: int = 0  # µ$ held per answered call until its final status (budget.call_reserve_minutes)
     # Answered once the day's budget is spent: by default the call is left unanswered (so
     # unbilled) and the SMS gets no reply, which is what stops the spending.

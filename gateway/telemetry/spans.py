@@ -31,6 +31,7 @@ FAILED = frozenset({"error", "fallback"})
 # I/O steps → span names (the step's name when not listed).
 STEP_NAMES = {
     "limits": "limits acquire",
+    "upstream": "POST upstream",
     "budget.reserve": "budget reserve",
     "budget.charge": "budget charge",
     "budget.release": "budget release",
@@ -54,12 +55,13 @@ class SpanBuilder:
         end: wall-clock seconds when the request ended; seconds: how long it took.
         """
         parent = parse_traceparent(exchange.traceparent, exchange.tracestate) if exchange.traceparent else None
-        trace_id = parent.trace_id if parent is not None else new_trace_id()
+        # A call out may have fixed the ids already (and sent them on): keep them.
+        trace_id = exchange.trace_id or (parent.trace_id if parent is not None else new_trace_id())
         if not self._sampler.sampled(trace_id, parent):
             return []
         end_ns = int(end * 1e9)
         start_ns = end_ns - int(seconds * 1e9)
-        span_id = new_span_id()
+        span_id = exchange.span_id or new_span_id()
         kind = exchange.kind
         path = raw_path.partition("?")[0][:MAX_PATH]
         name, route = _names(kind, method, path)
@@ -102,12 +104,12 @@ class SpanBuilder:
                 trace_state=parent.trace_state if parent is not None else "",
             )
         ]
-        for step, began, took in exchange.steps or ():
+        for step, began, took, step_id in exchange.steps or ():
             step_start = start_ns + int((began - exchange.started) * 1e9)
             spans.append(
                 otlp.span(
                     trace_id,
-                    new_span_id(),
+                    step_id or new_span_id(),
                     span_id,
                     STEP_NAMES.get(step, step),
                     otlp.SPAN_KIND_CLIENT,

@@ -40,7 +40,7 @@ def _tenants() -> dict[str, Tenant]:
 
 
 ROOT = "the file must hold a mapping of keys (twilio, numbers, ...)"
-ONE_ACTION = "a route needs exactly one of say, reject, redirect, stream, message, twiml"
+ONE_ACTION = "a route needs exactly one of say, reject, redirect, stream, message, twiml, upstream"
 FAILURES = [
     pytest.param("unknown-top-key.yaml", "colour", "unknown key", id="unknown-top-key"),
     pytest.param("unknown-nested-key.yaml", "limits.webhooks.burts", "unknown key", id="unknown-nested-key"),
@@ -97,13 +97,13 @@ FAILURES = [
     pytest.param(
         "sms-route-with-say.yaml",
         "routes.0",
-        "action 'say' answers a call; an sms route can use message or twiml",
+        "action 'say' answers a call; an sms route can use message, twiml or upstream",
         id="sms-route-with-say",
     ),
     pytest.param(
         "voice-route-with-message.yaml",
         "routes.0",
-        "action 'message' replies to an SMS; a voice route can use say, reject, redirect, stream or twiml",
+        "action 'message' replies to an SMS; a voice route can use say, reject, redirect, stream, twiml or upstream",
         id="voice-route-with-message",
     ),
     pytest.param("body-on-voice.yaml", "routes.0.match", "'body' can only match kind: sms", id="body-on-voice"),

@@ -1,0 +1,153 @@
+"""The `upstream` action: the webhook forwarded to the tenant's own runtime, its TwiML answered.
+
+The URL is the policy's, never the request's. The body goes on unchanged with Twilio's own
+headers, and is signed anew for the upstream URL with the tenant's auth token, so a runtime that
+checks `X-Twilio-Signature` with twilio's RequestValidator works behind the gateway unchanged.
+Anything but TwiML in time (a 4xx/5xx, not TwiML, too big, too slow, no connection, a breaker
+open) raises UpstreamError, and the handler answers the route's fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field
+
+from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming
+from gateway.actions.static import BOTH
+from gateway.auth.twilio_signature import compute
+from gateway.errors import UpstreamError
+from gateway.limits.breaker import CircuitBreaker
+from gateway.policy.base import Strict
+from gateway.telemetry.tracing import new_span_id, traceparent
+
+if TYPE_CHECKING:
+    from gateway.deadline import Deadline
+    from gateway.egress import Egress, Reply
+    from gateway.exchange import Exchange
+
+DEFAULT_TIMEOUT_MS = 5000
+# A TwiML document is a few KB; a runtime answering more is broken, and Twilio caps TwiML at 64 KB.
+MAX_TWIML = 64 * 1024
+TENANT_HEADER = "X-Switchyard-Tenant"
+SIGNATURE = "X-Twilio-Signature"
+
+
+class Breaker(Strict):
+    failures: Annotated[int, Field(ge=1, le=1000, strict=True)] = 5
+    cooldown_ms: Annotated[int, Field(ge=100, le=600_000, strict=True)] = 10_000
+
+
+class Upstream(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://[^\s#]+$")]
+    # The route's own time; never more than what is left of Twilio's (twilio.webhook_timeout_ms,
+    # 15 s by default) less the answer margin.
+    timeout_ms: Annotated[int, Field(ge=50, le=15_000, strict=True)] = DEFAULT_TIMEOUT_MS
+    breaker: Breaker = Field(default_factory=Breaker)
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """A compiled `upstream` action (the CallOut protocol)."""
+
+    tenant: str
+    url: str
+    timeout: float
+    key: bytes = field(repr=False)
+    breaker: CircuitBreaker
+    target: str
+
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+        if not self.breaker.allow():
+            # Failing lately: the caller hears the fallback now, not after another timeout.
+            raise UpstreamError(self.target, "circuit_open")
+        span_id = new_span_id()  # our client span: the runtime's spans are its children
+        url, headers = self.request(exchange, incoming, span_id)
+        clock = exchange.clock
+        started = clock()
+        try:
+            reply = await self._send(url, headers, incoming.body, deadline, egress)
+        except UpstreamError:
+            self.breaker.record_failure()
+            raise
+        finally:
+            exchange.timed("upstream", clock() - started, started, span_id)
+        if reply.status >= 400:
+            self.breaker.record_failure()
+            raise UpstreamError(self.target, "status", reply.status)
+        self.breaker.record_success()  # it answered: its TwiML is the tenant's business
+        if not is_twiml(reply.body):
+            raise UpstreamError(self.target, "not_twiml", reply.status, reply.headers.get("Content-Type", ""))
+        return reply.body
+
+    def request(self, exchange: Exchange, incoming: Incoming, span_id: bytes) -> tuple[str, dict[str, str]]:
+        """The URL and headers the forwarded request goes with (also what `explain` shows)."""
+        url = self.url
+        headers = dict(incoming.headers)  # Twilio's own (I-Twilio-Idempotency-Token …), chosen by the handler
+        headers.pop("traceparent", None)
+        headers.pop("tracestate", None)
+        headers["Content-Type"] = incoming.content_type or "application/x-www-form-urlencoded"
+        headers[TENANT_HEADER] = self.tenant
+        if incoming.content_type.startswith("application/json"):
+            # Twilio's JSON scheme: the body's SHA-256 in the query, the URL alone signed.
+            separator = "&" if urlsplit(url).query else "?"
+            url = f"{url}{separator}bodySHA256={hashlib.sha256(incoming.body).hexdigest()}"
+            headers[SIGNATURE] = compute(url, None, self.key)
+        else:
+            headers[SIGNATURE] = compute(url, incoming.params, self.key)
+        trace_id, sampled = exchange.trace()
+        headers["traceparent"] = traceparent(trace_id, span_id, sampled)
+        return url, headers
+
+    async def _send(self, url: str, headers: dict[str, str], body: bytes, deadline: Deadline, egress: Egress) -> Reply:
+        try:
+            return await egress.request(
+                "POST", url, target=self.target, deadline=deadline, cap=self.timeout,
+                headers=headers, body=body, max_body=MAX_TWIML,
+            )  # fmt: skip
+        except UpstreamError as error:
+            if error.reason != "connect":
+                raise
+        # The connection failed before anything was sent: the one failure safe to try again.
+        return await egress.request(
+            "POST", url, target=self.target, deadline=deadline, cap=self.timeout,
+            headers=headers, body=body, max_body=MAX_TWIML,
+        )  # fmt: skip
+
+
+def is_twiml(body: bytes) -> bool:
+    """A TwiML document, by its shape: an optional XML declaration, then a <Response> root.
+
+    A shape check, not a parse: Twilio parses it anyway, and a runtime's error page (HTML, JSON,
+    plain text) is what this is here to catch, at no parsing cost per call."""
+    text = body.strip()
+    if text.startswith(b"<?xml"):
+        end = text.find(b"?>")
+        if end < 0:
+            return False
+        text = text[end + 2 :].lstrip()
+    return (text.startswith((b"<Response>", b"<Response/>", b"<Response ")) and text.endswith(b">")) and (
+        text.endswith(b"</Response>") or text.endswith(b"/>")
+    )
+
+
+def _compile(value: Upstream, context: CompileContext) -> Compiled:
+    if context.signing_key is None:
+        raise ValueError("the tenant's auth token is needed to sign forwarded requests")
+    breaker = CircuitBreaker(failures=value.breaker.failures, cooldown=value.breaker.cooldown_ms / 1000)
+    host = urlsplit(value.url).netloc
+    call = UpstreamCall(
+        tenant=context.tenant_id,
+        url=value.url,
+        timeout=value.timeout_ms / 1000,
+        key=context.signing_key,
+        breaker=breaker,
+        target=f"upstream {context.tenant_id} {host}",
+    )
+    return Compiled(call=call)
+
+
+UPSTREAM = ActionKind("upstream", Upstream, BOTH, _compile)

@@ -1,0 +1,165 @@
+"""The `upstream` action against a real runtime on 127.0.0.1: forwarded, re-signed (checked by
+twilio's RequestValidator on the runtime's side), traced, and the route's fallback for every way
+a runtime can fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.telemetry import accesslog
+from tests.integration.conftest import GatewayServer
+from tests.support.clock import FakeClock
+from tests.support.gateway import PUBLIC, Client, post
+from tests.support.otlp import OtlpHttpReceiver
+from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
+from tests.support.upstream import TWIML, Runtime
+
+NUMBER = "+15558760001"
+FALLBACK = "<Response><Say>Our system is busy.</Say></Response>"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _policy(runtime: Runtime, timeout_ms: int = 2000, failures: int = 5) -> str:
+    return f"""
+twilio: {{account_sid: {ACME_SID}, auth_token_env: ACME_TWILIO_AUTH_TOKEN}}
+numbers: ["{NUMBER}"]
+routes:
+  - name: runtime
+    match: {{kind: voice}}
+    upstream:
+      url: {runtime.url("/twilio/voice")}
+      timeout_ms: {timeout_ms}
+      breaker: {{failures: {failures}, cooldown_ms: 60000}}
+    fallback: '{FALLBACK}'
+  - name: texts
+    match: {{kind: sms}}
+    upstream: {{url: "{runtime.url("/twilio/sms")}?src=gw"}}
+"""
+
+
+MakeApp = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    server = Runtime(ACME_TOKEN)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: Runtime) -> MakeApp:
+    async def make(**options: Any) -> Client:
+        env = options.pop("env", {})
+        (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
+        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
+        app = create_app(settings, env={**ENV, **env}, clock=clock)
+        server = GatewayServer(app, host="127.0.0.1")
+        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
+        client: Client = await aiohttp_client(server)
+        return client
+
+    return make
+
+
+def _call(**extra: str) -> dict[str, str]:
+    return {"AccountSid": ACME_SID, "CallSid": "CA" + "e" * 32, "From": CALLER, "To": NUMBER, **extra}
+
+
+async def test_the_webhook_is_forwarded_re_signed_and_its_twiml_answered(make_app: MakeApp, runtime: Runtime) -> None:
+    """The runtime gets the body unchanged, a signature valid for its own URL (twilio's
+    RequestValidator), the tenant, Twilio's idempotency token and the caller's trace; Twilio
+    gets the runtime's TwiML unchanged."""
+    client = await make_app()
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    headers = {"I-Twilio-Idempotency-Token": "idem-1", "traceparent": traceparent}
+    status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN, **headers)
+    assert (status, text.encode()) == (200, TWIML)
+    (seen,) = runtime.seen
+    assert seen.signature_valid
+    assert seen.headers["X-Switchyard-Tenant"] == "acme"
+    assert seen.headers["I-Twilio-Idempotency-Token"] == "idem-1"
+    version, trace_id, parent_id, flags = seen.headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01") and parent_id != "00f067aa0ba902b7"
+    assert b"From=%2B15557654321" in seen.body  # the body as Twilio sent it
+
+
+async def test_a_query_in_the_upstream_url_is_signed_too(make_app: MakeApp, runtime: Runtime) -> None:
+    """An SMS route whose URL has a query: the runtime validates the signature over URL + query."""
+    client = await make_app()
+    sms = {"AccountSid": ACME_SID, "MessageSid": "SM" + "f" * 32, "From": CALLER, "To": NUMBER, "Body": "hi"}
+    status, _ = await post(client, "/twilio/sms", sms, ACME_TOKEN)
+    assert status == 200
+    (seen,) = runtime.seen
+    assert seen.path == "/twilio/sms" and seen.signature_valid
+
+
+@pytest.mark.parametrize("mode", ["error", "html", "huge", "close"])
+async def test_a_failing_runtime_gets_the_route_fallback(make_app: MakeApp, runtime: Runtime, mode: Any) -> None:
+    """500, an HTML error page, a body over the TwiML cap, a connection closed mid-answer: the
+    caller hears the route's fallback, never a 5xx."""
+    runtime.mode = mode
+    client = await make_app()
+    status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
+    assert status == 200 and "Our system is busy." in text
+
+
+async def test_a_slow_runtime_gets_the_fallback_at_its_timeout(make_app: MakeApp, runtime: Runtime) -> None:
+    """timeout_ms 200 and a runtime that never answers: the fallback comes after the timeout and
+    well before Twilio's 15 s."""
+    runtime.mode = "slow"
+    client = await make_app(timeout_ms=200)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
+    elapsed = loop.time() - started
+    assert status == 200 and "Our system is busy." in text
+    assert 0.2 <= elapsed < 2.0
+
+
+async def test_a_runtime_that_is_down_gets_the_fallback(make_app: MakeApp, runtime: Runtime) -> None:
+    """Nothing listens at the runtime's port: connection refused (tried twice, nothing was sent), fallback."""
+    client = await make_app()
+    await runtime.stop()
+    status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
+    assert status == 200 and "Our system is busy." in text
+
+
+async def test_the_breaker_opens_after_repeated_failures(make_app: MakeApp, runtime: Runtime) -> None:
+    """failures: 2: after two 500s the third caller gets the fallback without the runtime being called."""
+    runtime.mode = "error"
+    client = await make_app(failures=2)
+    for _ in range(3):
+        status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
+        assert status == 200 and "Our system is busy." in text
+    assert len(runtime.seen) == 2
+
+
+async def test_the_upstream_call_is_a_child_span_whose_id_the_runtime_got(make_app: MakeApp, runtime: Runtime) -> None:
+    """The exported trace: the server span, and under it a CLIENT span `POST upstream` whose id is
+    the parent id in the traceparent the runtime received."""
+    receiver = OtlpHttpReceiver()
+    await receiver.start()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"}
+        client = await make_app(env=env)
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        assert (await post(client, "/twilio/voice", _call(), ACME_TOKEN, traceparent=traceparent))[0] == 200
+        accesslog.flush()
+        spans = {span.span.name: span.span for span in await receiver.wait_for(2)}
+        server, upstream = spans["twilio.webhook voice"], spans["POST upstream"]
+        assert server.trace_id.hex() == upstream.trace_id.hex() == TRACE_ID
+        assert upstream.parent_span_id == server.span_id
+        assert runtime.seen[0].headers["traceparent"].split("-")[2] == upstream.span_id.hex()
+    finally:
+        await receiver.stop()
