@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.actions.base import Tools
 from gateway.auth.public_url import PublicUrl
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress
@@ -30,3 +31,9 @@ class Services:
     wall: Callable[[], float] = time.time  # the UTC day a spend belongs to
     egress: Egress | None = None  # None only in tests that build Services by hand
     admin_token: bytes | None = field(default=None, repr=False)  # SWITCHYARD_ADMIN_TOKEN
+    # What actions that call out use (actions/base.py Tools); None without an egress session.
+    tools: Tools | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.egress is not None:
+            self.tools = Tools(self.egress, self.ledger, self.limits, self.wall)

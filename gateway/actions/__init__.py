@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.actions import static, upstream
-from gateway.actions.base import ActionKind, CallOut, CompileContext, Compiled, Incoming
+from gateway.actions.base import ActionKind, CallOut, CompileContext, Compiled, Incoming, Tools
 
 ACTIONS: Mapping[str, ActionKind[Any]] = {
     kind.name: kind
@@ -26,7 +26,7 @@ ACTIONS: Mapping[str, ActionKind[Any]] = {
     )
 }
 
-__all__ = ["ACTIONS", "ActionKind", "CallOut", "CompileContext", "Compiled", "Incoming", "compile_action"]
+__all__ = ["ACTIONS", "ActionKind", "CallOut", "CompileContext", "Compiled", "Incoming", "Tools", "compile_action"]
 
 
 def compile_action(name: str, value: object, context: CompileContext) -> Compiled:

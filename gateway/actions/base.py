@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from gateway.deadline import Deadline
     from gateway.egress import Egress
     from gateway.exchange import Exchange
+    from gateway.limits.base import Limiter
+    from gateway.limits.budget_failover import FailoverLedger
 
 M = TypeVar("M")
 
@@ -29,12 +31,24 @@ class Incoming:
     headers: Mapping[str, str]
 
 
-class CallOut(Protocol):
-    """An action that does I/O, through `egress` only. It answers TwiML bytes before `deadline`,
-    or raises (UpstreamError, DeadlineExceeded, anything): the handler then answers the route's
-    fallback. It records what it used (usage, timings) in `exchange`."""
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """What an action that calls out may use, opened once per app: the one outbound seam, the
+    spend ledger (reserve an estimate, commit the real cost, release on failure), the limiter
+    (a route's own bucket) and the wall clock (the UTC day spend is booked to)."""
 
-    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes: ...
+    egress: Egress
+    ledger: FailoverLedger
+    limits: Limiter
+    wall: Callable[[], float]
+
+
+class CallOut(Protocol):
+    """An action that does I/O, through `tools.egress` only. It answers TwiML bytes before
+    `deadline`, or raises (UpstreamError, DeadlineExceeded, anything): the handler then answers
+    the route's fallback. It records what it used (timings, steps) in `exchange`."""
+
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

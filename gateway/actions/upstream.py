@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming
+from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming, Tools
 from gateway.actions.static import BOTH
 from gateway.auth.twilio_signature import compute
 from gateway.errors import UpstreamError
@@ -60,7 +60,7 @@ class UpstreamCall:
     breaker: CircuitBreaker
     target: str
 
-    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes:
         if not self.breaker.allow():
             # Failing lately: the caller hears the fallback now, not after another timeout.
             raise UpstreamError(self.target, "circuit_open")
@@ -69,7 +69,7 @@ class UpstreamCall:
         clock = exchange.clock
         started = clock()
         try:
-            reply = await self._send(url, headers, incoming.body, deadline, egress)
+            reply = await self._send(url, headers, incoming.body, deadline, tools.egress)
         except UpstreamError:
             self.breaker.record_failure()
             raise

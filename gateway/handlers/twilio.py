@@ -218,10 +218,10 @@ async def _call_out(
         exchange.budget = tenant.webhook_timeout
     deadline = exchange.deadline()
     try:
-        assert services.egress is not None, "the app's egress session is open while serving"
+        assert services.tools is not None, "the app's outbound session is open while serving"
         # The action takes its own timeouts from the deadline; this bounds one that does not.
         async with asyncio.timeout(deadline.timeout()):
-            reply = await call.run(exchange, incoming, deadline, services.egress)
+            reply = await call.run(exchange, incoming, deadline, services.tools)
     except Exception as exc:
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
         # way; the log says which, briefly (the error's text never carries request data).

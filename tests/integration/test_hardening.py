@@ -12,9 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.actions import Incoming
+from gateway.actions import Incoming, Tools
 from gateway.deadline import ANSWER_MARGIN, Deadline
-from gateway.egress import Egress
 from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
 from gateway.handlers import twilio as twilio_handler
@@ -142,7 +141,7 @@ class _Scripted:
         self.during: list[Any] = []
         self.seen: list[tuple[Exchange, Incoming, Deadline]] = []
 
-    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+    async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes:
         self.seen.append((exchange, incoming, deadline))
         for step in self.during:
             step()
@@ -247,9 +246,9 @@ async def test_client_gone_during_a_call_out_is_499(gateway: Client, capfd: pyte
     registry.current = _with_call(gateway, call, b"<Response/>")
     original = call.run
 
-    async def slow(exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+    async def slow(exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes:
         await release.wait()
-        return await original(exchange, incoming, deadline, egress)
+        return await original(exchange, incoming, deadline, tools)
 
     call.run = slow  # type: ignore[method-assign]
     head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", voice_params())
@@ -283,7 +282,7 @@ async def test_a_call_out_that_overruns_the_deadline_gets_the_fallback(
     never = asyncio.Event()
 
     class Stuck(_Scripted):
-        async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, egress: Egress) -> bytes:
+        async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes:
             await never.wait()
             return b""
 
