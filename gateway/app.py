@@ -119,6 +119,7 @@ def _stores(
             limits=stores.failover,
             ledger=stores.ledger,
             recorder=recorder,
+            answers=stores.answers,
             metrics=metrics,
             clock=clock or monotonic,
             wall=wall,

@@ -10,6 +10,7 @@ from gateway.actions.base import Tools
 from gateway.auth.public_url import PublicUrl
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress
+from gateway.limits.answers import AnswerStore
 from gateway.limits.base import Limiter
 from gateway.limits.budget_failover import FailoverLedger
 from gateway.policy.registry import Registry
@@ -26,6 +27,7 @@ class Services:
     limits: Limiter
     ledger: FailoverLedger
     recorder: Recorder
+    answers: AnswerStore
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = monotonic
     wall: Callable[[], float] = time.time  # the UTC day a spend belongs to

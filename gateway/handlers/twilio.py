@@ -23,9 +23,10 @@ from gateway import responses
 from gateway.actions import Incoming
 from gateway.auth.twilio_signature import algorithm_from_settings, verify_form, verify_json
 from gateway.deadline import DeadlineExceeded
-from gateway.errors import UpstreamError
+from gateway.errors import BackendError, UpstreamError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
+from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
 from gateway.limits.budget import Reservation, utc_day
 from gateway.policy.registry import PolicySet
@@ -217,7 +218,24 @@ async def _call_out(
     if tenant is not None:
         exchange.budget = tenant.webhook_timeout
     deadline = exchange.deadline()
+    token = headers.get(IDEMPOTENCY)
+    retry = RetryKey(token, headers.get(SIGNATURE, "")) if token else None
+    claimed = retry if usable(retry) and tenant is not None else None
+    reply: bytes | None = None
     try:
+        if claimed is not None:
+            assert tenant is not None
+            # A Twilio retry of this very request: the first one's answer, never a second call.
+            claim = await _claim(services, tenant.id, claimed, deadline.timeout())
+            if claim is None:
+                claimed = None  # the store is failing: answer this one, at the risk of a second call
+            elif not claim.first:
+                claimed = None  # the first request settles it, not this one
+                exchange.retry = "replay"
+                if claim.answer is None:
+                    raise UpstreamError("retry", "no_answer", detail="the first request had no answer in time")
+                exchange.decision = "replayed"
+                return claim.answer
         assert services.tools is not None, "the app's outbound session is open while serving"
         # The action takes its own timeouts from the deadline; this bounds one that does not.
         async with asyncio.timeout(deadline.timeout()):
@@ -232,9 +250,29 @@ async def _call_out(
             "tenant %s route %s: action %s failed (%s); answering its fallback",
             exchange.tenant_id, route.name, route.action, exc, exc_info=not expected,
         )  # fmt: skip
-        return route.fallback
+        reply = route.fallback
+        return reply
+    finally:
+        if claimed is not None and tenant is not None:
+            await _settle(services, tenant.id, claimed, reply)
     exchange.decision = "answered"
     return reply
+
+
+async def _claim(services: Services, tenant: str, retry: RetryKey, wait: float) -> Claim | None:
+    try:
+        return await services.answers.claim(tenant, retry, wait)
+    except BackendError as error:
+        log.warning("tenant %s: retries cannot be matched to their first answer: %s", tenant, error)
+        return None
+
+
+async def _settle(services: Services, tenant: str, retry: RetryKey, reply: bytes | None) -> None:
+    """Keep the answer for the retries (the fallback too: a retry hears what the first got)."""
+    try:
+        await services.answers.settle(tenant, retry, reply)
+    except BackendError as error:  # the retry then waits out its claim and gets the fallback
+        log.warning("tenant %s: the answer for retries could not be kept: %s", tenant, error)
 
 
 async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services) -> bool:

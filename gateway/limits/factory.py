@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.clock import Clock, monotonic
+from gateway.limits.answers import AnswerStore, MemoryAnswers, RedisAnswers
 from gateway.limits.base import DEDUP_TTL, BucketStore
 from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.budget import MemoryLedger
@@ -56,6 +57,7 @@ class Stores:
     instances: InstanceRegistry | None
     client: RedisClient | None
     ledger: FailoverLedger
+    answers: AnswerStore
 
     async def start(self) -> None:
         """Start the instance heartbeat (Redis only); call inside the running loop."""
@@ -68,6 +70,7 @@ class Stores:
         await self.failover.close()
         await self.leases.close()
         await self.ledger.close()
+        await self.answers.close()
         if self.client is not None:
             await self.client.aclose()
 
@@ -92,7 +95,14 @@ def stores_from_url(
         limiter = MemoryBuckets(clock or monotonic, dedup_ttl)
         ledger = FailoverLedger(MemoryLedger(clock or monotonic), MemoryLedger(clock or monotonic))
         return Stores(
-            url, limiter, MemoryLeases(clock or monotonic), FailoverLimiter(limiter, local), None, None, ledger
+            url,
+            limiter,
+            MemoryLeases(clock or monotonic),
+            FailoverLimiter(limiter, local),
+            None,
+            None,
+            ledger,
+            MemoryAnswers(clock or monotonic),
         )
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
@@ -113,4 +123,6 @@ def stores_from_url(
         registry,
         client,
         FailoverLedger(redis_ledger, MemoryLedger(clock or monotonic), registry.live_instances),
+        # A claim is one small round trip; the ledger's longer deadline suits it (a retry waits).
+        RedisAnswers(client, deadline=max(deadline, LEDGER_DEADLINE)),
     )

@@ -61,8 +61,9 @@ async def runtime() -> AsyncIterator[Runtime]:
 def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: Runtime) -> MakeApp:
     async def make(**options: Any) -> Client:
         env = options.pop("env", {})
+        limiter = options.pop("limiter_url", "memory://")
         (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
-        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
+        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0, limiter_url=limiter)
         app = create_app(settings, env={**ENV, **env}, clock=clock)
         server = GatewayServer(app, host="127.0.0.1")
         await server.start_server(access_log_class=accesslog.JsonAccessLogger)
@@ -163,3 +164,45 @@ async def test_the_upstream_call_is_a_child_span_whose_id_the_runtime_got(make_a
         assert runtime.seen[0].headers["traceparent"].split("-")[2] == upstream.span_id.hex()
     finally:
         await receiver.stop()
+
+
+async def test_a_retry_waits_for_the_first_answer_and_never_calls_twice(make_app: MakeApp, runtime: Runtime) -> None:
+    """The same signed request with the same idempotency token, while the first is still at the
+    runtime and after it answered: one call; every copy gets the runtime's TwiML."""
+    runtime.mode = "slow"
+    client = await make_app()
+    retry = {"I-Twilio-Idempotency-Token": "idem-7"}
+    first = asyncio.create_task(post(client, "/twilio/voice", _call(), ACME_TOKEN, **retry))
+    await runtime.wait_for(1)
+    second = asyncio.create_task(post(client, "/twilio/voice", _call(), ACME_TOKEN, **retry))
+    runtime.release.set()
+    answers = [await first, await second, await post(client, "/twilio/voice", _call(), ACME_TOKEN, **retry)]
+    assert [(status, text.encode()) for status, text in answers] == [(200, TWIML)] * 3
+    assert len(runtime.seen) == 1
+
+
+async def test_the_same_token_on_another_request_is_not_a_retry(make_app: MakeApp, runtime: Runtime) -> None:
+    """A token replayed with another signed request (another caller) gets its own call."""
+    client = await make_app()
+    retry = {"I-Twilio-Idempotency-Token": "idem-8"}
+    await post(client, "/twilio/voice", _call(), ACME_TOKEN, **retry)
+    await post(client, "/twilio/voice", _call(From="+15550001111"), ACME_TOKEN, **retry)
+    assert len(runtime.seen) == 2
+
+
+@pytest.mark.redis
+async def test_a_retry_on_another_instance_gets_the_first_answer(
+    make_app: MakeApp, runtime: Runtime, redis_url: str
+) -> None:
+    """Two gateway instances sharing Redis: the retry reaches the second while the first is still
+    at the runtime; it waits for that answer and the runtime is called once."""
+    runtime.mode = "slow"
+    one = await make_app(limiter_url=redis_url)
+    two = await make_app(limiter_url=redis_url)
+    retry = {"I-Twilio-Idempotency-Token": "idem-9"}
+    first = asyncio.create_task(post(one, "/twilio/voice", _call(), ACME_TOKEN, **retry))
+    await runtime.wait_for(1)
+    second = asyncio.create_task(post(two, "/twilio/voice", _call(), ACME_TOKEN, **retry))
+    runtime.release.set()
+    assert [(await task)[1].encode() for task in (first, second)] == [TWIML, TWIML]
+    assert len(runtime.seen) == 1

@@ -36,6 +36,7 @@ class Runtime:
         self.mode: Mode = mode
         self.seen: list[Seen] = []
         self.release = asyncio.Event()
+        self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -49,6 +50,11 @@ class Runtime:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.port = self._runner.addresses[0][1]
+
+    async def wait_for(self, n: int, within: float = 5.0) -> None:
+        """Until n requests have arrived (bounded)."""
+        async with asyncio.timeout(within), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.seen) >= n)
 
     async def stop(self) -> None:
         self.release.set()
@@ -67,6 +73,8 @@ class Runtime:
             params = MultiDict({k: [str(v) for v in form.getall(k)] for k in form})
             valid = self.validator.validate(url, params, signature)
         self.seen.append(Seen(request.path, request.headers, body, valid))
+        async with self._arrived:
+            self._arrived.notify_all()
         if self.mode == "slow":
             await self.release.wait()
         if self.mode == "error":

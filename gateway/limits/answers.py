@@ -1,0 +1,139 @@
+"""Answers of calls out, kept per Twilio retry token: a retry never starts a second call.
+
+Twilio retries a webhook it got no answer to (a timeout, a dropped connection) with the same
+`I-Twilio-Idempotency-Token`. For an action that calls out (the tenant's runtime, a model
+paid per token), a second call is a second charge and maybe a second side effect. The first
+request claims the token; a retry that comes while it runs waits for its answer; one that comes
+after gets the stored answer, for as long as the token is remembered. Across instances with
+Redis (the claim is SET NX; a waiter on another instance polls for the answer).
+
+A token is bound to the signature of the request it came with (limits/base.RetryKey): the same
+token on another request is not a retry and claims nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.clock import Clock, monotonic
+from gateway.limits.base import MAX_RETRY_TOKEN, RetryKey
+from gateway.limits.redis_client import RedisClient, guard
+
+# How long an answer is kept: Twilio's retries of one webhook all come within its total time.
+ANSWER_TTL = 60.0
+# How often a waiter on another instance looks for the answer (Redis).
+POLL_INTERVAL = 0.05
+PENDING = b"\x00pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """first: this request runs the call and must `settle` it. Otherwise `answer` is the first
+    request's answer (None: it did not come in time, or the first request failed to settle)."""
+
+    first: bool
+    answer: bytes | None = None
+
+
+class AnswerStore(Protocol):
+    async def claim(self, tenant: str, retry: RetryKey, wait: float) -> Claim:
+        """Claim the token, or wait up to `wait` seconds for the first request's answer."""
+        ...
+
+    async def settle(self, tenant: str, retry: RetryKey, answer: bytes | None) -> None:
+        """The first request's answer (None: it had none; waiters then get None at once)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def usable(retry: RetryKey | None) -> bool:
+    return retry is not None and 0 < len(retry.token) <= MAX_RETRY_TOKEN
+
+
+class MemoryAnswers:
+    """Answers of one process: waiters await the first request's future."""
+
+    def __init__(self, clock: Clock = monotonic, ttl: float = ANSWER_TTL) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._entries: dict[tuple[str, str, str], tuple[float, asyncio.Future[bytes | None]]] = {}
+
+    def _prune(self, now: float) -> None:
+        # Insertion order is expiry order (one ttl): stop at the first live entry.
+        while self._entries:
+            key, (expiry, _) = next(iter(self._entries.items()))
+            if expiry > now:
+                return
+            del self._entries[key]
+
+    async def claim(self, tenant: str, retry: RetryKey, wait: float) -> Claim:
+        now = self._clock()
+        self._prune(now)
+        key = (tenant, retry.token, retry.binding)
+        entry = self._entries.get(key)
+        if entry is None:
+            self._entries[key] = (now + self._ttl, asyncio.get_running_loop().create_future())
+            return Claim(first=True)
+        future = entry[1]
+        try:
+            async with asyncio.timeout(wait):
+                return Claim(first=False, answer=await asyncio.shield(future))
+        except TimeoutError:
+            return Claim(first=False)
+
+    async def settle(self, tenant: str, retry: RetryKey, answer: bytes | None) -> None:
+        entry = self._entries.get((tenant, retry.token, retry.binding))
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(answer)
+
+    async def close(self) -> None:
+        for _, future in self._entries.values():
+            if not future.done():
+                future.set_result(None)
+        self._entries.clear()
+
+
+def answer_key(tenant: str, retry: RetryKey) -> str:
+    # The token and binding are the request's (bounded, but hashed: no raw request text in keys).
+    digest = hashlib.sha256(f"{retry.token}\x00{retry.binding}".encode()).hexdigest()[:32]
+    return f"sy:{{{tenant}}}:ans:{digest}"
+
+
+class RedisAnswers:
+    """Answers shared by every instance: SET NX claims, the answer replaces the claim."""
+
+    def __init__(self, client: RedisClient, *, ttl: float = ANSWER_TTL, deadline: float = 0.050) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._deadline = deadline
+
+    async def claim(self, tenant: str, retry: RetryKey, wait: float) -> Claim:
+        key = answer_key(tenant, retry)
+        async with guard("answer claim", self._deadline):
+            claimed = await self._client.set(key, PENDING, nx=True, px=int(self._ttl * 1000))
+        if claimed:
+            return Claim(first=True)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        while True:
+            async with guard("answer read", self._deadline):
+                value = await self._client.get(key)
+            if value is None:
+                return Claim(first=False)  # expired, or the first request could not settle
+            if value != PENDING:
+                data = value.encode() if isinstance(value, str) else value
+                return Claim(first=False, answer=data or None)
+            if loop.time() + POLL_INTERVAL >= until:
+                return Claim(first=False)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def settle(self, tenant: str, retry: RetryKey, answer: bytes | None) -> None:
+        async with guard("answer store", self._deadline):
+            await self._client.set(answer_key(tenant, retry), answer or b"", px=int(self._ttl * 1000))
+
+    async def close(self) -> None:
+        """Nothing to release: the client belongs to whoever made it."""

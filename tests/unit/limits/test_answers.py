@@ -1,0 +1,50 @@
+"""The answers kept per retry token, in process: one claim, waiters get the first answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.limits.answers import MemoryAnswers, usable
+from gateway.limits.base import MAX_RETRY_TOKEN, RetryKey
+from tests.support.clock import FakeClock
+
+RETRY = RetryKey("tok", "sig")
+
+
+async def test_the_first_claims_and_a_waiter_gets_its_answer(clock: FakeClock) -> None:
+    """The second claim of a token waits while the first runs, and gets the answer it settles."""
+    answers = MemoryAnswers(clock)
+    assert (await answers.claim("acme", RETRY, wait=5)).first
+    waiter = asyncio.create_task(answers.claim("acme", RETRY, wait=5))
+    await asyncio.sleep(0)  # let it start waiting: a scheduling step, no time passes
+    assert not waiter.done()
+    await answers.settle("acme", RETRY, b"<Response/>")
+    claim = await waiter
+    assert (claim.first, claim.answer) == (False, b"<Response/>")
+    later = await answers.claim("acme", RETRY, wait=5)
+    assert (later.first, later.answer) == (False, b"<Response/>")
+
+
+async def test_tokens_are_per_tenant_and_binding_and_expire(clock: FakeClock) -> None:
+    """Another tenant or another signature claims anew; after the TTL the token claims anew."""
+    answers = MemoryAnswers(clock, ttl=60)
+    assert (await answers.claim("acme", RETRY, wait=0)).first
+    assert (await answers.claim("other", RETRY, wait=0)).first
+    assert (await answers.claim("acme", RetryKey("tok", "other-sig"), wait=0)).first
+    clock.advance(61)
+    assert (await answers.claim("acme", RETRY, wait=0)).first
+
+
+async def test_a_waiter_gives_up_at_its_wait(clock: FakeClock) -> None:
+    """No answer within `wait`: the claim says so (answer None) rather than hang."""
+    answers = MemoryAnswers(clock)
+    await answers.claim("acme", RETRY, wait=5)
+    claim = await answers.claim("acme", RETRY, wait=0)
+    assert (claim.first, claim.answer) == (False, None)
+
+
+def test_only_bounded_tokens_are_kept() -> None:
+    """An empty or over-long token is not a retry key (the header is not signed)."""
+    assert usable(RETRY)
+    assert not usable(None)
+    assert not usable(RetryKey("x" * (MAX_RETRY_TOKEN + 1), "sig"))
