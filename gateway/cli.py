@@ -1,4 +1,4 @@
-"""`switchyard serve | check | sign`: argument parsing, and the process model of `serve`."""
+"""`switchyard serve | check | sign | explain`: argument parsing, and the process model of `serve`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from gateway.auth.public_url import PublicUrl
 from gateway.errors import PolicyError, PolicyProblem
+from gateway.limits.budget import Spend
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
 from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
@@ -80,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--policies", type=Path, default=Path("policies"))
     sign.add_argument("--public-url", help="as for serve (default: the scheme and host of --url)")
     sign.add_argument("params", nargs="*", metavar="key=value")
+
+    explain = commands.add_parser(
+        "explain", help="which route, action, deadline, buckets and budget a webhook gets; calls nothing"
+    )
+    explain.add_argument("--tenant", required=True)
+    explain.add_argument("--policies", type=Path, default=Path("policies"))
+    explain.add_argument(
+        "--public-url", help="the gateway's public URL (default: $SWITCHYARD_PUBLIC_URL or http://127.0.0.1:8080)"
+    )
+    explain.add_argument("--limiter", help="read today's spend from this store (redis://…); default: not read")
+    explain.add_argument(
+        "params", nargs="*", metavar="key=value", help="kind=voice|sms|status, then the form, e.g. To=+1555…"
+    )
     return parser
 
 
@@ -89,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args.directory, os.environ, ignore_env=args.ignore_env, public_urls=args.public_url or ())
     if args.command == "sign":
         return sign(args.tenant, args.url, args.params, args.policies, os.environ, args.public_url)
+    if args.command == "explain":
+        return explain(args.tenant, args.params, args.policies, os.environ, args.public_url, args.limiter)
     try:
         settings = from_env(
             os.environ,
@@ -138,6 +154,67 @@ def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, 
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def explain(
+    tenant_id: str,
+    pairs: Sequence[str],
+    directory: Path,
+    env: Mapping[str, str],
+    public_url: str | None = None,
+    limiter: str | None = None,
+) -> int:
+    """Print what the gateway would do with one webhook (gateway/explain.py), as JSON."""
+    import asyncio
+
+    import orjson
+
+    from gateway import explain as explaining
+
+    base = (public_url or (public_urls_from_env(env) or ("http://127.0.0.1:8080",))[0]).rstrip("/")
+    try:
+        tenants = load_dir(directory, LoadContext(env=env, public_url=base))
+    except PolicyError as exc:
+        print(f"switchyard explain: cannot load policies:\n{exc}", file=sys.stderr)
+        return 1
+    tenant = tenants.get(tenant_id)
+    if tenant is None:
+        print(
+            f"switchyard explain: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})",
+            file=sys.stderr,
+        )
+        return 1
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            print(f"switchyard explain: {pair!r} is not key=value", file=sys.stderr)
+            return EXIT_USAGE
+        params[name] = value
+    kind = params.pop("kind", "voice")
+    if kind not in ("voice", "sms", "status"):
+        print(f"switchyard explain: kind={kind!r}: use voice, sms or status", file=sys.stderr)
+        return EXIT_USAGE
+    params.setdefault("AccountSid", tenant.account_sid)
+    if tenant.numbers:
+        params.setdefault("To", min(tenant.numbers))
+    spend = asyncio.run(_spend(limiter, tenant_id)) if limiter else None
+    report = explaining.explain(tenant, kind, params, f"{base}/t/{tenant_id}/{kind}", spend)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def _spend(url: str, tenant: str) -> Spend:
+    import time
+
+    from gateway.limits.budget import utc_day
+    from gateway.limits.factory import stores_from_url
+
+    stores = stores_from_url(url)
+    try:
+        return await stores.ledger.spend(tenant, utc_day(time.time()))
+    finally:
+        await stores.close()
 
 
 def sign(
