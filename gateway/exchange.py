@@ -10,6 +10,7 @@ path included).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from gateway.clock import Clock
@@ -26,9 +27,11 @@ Outcome = str
 answered, refused, forged, unknown-tenant, no-route, recorded, fallback, error, unauthorized,
 client_closed (the client went away before we could answer), over-budget."""
 
-Step = tuple[str, float, float, bytes | None]
+AttributeValue = str | bool | int | float
+
+Step = tuple[str, float, float, bytes | None, Mapping[str, AttributeValue] | None]
 """One I/O step of a request: (name, monotonic start, seconds, its span id if it was sent on
-in a traceparent). Each becomes a child span."""
+in a traceparent, its own span attributes or None). Each becomes a child span."""
 
 
 class Exchange:
@@ -65,6 +68,8 @@ class Exchange:
     # budget is charged before the answer; the rest, and everyone else, at the end in batches).
     cost: dict[str, int] | None = None
     charged: dict[str, int] | None = None
+    # What an action that calls out spent (a model's tokens): part of the cost above.
+    call_cost: dict[str, int] | None = None
     # I/O step timings in seconds, summed per step (the access log), and each step with its start
     # (the child spans).
     timings: dict[str, float] | None = None
@@ -97,17 +102,25 @@ class Exchange:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def timed(self, step: str, seconds: float, start: float | None = None, span_id: bytes | None = None) -> None:
+    def timed(
+        self,
+        step: str,
+        seconds: float,
+        start: float | None = None,
+        span_id: bytes | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
         """Record how long one I/O step took (a Redis round trip, an upstream call), and when it
         began (the clock's time), which makes it a child span (with `span_id` when the step
-        sent it on in a traceparent)."""
+        sent it on in a traceparent, and `attributes` of its own: an LLM call's GenAI ones;
+        an `error.type` among them marks the span failed)."""
         if self.timings is None:
             self.timings = {}
             self.steps = []
         self.timings[step] = self.timings.get(step, 0.0) + seconds
         if start is not None:
             assert self.steps is not None
-            self.steps.append((step, start, seconds, span_id))
+            self.steps.append((step, start, seconds, span_id, attributes))
 
     def trace(self) -> tuple[bytes, bool]:
         """The trace this request belongs to, and whether it is sampled, for a call out that

@@ -24,12 +24,14 @@ MIN_JWT_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as th
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SUFFIXES = (".yaml", ".yml")
 
-# Which request kinds charge which named bucket (documented in policies/README.md).
+# Which request kinds charge which named bucket (documented in policies/README.md); "llm" is
+# charged by the llm action itself, per call to the model, not by a webhook.
 BUCKETS_BY_KIND: Mapping[Kind, tuple[str, ...]] = {
     "voice": ("webhooks", "voice"),
     "sms": ("webhooks", "sms"),
     "status": (),
     "api": ("api",),
+    "llm": ("llm",),
 }
 
 
@@ -181,7 +183,7 @@ class _Compiler:
                 # Legal, but nothing is ever charged against the cap, so it can never refuse.
                 self.note("budget", "every price is 0, so nothing counts against daily_usd")
         limits = policy.limits
-        named = {n: getattr(limits, n) for n in ("webhooks", "voice", "sms", "api")}
+        named = {n: getattr(limits, n) for names in BUCKETS_BY_KIND.values() for n in names}
         rules = {
             kind: tuple(_rule(n, named[n]) for n in names if named[n] is not None)
             for kind, names in BUCKETS_BY_KIND.items()

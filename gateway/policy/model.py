@@ -50,6 +50,9 @@ class Limits(Strict):
     voice: BucketRule | None = None
     sms: BucketRule | None = None
     api: BucketRule | None = None
+    # Charged by each call of an `llm` action (a model's answer costs money and the provider's
+    # own quota): apart from the webhook buckets, so a burst of texts cannot drain either.
+    llm: BucketRule | None = None
     concurrent_calls: Annotated[int, Field(ge=1)] | None = None
     concurrent_streams: Annotated[int, Field(ge=1)] | None = None
     on_store_failure: Literal["local", "open", "closed"] = "local"

@@ -14,7 +14,8 @@ from gateway.telemetry.cost import Prices
 if TYPE_CHECKING:
     from gateway.actions.base import CallOut
 
-Kind = Literal["voice", "sms", "status", "api"]
+Kind = Literal["voice", "sms", "status", "api", "llm"]
+"""What charges a tenant's buckets: a request of that kind, or ("llm") a call of an llm action."""
 
 
 @dataclass(frozen=True, slots=True)

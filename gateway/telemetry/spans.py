@@ -19,7 +19,7 @@ import functools
 import re
 from collections.abc import Mapping
 
-from gateway.exchange import Exchange
+from gateway.exchange import AttributeValue, Exchange
 from gateway.telemetry import otlp
 from gateway.telemetry.cost import MICRO
 from gateway.telemetry.tracing import Parent, Sampler, new_span_id, new_trace_id, parse_traceparent
@@ -104,8 +104,10 @@ class SpanBuilder:
                 trace_state=parent.trace_state if parent is not None else "",
             )
         ]
-        for step, began, took, step_id in exchange.steps or ():
+        for step, began, took, step_id, own in exchange.steps or ():
             step_start = start_ns + int((began - exchange.started) * 1e9)
+            # A step with attributes of its own (an LLM call) is no store round trip: only those.
+            step_attributes = _attributes(own) if own else self._step_attributes
             spans.append(
                 otlp.span(
                     trace_id,
@@ -115,7 +117,8 @@ class SpanBuilder:
                     otlp.SPAN_KIND_CLIENT,
                     step_start,
                     step_start + int(took * 1e9),
-                    self._step_attributes,
+                    step_attributes,
+                    status=otlp.STATUS_ERROR if own and "error.type" in own else otlp.STATUS_UNSET,
                 )
             )
         return spans
@@ -158,6 +161,10 @@ def _sid(sid: str | None) -> bytes:
     if not sid or not SID.fullmatch(sid):
         return b""
     return otlp.attribute("twilio.call_sid" if sid.startswith("CA") else "twilio.message_sid", sid)
+
+
+def _attributes(attributes: Mapping[str, AttributeValue]) -> bytes:
+    return b"".join(otlp.attribute(key, value) for key, value in attributes.items())
 
 
 def _cost(parts: Mapping[str, int]) -> bytes:

@@ -40,6 +40,8 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
         seconds = _int(fields.get("CallDuration", ""))
         if seconds:
             spent = cost.add(spent, cost.voice_cost(prices, seconds))
+    if exchange.call_cost:  # what a call out spent (its action worked it out)
+        spent = cost.add(spent, exchange.call_cost)
     return spent
 
 

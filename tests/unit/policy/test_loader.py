@@ -40,7 +40,7 @@ def _tenants() -> dict[str, Tenant]:
 
 
 ROOT = "the file must hold a mapping of keys (twilio, numbers, ...)"
-ONE_ACTION = "a route needs exactly one of say, reject, redirect, stream, message, twiml, upstream"
+ONE_ACTION = "a route needs exactly one of say, reject, redirect, stream, message, twiml, upstream, llm"
 FAILURES = [
     pytest.param("unknown-top-key.yaml", "colour", "unknown key", id="unknown-top-key"),
     pytest.param("unknown-nested-key.yaml", "limits.webhooks.burts", "unknown key", id="unknown-nested-key"),
@@ -97,13 +97,14 @@ FAILURES = [
     pytest.param(
         "sms-route-with-say.yaml",
         "routes.0",
-        "action 'say' answers a call; an sms route can use message, twiml or upstream",
+        "action 'say' answers a call; an sms route can use message, twiml, upstream or llm",
         id="sms-route-with-say",
     ),
     pytest.param(
         "voice-route-with-message.yaml",
         "routes.0",
-        "action 'message' replies to an SMS; a voice route can use say, reject, redirect, stream, twiml or upstream",
+        "action 'message' replies to an SMS; a voice route can use say, reject, redirect, stream, twiml, upstream"
+        " or llm",
         id="voice-route-with-message",
     ),
     pytest.param("body-on-voice.yaml", "routes.0.match", "'body' can only match kind: sms", id="body-on-voice"),
@@ -352,7 +353,7 @@ def test_valid_directory_loads_yaml_and_yml_files() -> None:
 
 
 def test_buckets_are_charged_by_the_kinds_their_names_say() -> None:
-    """webhooks → voice+sms, voice → voice, sms → sms, api → API; status callbacks charge nothing."""
+    """webhooks → voice+sms, voice → voice, sms → sms, api → API, llm → llm calls; status charges nothing."""
     rules = _tenants()["alpha"].rules
     names = {kind: tuple(rule.name for rule in rules[kind]) for kind in rules}
     assert names == {
@@ -360,12 +361,14 @@ def test_buckets_are_charged_by_the_kinds_their_names_say() -> None:
         "sms": ("webhooks", "sms"),
         "status": (),
         "api": ("api",),
+        "llm": (),
     }
     assert dict(BUCKETS_BY_KIND) == {
         "voice": ("webhooks", "voice"),
         "sms": ("webhooks", "sms"),
         "status": (),
         "api": ("api",),
+        "llm": ("llm",),
     }
 
 
@@ -383,7 +386,7 @@ def test_rules_carry_rate_period_in_seconds_and_burst() -> None:
 def test_no_buckets_means_unlimited() -> None:
     """A policy without limits has no rule for any kind, so nothing is ever charged."""
     beta = _tenants()["beta"]
-    assert dict(beta.rules) == {"voice": (), "sms": (), "status": (), "api": ()}
+    assert dict(beta.rules) == {"voice": (), "sms": (), "status": (), "api": (), "llm": ()}
 
 
 def test_defaults_of_a_minimal_policy() -> None:

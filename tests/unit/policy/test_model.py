@@ -198,7 +198,7 @@ def test_message_text_is_at_most_1600_characters() -> None:
 
 def test_actions_are_the_routes_action_fields() -> None:
     """The Route schema's action fields are exactly the registry's actions, in documentation order."""
-    assert tuple(ACTIONS) == ("say", "reject", "redirect", "stream", "message", "twiml", "upstream")
+    assert tuple(ACTIONS) == ("say", "reject", "redirect", "stream", "message", "twiml", "upstream", "llm")
     assert set(ACTIONS) == set(model.Route.model_fields) - {"name", "match", "fallback"}
 
 

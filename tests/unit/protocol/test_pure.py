@@ -13,6 +13,8 @@ import pytest
     [
         "gateway.protocol.forms",
         "gateway.protocol.twiml",
+        "gateway.protocol.llm_twiml",
+        "gateway.protocol.openai",
         "gateway.auth.twilio_signature",
         "gateway.limits.bucket",
         "gateway.telemetry.cost",
