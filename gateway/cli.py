@@ -21,6 +21,7 @@ from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.budget import Spend
 from gateway.limits.factory import is_shared
 from gateway.policy.loader import LoadContext, load_dir
+from gateway.policy.tenant import Tenant
 from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
 from gateway.telemetry import metrics
 from gateway.telemetry.accesslog import configure_logging
@@ -156,6 +157,31 @@ def check(directory: Path, env: Mapping[str, str], *, ignore_env: bool = False, 
     return 0
 
 
+def _tenant_and_form(
+    command: str, tenant_id: str, directory: Path, env: Mapping[str, str], public_url: str, pairs: Sequence[str]
+) -> tuple[Tenant, dict[str, str]] | int:
+    """The tenant loaded as `serve` would, and the key=value pairs as a form; else the exit code
+    (the reason printed)."""
+    try:
+        tenants = load_dir(directory, LoadContext(env=env, public_url=public_url))
+    except PolicyError as exc:
+        print(f"switchyard {command}: cannot load policies:\n{exc}", file=sys.stderr)
+        return 1
+    tenant = tenants.get(tenant_id)
+    if tenant is None:
+        have = ", ".join(sorted(tenants))
+        print(f"switchyard {command}: no tenant {tenant_id!r} in {directory} (have: {have})", file=sys.stderr)
+        return 1
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            print(f"switchyard {command}: {pair!r} is not key=value", file=sys.stderr)
+            return EXIT_USAGE
+        params[name] = value
+    return tenant, params
+
+
 def explain(
     tenant_id: str,
     pairs: Sequence[str],
@@ -172,25 +198,10 @@ def explain(
     from gateway import explain as explaining
 
     base = (public_url or (public_urls_from_env(env) or ("http://127.0.0.1:8080",))[0]).rstrip("/")
-    try:
-        tenants = load_dir(directory, LoadContext(env=env, public_url=base))
-    except PolicyError as exc:
-        print(f"switchyard explain: cannot load policies:\n{exc}", file=sys.stderr)
-        return 1
-    tenant = tenants.get(tenant_id)
-    if tenant is None:
-        print(
-            f"switchyard explain: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})",
-            file=sys.stderr,
-        )
-        return 1
-    params: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            print(f"switchyard explain: {pair!r} is not key=value", file=sys.stderr)
-            return EXIT_USAGE
-        params[name] = value
+    found = _tenant_and_form("explain", tenant_id, directory, env, base, pairs)
+    if isinstance(found, int):
+        return found
+    tenant, params = found
     kind = params.pop("kind", "voice")
     if kind not in ("voice", "sms", "status"):
         print(f"switchyard explain: kind={kind!r}: use voice, sms or status", file=sys.stderr)
@@ -231,25 +242,10 @@ def sign(
     if public_url is None:
         parts = urlsplit(url)
         public_url = f"{parts.scheme}://{parts.netloc}"
-    try:
-        tenants = load_dir(directory, LoadContext(env=env, public_url=public_url))
-    except PolicyError as exc:
-        print(f"switchyard sign: cannot load policies:\n{exc}", file=sys.stderr)
-        return 1
-    tenant = tenants.get(tenant_id)
-    if tenant is None:
-        print(
-            f"switchyard sign: no tenant {tenant_id!r} in {directory} (have: {', '.join(sorted(tenants))})",
-            file=sys.stderr,
-        )
-        return 1
-    params: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            print(f"switchyard sign: {pair!r} is not key=value", file=sys.stderr)
-            return EXIT_USAGE
-        params[name] = value
+    found = _tenant_and_form("sign", tenant_id, directory, env, public_url, pairs)
+    if isinstance(found, int):
+        return found
+    tenant, params = found
     # Sensible defaults so `sign --tenant t --url …/voice` alone makes a realistic call.
     params.setdefault("AccountSid", tenant.account_sid)
     if tenant.numbers:
