@@ -10,17 +10,15 @@ from dataclasses import replace
 from gateway.errors import BackendError
 from gateway.limits.base import FailureMode
 from gateway.limits.budget import Cost, Entry, Ledger, MemoryLedger, Reservation, Spend
+from gateway.limits.failover import Degradable
 
 log = logging.getLogger(__name__)
-
-FailoverTransition = Callable[[bool, BackendError | None], None]
-"""Called with (degraded, the error that made it so | None when healthy again)."""
 
 _Unsynced = dict[tuple[str, str], dict[str, int]]
 """(tenant, day) -> part -> µ$ booked in the local ledger and not yet in the primary."""
 
 
-class FailoverLedger:
+class FailoverLedger(Degradable):
     """The primary ledger when it answers, the tenant's failure mode when not.
 
     On BackendError, charge and reserve follow `mode` (base.FailureMode):
@@ -41,15 +39,14 @@ class FailoverLedger:
     """
 
     def __init__(self, primary: Ledger, local: MemoryLedger, instances: Callable[[], int] = lambda: 1) -> None:
+        super().__init__()
         self._primary = primary
         # An in-process primary never fails and never waits: charge it without a coroutine.
         self._sync_primary = primary if isinstance(primary, MemoryLedger) else None
         self._local = local
         self._instances = instances
-        self._degraded = False
         self._writes_failing = False
         self._unsynced: _Unsynced = {}
-        self._listeners: list[FailoverTransition] = []
 
     @property
     def primary(self) -> Ledger:
@@ -65,18 +62,9 @@ class FailoverLedger:
         return self._local
 
     @property
-    def degraded(self) -> bool:
-        """True from the primary's first failure until it answers again."""
-        return self._degraded
-
-    @property
     def unsynced(self) -> int:
         """µ$ booked here while the primary failed and not yet replayed to it."""
         return sum(sum(parts.values()) for parts in self._unsynced.values())
-
-    def on_transition(self, callback: FailoverTransition) -> None:
-        """Called with the new `degraded` value (and the error, on failing) when it changes."""
-        self._listeners.append(callback)
 
     def _share(self, cap: int | None) -> int | None:
         return None if cap is None else cap // max(1, self._instances())
@@ -256,17 +244,6 @@ class FailoverLedger:
         if self._writes_failing:
             self._writes_failing = False
             log.info("spend ledger: shared writes succeed again")
-
-    def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
-        if degraded == self._degraded:
-            return
-        self._degraded = degraded
-        for callback in self._listeners:
-            try:
-                callback(degraded, error)
-            except Exception:
-                # A broken log or metric hook must not break the charge it reports on.
-                log.exception("ledger failover transition callback failed")
 
     async def close(self) -> None:
         """Replay what is unsynced one last time (what fails now is lost), then close both."""

@@ -32,15 +32,11 @@ def local_rule(rule: Rule, instances: int) -> Rule:
     return Rule(rule.name, rule.rate / n, rule.per, max(1, rule.burst // n))
 
 
-class FailoverLimiter:
-    """The Limiter protocol (base.py) over a BucketStore: never raises BackendError, falls back to `mode`."""
+class Degradable:
+    """Whether a shared store is failing, and who is told when that changes (the limiter's and
+    the ledger's failover both keep one)."""
 
-    def __init__(self, primary: BucketStore, local: MemoryBuckets, instances: Callable[[], int] = lambda: 1) -> None:
-        self._primary = primary
-        # An in-process primary never fails and never waits: charge it without a coroutine.
-        self._sync_primary = primary if isinstance(primary, MemoryBuckets) else None
-        self._local = local
-        self._instances = instances
+    def __init__(self) -> None:
         self._degraded = False
         self._listeners: list[FailoverTransition] = []
 
@@ -52,6 +48,29 @@ class FailoverLimiter:
     def on_transition(self, callback: FailoverTransition) -> None:
         """Called with the new `degraded` value (and the error, on failing) when it changes."""
         self._listeners.append(callback)
+
+    def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
+        if degraded == self._degraded:
+            return
+        self._degraded = degraded
+        for callback in self._listeners:
+            try:
+                callback(degraded, error)
+            except Exception:
+                # A broken log or metric hook must not break the call it reports on.
+                log.exception("%s transition callback failed", type(self).__name__)
+
+
+class FailoverLimiter(Degradable):
+    """The Limiter protocol (base.py) over a BucketStore: never raises BackendError, falls back to `mode`."""
+
+    def __init__(self, primary: BucketStore, local: MemoryBuckets, instances: Callable[[], int] = lambda: 1) -> None:
+        super().__init__()
+        self._primary = primary
+        # An in-process primary never fails and never waits: charge it without a coroutine.
+        self._sync_primary = primary if isinstance(primary, MemoryBuckets) else None
+        self._local = local
+        self._instances = instances
 
     async def acquire(
         self,
@@ -91,17 +110,6 @@ class FailoverLimiter:
         if mode == "open":
             return Decision(True, tightest.burst, 0.0, 0.0, tightest)
         return Decision(False, 0, CLOSED_RETRY_AFTER, CLOSED_RETRY_AFTER, tightest)
-
-    def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
-        if degraded == self._degraded:
-            return
-        self._degraded = degraded
-        for callback in self._listeners:
-            try:
-                callback(degraded, error)
-            except Exception:
-                # A broken log or metric hook must not break the charge it reports on.
-                log.exception("failover transition callback failed")
 
     async def close(self) -> None:
         await self._primary.close()

@@ -91,6 +91,11 @@ class Recorder:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def settled(self) -> None:
+        """Until the ledger writes already begun are done (tests, and `close`)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+
     async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound on waiting for others' tasks
         """Wait for the ledger writes already begun (a shutdown must not lose spend). Requests
         that end after this (a test's stragglers) still count in the metrics, nothing else."""

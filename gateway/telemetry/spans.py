@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from gateway.exchange import AttributeValue, Exchange
 from gateway.telemetry import otlp
 from gateway.telemetry.cost import MICRO
-from gateway.telemetry.tracing import Parent, Sampler, new_span_id, new_trace_id, parse_traceparent
+from gateway.telemetry.tracing import Sampler, new_span_id, new_trace_id, parse_traceparent
 
 MAX_PATH = 200
 SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
@@ -171,6 +171,3 @@ def _cost(parts: Mapping[str, int]) -> bytes:
     out = [otlp.attribute("switchyard.cost.usd", sum(parts.values()) / MICRO)]
     out.extend(otlp.attribute(f"switchyard.cost.{part}_usd", micro / MICRO) for part, micro in parts.items())
     return b"".join(out)
-
-
-__all__ = ["Parent", "SpanBuilder"]

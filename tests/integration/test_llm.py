@@ -4,7 +4,6 @@ can fail, its own bucket, the budget held and settled, and the `chat {model}` sp
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,9 +116,7 @@ async def _spend(client: Client) -> Spend:
     """The day's spend once every ended request is booked (the batch handed over, its writes done)."""
     accesslog.flush()
     services = client.app[SERVICES]
-    pending = set(services.recorder._pending)
-    if pending:
-        await asyncio.wait(pending)
+    await services.recorder.settled()
     return await services.ledger.spend("acme", utc_day(WALL))
 
 

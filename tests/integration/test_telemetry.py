@@ -359,9 +359,7 @@ async def _spend(client: Client, tenant: str) -> Spend:
     the ledger writes it began (tasks of the recorder) done."""
     accesslog.flush()
     services = client.app[SERVICES]
-    pending = set(services.recorder._pending)
-    if pending:
-        await asyncio.wait(pending)
+    await services.recorder.settled()
     return await services.ledger.spend(tenant, DAY)
 
 

@@ -13,6 +13,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from tests.support.servers import serve
+
 Mode = Literal["ok", "slow", "unauthorized", "rate_limited", "error", "garbage", "empty"]
 REPLY = "We are open from 9am to 5pm, Monday to Friday."
 PROMPT_TOKENS = 42
@@ -51,10 +53,7 @@ class ChatServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         self.release.set()

@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from twilio.request_validator import RequestValidator
 
+from tests.support.servers import serve
 from tests.support.twilio import MultiDict
 
 Mode = Literal["twiml", "slow", "error", "html", "huge", "close"]
@@ -46,10 +47,7 @@ class Runtime:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve(app)
 
     async def wait_for(self, n: int, within: float = 5.0) -> None:
         """Until n requests have arrived (bounded)."""
