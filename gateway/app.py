@@ -164,12 +164,11 @@ async def _budget_gauges(services: Services) -> None:
 
 async def _egress(app: web.Application) -> AsyncIterator[None]:
     """The one client session every call out shares (egress.py), closed after the last request."""
-    session = open_session()
-    app[EGRESS] = Egress(session)
+    egress = app[EGRESS] = Egress(open_session())
     try:
         yield
     finally:
-        await session.close()
+        await egress.close()
 
 
 def _log_transition(url: str, metrics: Metrics) -> Callable[[bool, BackendError | None], None]:

@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.deadline import Deadline, DeadlineExceeded
 from gateway.errors import UpstreamError
+from gateway.hop import Answer, Hop, HopFailure, Target
 
 # A TwiML answer or a chat completion is a few KB; a runtime answering megabytes is broken.
 MAX_BODY = 1024 * 1024
@@ -47,8 +48,36 @@ def open_session(trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> aiohttp.C
 class Egress:
     """Calls out under a deadline; answers a Reply (any status) or raises UpstreamError."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, hop: Hop | None = None) -> None:
         self._session = session
+        self._hop = hop if hop is not None else Hop()
+
+    async def close(self) -> None:
+        self._hop.close()
+        await self._session.close()
+
+    async def forward(
+        self,
+        target: Target,
+        head: bytes,
+        body: bytes,
+        *,
+        name: str,
+        deadline: Deadline,
+        cap: float | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Answer:
+        """One request (`head`: hop.request_head) to a route's runtime on the lean keep-alive
+        client (hop.py), for the per-webhook hop where aiohttp's client costs too much; any
+        status is answered, every failure raises UpstreamError. name: as `request`'s target."""
+        try:
+            timeout = deadline.timeout(cap)
+        except DeadlineExceeded as exc:
+            raise UpstreamError(name, "deadline", detail=str(exc)) from None
+        try:
+            return await self._hop.exchange(target, head, body, timeout, max_body)
+        except HopFailure as failure:
+            raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
 
     async def request(
         self,

@@ -22,6 +22,7 @@ moment, or the grace period) is not "accepted": its connection is closed with th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -263,12 +264,23 @@ async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> 
                 print(f"switchyard pid {os.getpid()}: cannot listen on {site.name}: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             print(f"switchyard pid {os.getpid()}: serving on {site.name}", file=sys.stderr)
+            _freeze_startup_objects()
         await _drain(runner, app[LIFECYCLE], settings.grace_period, signal.Signals(await stop).name)
     finally:
         await runner.cleanup()  # closes idle connections, cuts what is left, then the app's cleanup_ctx
         accesslog.flush()
     log.info("pid %d stopped", os.getpid())
     return EXIT_DRAINED
+
+
+def _freeze_startup_objects() -> None:
+    """What start-up made (modules, policies, pydantic models, client sessions) lives as long as
+    the process: moved out of the collector's sight, a full collection no longer walks it. The
+    heap is ~10^5 objects, and requests' short-lived records trigger full collections about
+    once a second under load: measured, they showed up as ~18 µs per request (charged to
+    whatever allocated at that moment, parse_form mostly)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _drain(runner: web.AppRunner, lifecycle: Lifecycle, grace: float, reason: str) -> int:

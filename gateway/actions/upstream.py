@@ -20,13 +20,14 @@ from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming,
 from gateway.actions.static import BOTH
 from gateway.auth.twilio_signature import compute
 from gateway.errors import UpstreamError
+from gateway.hop import Answer, Target, request_head
 from gateway.limits.breaker import CircuitBreaker
 from gateway.policy.base import Strict
 from gateway.telemetry.tracing import new_span_id, traceparent
 
 if TYPE_CHECKING:
     from gateway.deadline import Deadline
-    from gateway.egress import Egress, Reply
+    from gateway.egress import Egress
     from gateway.exchange import Exchange
 
 DEFAULT_TIMEOUT_MS = 5000
@@ -59,6 +60,7 @@ class UpstreamCall:
     key: bytes = field(repr=False)
     breaker: CircuitBreaker
     target: str
+    hop: Target  # the URL, parsed once
 
     async def run(self, exchange: Exchange, incoming: Incoming, deadline: Deadline, tools: Tools) -> bytes:
         if not self.breaker.allow():
@@ -66,22 +68,25 @@ class UpstreamCall:
             raise UpstreamError(self.target, "circuit_open")
         span_id = new_span_id()  # our client span: the runtime's spans are its children
         url, headers = self.request(exchange, incoming, span_id)
+        body = incoming.body
+        # The signed URL less the policy's own is what the request line's path gains (bodySHA256).
+        head = request_head("POST", self.hop, self.hop.path + url[len(self.url) :], headers.items(), len(body))
         clock = exchange.clock
         started = clock()
         try:
-            reply = await self._send(url, headers, incoming.body, deadline, tools.egress)
+            answer = await self._send(head, body, deadline, tools.egress)
         except UpstreamError:
             self.breaker.record_failure()
             raise
         finally:
             exchange.timed("upstream", clock() - started, started, span_id)
-        if reply.status >= 400:
+        if answer.status >= 400:
             self.breaker.record_failure()
-            raise UpstreamError(self.target, "status", reply.status)
+            raise UpstreamError(self.target, "status", answer.status)
         self.breaker.record_success()  # it answered: its TwiML is the tenant's business
-        if not is_twiml(reply.body):
-            raise UpstreamError(self.target, "not_twiml", reply.status, reply.headers.get("Content-Type", ""))
-        return reply.body
+        if not is_twiml(answer.body):
+            raise UpstreamError(self.target, "not_twiml", answer.status, answer.header(b"content-type"))
+        return answer.body
 
     def request(self, exchange: Exchange, incoming: Incoming, span_id: bytes) -> tuple[str, dict[str, str]]:
         """The URL and headers the forwarded request goes with (also what `explain` shows)."""
@@ -102,20 +107,18 @@ class UpstreamCall:
         headers["traceparent"] = traceparent(trace_id, span_id, sampled)
         return url, headers
 
-    async def _send(self, url: str, headers: dict[str, str], body: bytes, deadline: Deadline, egress: Egress) -> Reply:
+    async def _send(self, head: bytes, body: bytes, deadline: Deadline, egress: Egress) -> Answer:
         try:
-            return await egress.request(
-                "POST", url, target=self.target, deadline=deadline, cap=self.timeout,
-                headers=headers, body=body, max_body=MAX_TWIML,
-            )  # fmt: skip
+            return await egress.forward(
+                self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
+            )
         except UpstreamError as error:
             if error.reason != "connect":
                 raise
         # The connection failed before anything was sent: the one failure safe to try again.
-        return await egress.request(
-            "POST", url, target=self.target, deadline=deadline, cap=self.timeout,
-            headers=headers, body=body, max_body=MAX_TWIML,
-        )  # fmt: skip
+        return await egress.forward(
+            self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
+        )
 
 
 def is_twiml(body: bytes) -> bool:
@@ -146,6 +149,7 @@ def _compile(value: Upstream, context: CompileContext) -> Compiled:
         key=context.signing_key,
         breaker=breaker,
         target=f"upstream {context.tenant_id} {host}",
+        hop=Target.parse(value.url),
     )
     return Compiled(call=call)
 
