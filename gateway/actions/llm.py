@@ -64,6 +64,8 @@ class Llm(Strict):
     model: Annotated[str, Field(min_length=1, max_length=128)]
     system: Annotated[str, Field(min_length=1, max_length=20_000)]
     max_tokens: Annotated[int, Field(ge=1, le=4096, strict=True)] = 150
+    # The request field max_tokens goes in: OpenAI's reasoning models take only the second.
+    limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     # The model's time to answer; never more than what is left of Twilio's (less the margin).
     timeout_ms: Annotated[int, Field(ge=50, le=15_000, strict=True)] = 4000
     api_key_env: Annotated[str, Field(pattern=ENV_NAME)]
@@ -118,6 +120,7 @@ class LlmCall:
     model: str
     system: str
     max_tokens: int
+    limit_field: str
     temperature: float | None
     timeout: float
     url: str
@@ -220,7 +223,7 @@ class LlmCall:
         self, exchange: Exchange, prices: Prices, words: str, amount: int, deadline: Deadline, tools: Tools
     ) -> tuple[openai.Completion, Cost]:
         """One chat completion and what it cost, recorded as the child span `chat {model}`."""
-        body = openai.chat_request(self.model, self.system, words, self.max_tokens, self.temperature)
+        body = openai.chat_request(self.model, self.system, words, self.max_tokens, self.temperature, self.limit_field)
         attributes: dict[str, AttributeValue] = dict(self.request_attributes)
         clock = exchange.clock
         started = clock()
@@ -319,6 +322,7 @@ def _compile(value: Llm, context: CompileContext) -> Compiled:
         model=value.model,
         system=value.system,
         max_tokens=value.max_tokens,
+        limit_field=value.limit_field,
         temperature=value.temperature,
         timeout=value.timeout_ms / 1000,
         url=value.base_url.rstrip("/") + openai.CHAT_PATH,

@@ -34,12 +34,22 @@ class Completion:
     output_tokens: int | None
 
 
-def chat_request(model: str, system: str, user: str, max_tokens: int, temperature: float | None = None) -> bytes:
-    """The JSON body: the route's system prompt, then the caller's words, one turn each."""
+def chat_request(
+    model: str,
+    system: str,
+    user: str,
+    max_tokens: int,
+    temperature: float | None = None,
+    limit_field: str = "max_tokens",
+) -> bytes:
+    """The JSON body: the route's system prompt, then the caller's words, one turn each.
+
+    limit_field: OpenAI's reasoning models (o1, o3, gpt-5 …) refuse `max_tokens` and take
+    `max_completion_tokens`; other OpenAI-compatible servers know only `max_tokens`."""
     body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-        "max_tokens": max_tokens,
+        limit_field: max_tokens,
     }
     if temperature is not None:
         body["temperature"] = temperature

@@ -170,6 +170,12 @@ def test_chat_request_body() -> None:
     assert orjson.loads(openai.chat_request("m", "s", "u", 1, 0.2))["temperature"] == 0.2
 
 
+def test_chat_request_for_a_reasoning_model() -> None:
+    """limit_field max_completion_tokens: the limit goes under that name, and max_tokens is absent."""
+    body = orjson.loads(openai.chat_request("o3-mini", "s", "u", 90, None, "max_completion_tokens"))
+    assert body["max_completion_tokens"] == 90 and "max_tokens" not in body
+
+
 def _completion(**fields: object) -> bytes:
     data: dict[str, object] = {
         "model": "gpt-4o-mini-2024-07-18",
