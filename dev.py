@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One entry point for a fresh machine with only Python 3.11+.
 
-    python3 dev.py serve [switchyard serve flags...]   # run the gateway on policies/
+    python3 dev.py serve [--no-demo] [switchyard serve flags...]   # run the gateway on policies/
     python3 dev.py check [switchyard check flags...]   # validate policies/ with the demo secrets
     python3 dev.py test  [pytest args...]              # lint, type-check and run every test
     python3 dev.py sign  [switchyard sign flags...]    # print a signed curl line for the demo
@@ -9,6 +9,12 @@
 serve, check and sign read the demo secrets from policies/demo.env (variables
 already set win); serve listens on and checks signatures against
 http://127.0.0.1:8080 (or the --port given; a --public-url given replaces it).
+serve also starts the switchyard DEMO runtime (python -m gateway.demo) on
+127.0.0.1:8090, where the example policies' `upstream` and `llm` routes point: a
+stand-in for a tenant's runtime and for OpenAI, so every example route answers
+offline. Not for production; it stops when the gateway does. Leave it out with
+--no-demo or SWITCHYARD_DEMO=0; SWITCHYARD_DEMO_PORT moves it (the policies name
+8090). A port already taken is reported and the gateway starts without it.
 check takes another directory instead of policies/. It creates `.venv` beside this file on first use and
 reinstalls only when pyproject.toml changes, so every command works from a
 clean clone.
@@ -19,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import venv
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -29,6 +37,9 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 DEMO_ENV = ROOT / "policies" / "demo.env"
 DEMO_PUBLIC_URL = "http://127.0.0.1:8080"
+DEMO_RUNTIME_PORT = 8090  # what the example policies' upstream and llm routes name
+# dev.py's own variables: the gateway refuses any SWITCHYARD_* it does not know, so they stop here.
+DEMO_VARIABLES = ("SWITCHYARD_DEMO", "SWITCHYARD_DEMO_PORT")
 
 
 def _ensure_venv(extras: str) -> None:
@@ -88,11 +99,72 @@ def _serve_flags(rest: list[str]) -> list[str]:
     return [*flags, *rest]
 
 
+def _demo_plan(rest: list[str], environ: Mapping[str, str]) -> tuple[int | None, list[str]]:
+    """The demo runtime's port (None: not started) and the flags left for `switchyard serve`.
+
+    Off with --no-demo (taken out of the flags), SWITCHYARD_DEMO=0/false/no/off, or a --help
+    (nothing is served then)."""
+    flags = [arg for arg in rest if arg != "--no-demo"]
+    off = environ.get("SWITCHYARD_DEMO", "1").strip().lower() in ("0", "false", "no", "off")
+    if len(flags) != len(rest) or off or any(arg in ("-h", "--help") for arg in flags):
+        return None, flags
+    value = environ.get("SWITCHYARD_DEMO_PORT", str(DEMO_RUNTIME_PORT))
+    if not value.strip().isdigit() or not 0 < int(value) < 65536:
+        sys.exit(f"dev.py: SWITCHYARD_DEMO_PORT must be a port number (1-65535), not {value!r}")
+    return int(value), flags
+
+
+def _port_taken(port: int) -> bool:
+    """Something already listens on 127.0.0.1:port. SO_REUSEADDR as aiohttp binds, so a port with
+    only old connections in TIME_WAIT counts as free."""
+    with socket.socket() as sock:
+        if os.name != "nt":  # there SO_REUSEADDR would let us bind over a live listener
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _policies_dir(rest: list[str]) -> str:
+    """The directory the gateway will read: policies/, or the --policies given (it follows
+    _serve_flags' own, so it wins). The demo runtime reads its tenants' token variables from the
+    same files."""
+    directory = "policies"
+    for i, arg in enumerate(rest):
+        if arg == "--policies" and i + 1 < len(rest):
+            directory = rest[i + 1]
+        elif arg.startswith("--policies="):
+            directory = arg.split("=", 1)[1]
+    return directory
+
+
+def _start_demo_runtime(port: int, policies: str, env: dict[str, str]) -> None:
+    """Start the demo runtime beside the gateway-to-be. Told our pid, it stops when that process
+    (this one, soon the gateway: execve keeps the pid) is gone; it is never waited for here."""
+    if _port_taken(port):
+        print(
+            f"dev.py: 127.0.0.1:{port} is already in use: not starting the demo runtime (the example"
+            " upstream and llm routes reach what listens there, or answer their fallbacks)",
+            file=sys.stderr,
+        )
+        return
+    argv = [str(BIN / "python"), "-m", "gateway.demo", "--port", str(port), "--policies", policies]
+    subprocess.Popen([*argv, "--parent", str(os.getpid())], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+
 def main(args: list[str]) -> int:
     command, rest = (args[0], args[1:]) if args else ("help", [])
     if command == "serve":
         _ensure_venv("")
-        return _exec([str(BIN / "switchyard"), "serve", *_serve_flags(rest)], _demo_env())
+        env = _demo_env()
+        port, rest = _demo_plan(rest, env)
+        if port is not None:
+            _start_demo_runtime(port, _policies_dir(rest), env)
+        for name in DEMO_VARIABLES:
+            env.pop(name, None)
+        return _exec([str(BIN / "switchyard"), "serve", *_serve_flags(rest)], env)
     if command == "check":
         _ensure_venv("")
         # A directory given (`dev.py check my-policies`) replaces the default one.

@@ -13,6 +13,7 @@ ACME_OLD_TOKEN = "test-acme-auth-token-previous-001"
 BISTRO_TOKEN = "test-bistro-auth-token-0000000002"
 NORTHWIND_TOKEN = "test-northwind-auth-token-00000003"
 NORTHWIND_JWT = "test-northwind-jwt-secret-at-least-32-bytes"
+DEMO_OPENAI_KEY = "test-demo-openai-key-0000000004"  # bistro's `ask` route (the demo runtime's model)
 
 ENV = {
     "ACME_TWILIO_AUTH_TOKEN": ACME_TOKEN,
@@ -20,6 +21,7 @@ ENV = {
     "BISTRO_TWILIO_AUTH_TOKEN": BISTRO_TOKEN,
     "NORTHWIND_TWILIO_AUTH_TOKEN": NORTHWIND_TOKEN,
     "NORTHWIND_API_JWT_SECRET": NORTHWIND_JWT,
+    "DEMO_OPENAI_API_KEY": DEMO_OPENAI_KEY,
 }
 
 ACME_SID = "AC00000000000000000000000000000001"

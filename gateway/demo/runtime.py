@@ -1,0 +1,136 @@
+"""The switchyard DEMO runtime's app: a stand-in for each tenant's own runtime, plus the OpenAI
+stand-in of chat.py. Not for production.
+
+`POST /<tenant>/voice` and `POST /<tenant>/sms` do what a tenant's runtime behind the gateway
+does: check the X-Twilio-Signature the gateway signed anew for this URL, with twilio's own
+RequestValidator and the tenant's auth token, then answer TwiML (built with twilio.twiml). A
+forged or stale signature gets 403, and the gateway answers the route's fallback instead: the
+demo shows both halves of an `upstream` route.
+
+Each tenant's token comes from the environment variable its policy names
+(`twilio.auth_token_env` in `<policies>/<tenant>.yaml`), read once at start: the same secret
+the gateway signs with, and nothing of it in a file or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import VoiceResponse
+
+from gateway.demo import chat
+
+log = logging.getLogger("switchyard.demo")
+
+BANNER = "switchyard DEMO runtime — not for production"
+VALIDATORS = web.AppKey("demo_validators", dict[str, Any])  # tenant id → RequestValidator
+SIGNATURE = "X-Twilio-Signature"
+# What of a text the answer quotes back: enough to show the body arrived, one SMS segment in all.
+QUOTE = 60
+
+
+def tokens_from_policies(directory: Path, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Each tenant's auth token, by the variable its policy file names; and a note for each
+    tenant left out (unreadable file, no such variable set). The gateway's `check` judges the
+    files: this only needs one key of each."""
+    found: dict[str, str] = {}
+    notes: list[str] = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            variable = data["twilio"]["auth_token_env"]
+        except (OSError, yaml.YAMLError, TypeError, KeyError) as error:
+            notes.append(f"{path.name}: no twilio.auth_token_env read ({type(error).__name__}); tenant left out")
+            continue
+        token = env.get(str(variable), "")
+        if not token:
+            notes.append(f"{path.name}: {variable} is not set; tenant {path.stem!r} left out")
+            continue
+        found[path.stem] = token
+    return found, notes
+
+
+def _name(tenant: str) -> str:
+    """A tenant id as a caller would hear it: northwind → Northwind, acme-health → Acme Health."""
+    return tenant.replace("-", " ").replace("_", " ").title()
+
+
+def _own_url(request: web.Request) -> str:
+    """The URL this request reached, from the socket it came in on (never its Host header, which
+    the sender chooses): what the gateway signed, as the policy's URL names this runtime."""
+    assert request.transport is not None
+    host, port = request.transport.get_extra_info("sockname")[:2]
+    return f"http://{host}:{port}{request.path_qs}"
+
+
+async def _signature_valid(request: web.Request, validator: Any) -> bool:
+    url = _own_url(request)
+    signature = request.headers.get(SIGNATURE, "")
+    if request.content_type == "application/json":
+        # Twilio's JSON scheme: the body's SHA-256 in the query, the URL alone signed.
+        if "bodySHA256" not in request.query:
+            return False
+        body = await request.read()
+        return bool(validator.validate(url, body.decode("utf-8", "replace"), signature))
+    form = await request.post()
+    # Every value of a repeated name counts: twilio's validator reads them with getall().
+    params = MultiDict((name, str(value)) for name, value in form.items())
+    return bool(validator.validate(url, params, signature))
+
+
+def voice_twiml(tenant: str) -> str:
+    answer = VoiceResponse()
+    name = _name(tenant)
+    answer.say(f"{name}'s runtime here, the switchyard demo runtime. Your call reached it signed by the gateway.")
+    return str(answer)
+
+
+def sms_twiml(tenant: str, body: str) -> str:
+    words = " ".join(body.split())
+    quoted = words if len(words) <= QUOTE else words[: QUOTE - 1].rstrip() + "…"
+    answer = MessagingResponse()
+    answer.message(f'{_name(tenant)}\'s runtime (switchyard demo) got your text: "{quoted}"')
+    return str(answer)
+
+
+async def tenant_runtime(request: web.Request) -> web.Response:
+    """`POST /<tenant>/voice|sms`: TwiML for a valid signature, 403 otherwise."""
+    tenant, kind = request.match_info["tenant"], request.match_info["kind"]
+    validator = request.app[VALIDATORS].get(tenant)
+    if validator is None:
+        # The path is the sender's: not logged, only answered.
+        return web.Response(status=404, text="No such tenant in the switchyard demo runtime.\n")
+    if not await _signature_valid(request, validator):
+        log.info("%s/%s: X-Twilio-Signature not valid for this URL: 403 (the gateway answers a fallback)", tenant, kind)
+        return web.Response(status=403, text="Invalid X-Twilio-Signature.\n")
+    if kind == "voice":
+        twiml = voice_twiml(tenant)
+    else:
+        form = await request.post() if request.content_type != "application/json" else {}
+        twiml = sms_twiml(tenant, str(form.get("Body", "")))
+    log.info("%s/%s: signature valid: answered TwiML", tenant, kind)
+    return web.Response(text=twiml, content_type="text/xml")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "demo": True})
+
+
+def create_app(tokens: Mapping[str, str], api_key: str) -> web.Application:
+    """The demo runtime: a runtime for each tenant in `tokens` (tenant id → auth token), and the
+    chat completions stand-in that accepts `api_key` ("" accepts no key)."""
+    app = web.Application()
+    app[VALIDATORS] = {tenant: RequestValidator(token) for tenant, token in tokens.items()}
+    app[chat.API_KEY] = api_key
+    app.router.add_post("/v1/chat/completions", chat.handle)
+    app.router.add_post("/{tenant}/{kind:voice|sms}", tenant_runtime)
+    app.router.add_get("/healthz", healthz)
+    return app
