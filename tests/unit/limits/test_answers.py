@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.limits.answers import MemoryAnswers, usable
+from gateway.limits.answers import Claim, MemoryAnswers, usable
 from gateway.limits.base import MAX_RETRY_TOKEN, RetryKey
 from tests.support.clock import FakeClock
 
@@ -48,3 +48,35 @@ def test_only_bounded_tokens_are_kept() -> None:
     assert usable(RETRY)
     assert not usable(None)
     assert not usable(RetryKey("x" * (MAX_RETRY_TOKEN + 1), "sig"))
+
+
+async def test_a_failed_first_request_answers_its_retries_none(clock: FakeClock) -> None:
+    """settle(None): a waiter and a later retry both learn there is no answer (no second call)."""
+    answers = MemoryAnswers(clock)
+    await answers.claim("acme", RETRY, wait=5)
+    waiter = asyncio.create_task(answers.claim("acme", RETRY, wait=5))
+    await asyncio.sleep(0)
+    await answers.settle("acme", RETRY, None)
+    assert (await waiter) == Claim(first=False, answer=None)
+    assert (await answers.claim("acme", RETRY, wait=5)) == Claim(first=False, answer=None)
+
+
+async def test_the_oldest_tokens_go_past_the_limit(clock: FakeClock) -> None:
+    """At most `limit` tokens are kept: the oldest is forgotten first, and claims anew."""
+    answers = MemoryAnswers(clock, limit=2)
+    for token in ("a", "b", "c"):
+        assert (await answers.claim("acme", RetryKey(token, "sig"), wait=0)).first
+        await answers.settle("acme", RetryKey(token, "sig"), token.encode())
+    assert (await answers.claim("acme", RetryKey("c", "sig"), wait=0)).answer == b"c"
+    assert (await answers.claim("acme", RetryKey("a", "sig"), wait=0)).first
+    assert len(answers) <= 3
+
+
+async def test_a_settle_after_expiry_keeps_nothing(clock: FakeClock) -> None:
+    """A request that outlived the TTL leaves no answer behind: the store stays bounded."""
+    answers = MemoryAnswers(clock, ttl=60)
+    await answers.claim("acme", RETRY, wait=0)
+    clock.advance(61)
+    assert (await answers.claim("other", RETRY, wait=0)).first  # prunes the expired claim
+    await answers.settle("acme", RETRY, b"<Response/>")
+    assert len(answers) == 1
