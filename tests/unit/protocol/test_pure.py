@@ -14,6 +14,7 @@ import pytest
         "gateway.protocol.forms",
         "gateway.protocol.twiml",
         "gateway.protocol.llm_twiml",
+        "gateway.protocol.media",
         "gateway.protocol.openai",
         "gateway.auth.twilio_signature",
         "gateway.limits.bucket",
