@@ -120,6 +120,7 @@ def _stores(
             ledger=stores.ledger,
             recorder=recorder,
             answers=stores.answers,
+            leases=stores.leases,
             metrics=metrics,
             clock=clock or monotonic,
             wall=wall,

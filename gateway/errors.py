@@ -49,6 +49,16 @@ class Refused(SwitchyardError):
         super().__init__(f"limit {decision.rule.name!r} refused; retry after {decision.retry_after:.3f}s")
 
 
+class AdmissionRefused(SwitchyardError):
+    """A call-out's own admission refused the request: `limit` is "concurrent_streams" (the
+    tenant's refusal TwiML answers) or "budget" (its budget refusal)."""
+
+    def __init__(self, limit: str, detail: str = "") -> None:
+        self.limit = limit
+        self.detail = detail
+        super().__init__(f"{limit}: {detail}" if detail else limit)
+
+
 class BackendError(SwitchyardError):
     """A limit store (Redis) failed or was too slow; wrapped once where the adapter meets the driver."""
 

@@ -13,6 +13,7 @@ from gateway.egress import Egress
 from gateway.limits.answers import AnswerStore
 from gateway.limits.base import Limiter
 from gateway.limits.budget_failover import FailoverLedger
+from gateway.limits.leases import LeaseStore
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
@@ -28,6 +29,7 @@ class Services:
     ledger: FailoverLedger
     recorder: Recorder
     answers: AnswerStore
+    leases: LeaseStore
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = monotonic
     wall: Callable[[], float] = time.time  # the UTC day a spend belongs to
@@ -38,4 +40,4 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.egress is not None:
-            self.tools = Tools(self.egress, self.ledger, self.limits, self.wall)
+            self.tools = Tools(self.egress, self.ledger, self.limits, self.leases, self.wall)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.actions import llm, static, upstream
+from gateway.actions import llm, static, stream, upstream
 from gateway.actions.base import ActionKind, CallOut, CompileContext, Compiled, Incoming, Tools
 
 ACTIONS: Mapping[str, ActionKind[Any]] = {
@@ -19,7 +19,7 @@ ACTIONS: Mapping[str, ActionKind[Any]] = {
         static.SAY,
         static.REJECT,
         static.REDIRECT,
-        static.STREAM,
+        stream.STREAM,
         static.MESSAGE,
         static.TWIML,
         upstream.UPSTREAM,

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.exchange import Exchange
     from gateway.limits.base import Limiter
     from gateway.limits.budget_failover import FailoverLedger
+    from gateway.limits.leases import LeaseStore
 
 M = TypeVar("M")
 
@@ -35,11 +36,13 @@ class Incoming:
 class Tools:
     """What an action that calls out may use, opened once per app: the one outbound seam, the
     spend ledger (reserve an estimate, commit the real cost, release on failure), the limiter
-    (a route's own bucket) and the wall clock (the UTC day spend is booked to)."""
+    (a route's own bucket), the leases (concurrent slots) and the wall clock (the UTC day spend
+    is booked to)."""
 
     egress: Egress
     ledger: FailoverLedger
     limits: Limiter
+    leases: LeaseStore
     wall: Callable[[], float]
 
 
@@ -76,6 +79,9 @@ class CompileContext:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # The tenant's Twilio auth token: what a forwarded request is signed anew with.
     signing_key: bytes | None = field(default=None, repr=False)
+    # The route being compiled: its name, and its fallback TwiML (the route's or the tenant's).
+    route: str = ""
+    fallback: bytes | None = None
 
     def secret(self, variable: str) -> bytes:
         """The value of the environment variable a policy names (an API key, say).

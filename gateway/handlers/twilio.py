@@ -23,7 +23,7 @@ from gateway import responses
 from gateway.actions import Incoming
 from gateway.auth.twilio_signature import algorithm_from_settings, verify_form, verify_json
 from gateway.deadline import DeadlineExceeded
-from gateway.errors import BackendError, UpstreamError
+from gateway.errors import AdmissionRefused, BackendError, UpstreamError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.answers import Claim, usable
@@ -240,6 +240,15 @@ async def _call_out(
         # The action takes its own timeouts from the deadline; this bounds one that does not.
         async with asyncio.timeout(deadline.timeout()):
             reply = await call.run(exchange, incoming, deadline, services.tools)
+    except AdmissionRefused as refused:
+        # The action's own admission (a stream's slot or budget hold): the tenant's refusal, as
+        # for a rate limit or a spent budget, not the failure fallback.
+        assert tenant is not None
+        over_budget = refused.limit == "budget"
+        exchange.decision = "over-budget" if over_budget else "refused"
+        exchange.error = refused.limit
+        reply = (tenant.budget_refusal if over_budget else tenant.refusal)[exchange.kind]  # type: ignore[index]
+        return reply
     except Exception as exc:
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
         # way; the log says which, briefly (the error's text never carries request data).

@@ -120,23 +120,28 @@ class _Compiler:
         name, value = route.action()
         notes: list[str] | None = [] if self.context.notes is not None else None
         compiled = None
+        route_name = route.name or key
+        route_fallback = self.raw(f"{key}.fallback", route.fallback) if route.fallback else fallback
         try:
             compiled = compile_action(
                 name,
                 value,
-                CompileContext(self.tenant_id, self.context.public_url, notes, self.context.env, self.signing_key),
-            )
+                CompileContext(
+                    self.tenant_id, self.context.public_url, notes, self.context.env, self.signing_key,
+                    route=route_name, fallback=route_fallback,
+                ),
+            )  # fmt: skip
         except ValueError as exc:
             self.problem(f"{key}.{name}", str(exc))
         for note in notes or ():
             self.note(f"{key}.{name}", note)
         return CompiledRoute(
-            name=route.name or key,
+            name=route_name,
             kind=route.match.kind,
             action=name,
             reply=compiled.reply if compiled is not None else b"",
             call=compiled.call if compiled is not None else None,
-            fallback=self.raw(f"{key}.fallback", route.fallback) if route.fallback else fallback,
+            fallback=route_fallback,
             to=frozenset(route.match.to) if route.match.to else None,
             from_=re.compile(route.match.from_) if route.match.from_ else None,
             body=re.compile(route.match.body) if route.match.body else None,

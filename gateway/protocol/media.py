@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -321,27 +321,30 @@ def parse_start(obj: object) -> Start:
     )
 
 
-def _with_parameters(obj: dict[str, object], extra: Mapping[str, str]) -> str:
+def _with_parameters(obj: dict[str, object], extra: Mapping[str, str], drop: Collection[str] = ()) -> str:
     # parse_start has checked that obj["start"] is an object and customParameters, if there,
     # one of strings. orjson keeps key order, so only the parameters and the spacing change.
     body = obj["start"]
     params = body.setdefault("customParameters", {}) if isinstance(body, dict) else None
     if not isinstance(params, dict):
         raise MediaError("bad_start")
+    for name in drop:
+        params.pop(name, None)
     params.update(extra)
     return orjson.dumps(obj).decode()
 
 
-def with_parameters(text: str, extra: Mapping[str, str]) -> str:
-    """The `start` message re-encoded with `extra` added to start.customParameters: the one
-    frame the relay rewrites (to tell the runtime e.g. the tenant). `extra` wins over a
+def with_parameters(text: str, extra: Mapping[str, str], drop: Collection[str] = ()) -> str:
+    """The `start` message re-encoded with `extra` added to start.customParameters (and the
+    parameters named in `drop` removed): the one frame the relay rewrites (to tell the runtime
+    e.g. the tenant, and keep the gateway's admission token to itself). `extra` wins over a
     parameter of the same name from Twilio: a value the gateway vouches for must not be one
     the TwiML's author could set. Every other field keeps its value and place."""
     obj = _load(text)
     if obj.get("event") != "start":
         raise MediaError("bad_start")
     parse_start(obj)
-    return _with_parameters(obj, extra)
+    return _with_parameters(obj, extra, drop)
 
 
 class _Latencies:
@@ -384,6 +387,7 @@ class StreamSession:
         "_barge_in",
         "_clear_at",
         "_connected",
+        "_drop",
         "_dtmf",
         "_end_by",
         "_extra",
@@ -418,10 +422,12 @@ class StreamSession:
         start_within: float = START_WITHIN,
         max_duration: float = MAX_DURATION,
         extra_parameters: Mapping[str, str] | None = None,
+        drop_parameters: Collection[str] = (),
     ) -> None:
         self._start_by = now + start_within
         self._end_by = now + max_duration
-        self._extra = dict(extra_parameters) if extra_parameters else None
+        self._extra = dict(extra_parameters) if extra_parameters or drop_parameters else None
+        self._drop = tuple(drop_parameters)
         self._state: State = "awaiting_start"
         self._streaming = False
         self._connected = False
@@ -599,7 +605,7 @@ class StreamSession:
 
     def _begin(self, obj: dict[str, object], text: str, now: float) -> Inbound:
         start = parse_start(obj)
-        forward = text if self._extra is None else _with_parameters(obj, self._extra)
+        forward = text if self._extra is None else _with_parameters(obj, self._extra, self._drop)
         self._start = start
         self._sid = start.stream_sid
         self._state = "streaming"

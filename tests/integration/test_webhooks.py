@@ -34,14 +34,17 @@ def verbs(text: str) -> list[str]:
 
 
 async def test_voice_call_is_handed_to_the_stream(gateway: Client) -> None:
-    """A signed call to acme's main number gets <Connect><Stream> with tenant and agent parameters."""
+    """A signed call to acme's main number gets <Connect><Stream> to the gateway's own endpoint,
+    with tenant and agent parameters and an admission token; the fallback follows </Connect>."""
     status, text = await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
     assert status == 200
     stream = ET.fromstring(text).find("Connect/Stream")
     assert stream is not None
     assert stream.get("url") == "ws://gw.test/t/acme-health/stream"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert params.pop("switchyard_admission", "").startswith("v1.")
     assert params == {"tenant": "acme-health", "agent": "triage"}
+    assert verbs(text) == ["Connect", "Say"]
 
 
 async def test_route_by_called_number(gateway: Client) -> None:
@@ -137,7 +140,7 @@ async def test_voice_over_limit_gets_tenant_refusal(gateway: Client) -> None:
     """acme's voice bucket (burst 20) refuses the 21st call with acme's own refusal TwiML."""
     params = voice_params()
     answers = [(await post(gateway, "/twilio/voice", params, ACME_TOKEN))[1] for _ in range(21)]
-    assert all(verbs(a) == ["Connect"] for a in answers[:20])
+    assert all(verbs(a) == ["Connect", "Say"] for a in answers[:20])
     assert verbs(answers[20]) == ["Say", "Hangup"]
     assert "All our lines are busy" in answers[20]
 

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gateway.actions import ACTIONS, CompileContext, static
+from gateway.actions import ACTIONS, CompileContext, static, stream
 from gateway.protocol import twiml
 
 DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
@@ -70,30 +70,6 @@ def test_redirect_url_and_method(method: str) -> None:
     assert _verbs(root) == ["Redirect"]
     assert root[0].text == "https://ivr.example.com/voice?a=1&b=2"
     assert root[0].attrib == {"method": method}
-
-
-def test_stream_connect_with_parameters() -> None:
-    """<Connect><Stream url name track> with one <Parameter> per value, in the given order."""
-    action = static.Stream(name="agent", track="inbound_track", parameters={"agent": "triage"})
-    root = _parse(_compiled("stream", action, public_url="https://gw.example.com"))
-    assert _verbs(root) == ["Connect"]
-    streams = root[0].findall("Stream")
-    assert len(streams) == 1
-    stream = streams[0]
-    assert stream.attrib == {"url": "wss://gw.example.com/t/acme/stream", "name": "agent", "track": "inbound_track"}
-    assert [p.attrib for p in stream] == [
-        {"name": "tenant", "value": "acme"},
-        {"name": "agent", "value": "triage"},
-    ]
-
-
-def test_stream_without_name_or_track() -> None:
-    """Unset name and track are omitted; only the url remains on <Stream>."""
-    root = _parse(_compiled("stream", static.Stream(url="wss://rt.example.com/s")))
-    stream = root.find("./Connect/Stream")
-    assert stream is not None
-    assert stream.attrib == {"url": "wss://rt.example.com/s"}
-    assert [p.get("name") for p in stream.findall("Parameter")] == ["tenant"]
 
 
 def test_message_text() -> None:
@@ -163,29 +139,13 @@ def test_raw_rejects_malformed_and_wrong_root(text: str, message: str) -> None:
         twiml.raw(text)
 
 
-def test_stream_without_url_needs_the_public_url() -> None:
-    """A stream route without url is refused when serving without a public URL, and names why."""
-    with pytest.raises(ValueError, match="--public-url"):
-        _compiled("stream", static.Stream())
-
-
-def test_stream_without_url_is_a_note_under_check() -> None:
-    """Under `check` (notes collected) the same route compiles, and a note says what serving needs."""
-    notes: list[str] = []
-    reply = ACTIONS["stream"].compile(static.Stream(), CompileContext("acme", None, notes)).reply
-    assert reply is not None
-    assert b"/t/acme/stream" in reply
-    assert len(notes) == 1
-    assert "--public-url" in notes[0]
-
-
 def test_every_static_action_compiles_to_bytes_only() -> None:
     """Each registered static action yields reply bytes and no call-out: nothing to await."""
     values: dict[str, object] = {
         "say": static.Say(text="hi"),
         "reject": static.Reject(),
         "redirect": static.Redirect(url="https://x.example/v"),
-        "stream": static.Stream(url="wss://x.example/s"),
+        "stream": stream.Stream(url="wss://x.example/s"),
         "message": static.Message(text="hi"),
         "twiml": "<Response/>",
     }

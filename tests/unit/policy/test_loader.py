@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.actions.stream import StreamAdmission
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.base import Rule
 from gateway.policy.loader import BUCKETS_BY_KIND, LoadContext, load_dir, load_file
-from gateway.policy.tenant import Tenant
+from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.telemetry.cost import ModelPrice, Prices
 from tests.support.policies import ENV, FIXTURES, NO_PUBLIC_URL, PUBLIC, VALID
@@ -175,10 +176,10 @@ FAILURES = [
         id="stream-with-query",
     ),
     pytest.param(
-        "stream-without-url.yaml",
+        "stream-bridged.yaml",
         "routes.0.stream",
-        "needs a url, or the gateway's --public-url to hand the stream to itself",
-        id="stream-without-url",
+        "a bridged stream needs the gateway's --public-url (Twilio connects to it)",
+        id="stream-bridged",
     ),
     pytest.param(
         "yaml-syntax.yaml",
@@ -300,7 +301,11 @@ def test_jwt_secret_length_is_counted_in_bytes() -> None:
     assert tenant.api is not None and len(tenant.api.secret) == 32
 
 
-def _stream(reply: bytes | None) -> tuple[str, list[tuple[str, str]]]:
+def _stream(route: CompiledRoute) -> tuple[str, list[tuple[str, str]]]:
+    """The <Stream> url and parameters a route answers (a bridged one with a stand-in token)."""
+    reply = route.reply
+    if isinstance(route.call, StreamAdmission):
+        reply = route.call.head + b"TOKEN" + route.call.tail
     assert reply is not None
     stream = ET.fromstring(reply).find("./Connect/Stream")
     assert stream is not None
@@ -308,26 +313,27 @@ def _stream(reply: bytes | None) -> tuple[str, list[tuple[str, str]]]:
     return stream.get("url", ""), params
 
 
-def test_stream_without_url_goes_to_the_gateway_itself() -> None:
-    """With a public URL, a url-less stream targets wss://<host>/t/<tenant>/stream, tenant first."""
-    tenant = load_file(FIXTURES / "stream-without-url.yaml", PUBLIC)
-    url, params = _stream(tenant.routes[0].reply)
-    assert url == "wss://gw.example.com/t/stream-without-url/stream"
-    assert params == [("tenant", "stream-without-url"), ("agent", "triage")]
+def test_bridged_stream_goes_to_the_gateway_itself() -> None:
+    """With a public URL, a bridged stream targets wss://<host>/t/<tenant>/stream: tenant first,
+    the admission token last."""
+    tenant = load_file(FIXTURES / "stream-bridged.yaml", PUBLIC)
+    url, params = _stream(tenant.routes[0])
+    assert url == "wss://gw.example.com/t/stream-bridged/stream"
+    assert params == [("tenant", "stream-bridged"), ("agent", "triage"), ("switchyard_admission", "TOKEN")]
 
 
 def test_stream_default_url_keeps_the_public_url_path_prefix() -> None:
     """A public URL with a path prefix (a proxy that strips it) keeps the prefix in the stream URL."""
     context = LoadContext(env=ENV, public_url="https://gw.example.com/edge")
-    url, _ = _stream(load_file(FIXTURES / "stream-without-url.yaml", context).routes[0].reply)
-    assert url == "wss://gw.example.com/edge/t/stream-without-url/stream"
+    url, _ = _stream(load_file(FIXTURES / "stream-bridged.yaml", context).routes[0])
+    assert url == "wss://gw.example.com/edge/t/stream-bridged/stream"
 
 
 def test_stream_default_url_ignores_a_trailing_slash() -> None:
     """`--public-url https://host/` gives the same stream URL as `https://host`."""
     context = LoadContext(env=ENV, public_url="https://gw.example.com/")
-    url, _ = _stream(load_file(FIXTURES / "stream-without-url.yaml", context).routes[0].reply)
-    assert url == "wss://gw.example.com/t/stream-without-url/stream"
+    url, _ = _stream(load_file(FIXTURES / "stream-bridged.yaml", context).routes[0])
+    assert url == "wss://gw.example.com/t/stream-bridged/stream"
 
 
 def test_policy_cannot_forge_the_tenant_parameter() -> None:
@@ -341,7 +347,7 @@ def test_policy_cannot_forge_the_tenant_parameter() -> None:
     if refused is not None:
         assert refused.problems[0].key.startswith("routes.0.stream.parameters")
         return
-    _, params = _stream(tenant.routes[0].reply)
+    _, params = _stream(tenant.routes[0])
     assert dict(params)["tenant"] == "stream-tenant-parameter"
 
 
@@ -519,9 +525,9 @@ def test_readme_example_loads_as_annotated(tmp_path: Path) -> None:
     ]
     sms_rule = tenant.rules["sms"][-1]
     assert (sms_rule.name, sms_rule.burst) == ("sms", 60)
-    url, params = _stream(tenant.routes[4].reply)
+    url, params = _stream(tenant.routes[4])
     assert url == "wss://gw.example.com/t/acme-clinic/stream"
-    assert params == [("tenant", "acme-clinic"), ("agent", "triage")]
+    assert params == [("tenant", "acme-clinic"), ("agent", "triage"), ("switchyard_admission", "TOKEN")]
     assert (tenant.prices.sms_segment, tenant.daily_budget) == (7900, 200_000_000)
     assert tenant.budget_refusal["voice"] == twiml.REJECT_BUSY
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from gateway.actions import ACTIONS, static
+from gateway.actions import ACTIONS, static, stream
 from gateway.policy import model
 
 SID = "AC0123456789abcdef0123456789abcdef"
@@ -54,13 +54,15 @@ def test_period_names_map_to_seconds() -> None:
 
 
 def test_action_defaults() -> None:
-    """say hangs up, reject is busy, redirect POSTs, stream has no url/name/track/parameters."""
+    """say hangs up, reject is busy, redirect POSTs, stream has no name/track/parameters and
+    bridged limits of 4 hours and 10 reserved minutes."""
     say = static.Say(text="hi")
     assert (say.voice, say.language, say.hangup) == (None, None, True)
     assert static.Reject().reason == "busy"
     assert static.Redirect(url="https://x.example/voice").method == "POST"
-    stream = static.Stream()
-    assert (stream.url, stream.name, stream.track, stream.parameters) == (None, None, None, {})
+    bridged = stream.Stream(upstream="wss://rt.example/s")
+    assert (bridged.url, bridged.name, bridged.track, bridged.parameters) == (None, None, None, {})
+    assert (bridged.max_duration_s, bridged.reserve_minutes) == (4 * 3600, 10)
 
 
 def test_api_defaults() -> None:
@@ -96,7 +98,7 @@ def test_regex_errors_name_the_yaml_key() -> None:
         pytest.param(static.Say, {"text": "hi"}, id="Say"),
         pytest.param(static.Reject, {}, id="Reject"),
         pytest.param(static.Redirect, {"url": "https://x.example"}, id="Redirect"),
-        pytest.param(static.Stream, {}, id="Stream"),
+        pytest.param(stream.Stream, {"url": "wss://x.example/s"}, id="Stream"),
         pytest.param(static.Message, {"text": "hi"}, id="Message"),
         pytest.param(model.Route, {"match": {"kind": "voice"}, "reject": {}}, id="Route"),
         pytest.param(model.ByKind, {}, id="ByKind"),
@@ -185,9 +187,24 @@ def test_account_sid_accepts_either_hex_case() -> None:
 def test_stream_url_is_websocket_without_query(url: str, valid: bool) -> None:
     """Stream URLs are ws(s):// without ? or #, since Twilio drops a query string."""
     if valid:
-        assert static.Stream(url=url).url == url
+        assert stream.Stream(url=url).url == url
+        assert stream.Stream(upstream=url).upstream == url
     else:
-        assert _error_types(static.Stream, {"url": url}) == [(("url",), "string_pattern_mismatch")]
+        assert _error_types(stream.Stream, {"url": url}) == [(("url",), "string_pattern_mismatch")]
+
+
+def test_stream_names_exactly_one_target() -> None:
+    """A stream route gives `url` (Twilio to the runtime) or `upstream` (bridged), never both or neither."""
+    for data in ({}, {"url": "wss://a.example/s", "upstream": "wss://b.example/s"}):
+        with pytest.raises(ValidationError, match="give `upstream`"):
+            stream.Stream.model_validate(data)
+
+
+def test_stream_parameters_the_gateway_sets_are_refused() -> None:
+    """`tenant` and the admission parameter are the gateway's: a policy may not set them."""
+    for name in ("tenant", "switchyard_admission"):
+        with pytest.raises(ValidationError, match="set by the gateway"):
+            stream.Stream(url="wss://a.example/s", parameters={name: "x"})
 
 
 def test_message_text_is_at_most_1600_characters() -> None:
@@ -208,7 +225,7 @@ def test_actions_are_the_routes_action_fields() -> None:
         pytest.param("voice", {"say": {"text": "hi"}}, True, id="voice-say"),
         pytest.param("voice", {"reject": {}}, True, id="voice-reject"),
         pytest.param("voice", {"redirect": {"url": "https://x.example"}}, True, id="voice-redirect"),
-        pytest.param("voice", {"stream": {}}, True, id="voice-stream"),
+        pytest.param("voice", {"stream": {"url": "wss://x.example/s"}}, True, id="voice-stream"),
         pytest.param("voice", {"twiml": "<Response/>"}, True, id="voice-twiml"),
         pytest.param("voice", {"message": {"text": "hi"}}, False, id="voice-message"),
         pytest.param("sms", {"message": {"text": "hi"}}, True, id="sms-message"),
@@ -216,7 +233,7 @@ def test_actions_are_the_routes_action_fields() -> None:
         pytest.param("sms", {"say": {"text": "hi"}}, False, id="sms-say"),
         pytest.param("sms", {"reject": {}}, False, id="sms-reject"),
         pytest.param("sms", {"redirect": {"url": "https://x.example"}}, False, id="sms-redirect"),
-        pytest.param("sms", {"stream": {}}, False, id="sms-stream"),
+        pytest.param("sms", {"stream": {"url": "wss://x.example/s"}}, False, id="sms-stream"),
     ],
 )
 def test_actions_allowed_per_kind(kind: str, action: dict[str, Any], ok: bool) -> None:

@@ -677,3 +677,15 @@ def test_builders_write_twilio_documented_shapes() -> None:
         mark_message(STREAM, "my label") == '{"event":"mark","streamSid":"' + STREAM + '","mark":{"name":"my label"}}'
     )
     assert clear_message(STREAM) == '{"event":"clear","streamSid":"' + STREAM + '"}'
+
+
+def test_start_forwarded_without_the_dropped_parameters() -> None:
+    """drop_parameters: the gateway's own parameter never reaches the runtime; the tenant is added."""
+    session = media.StreamSession(0.0, extra_parameters={"tenant": "acme"}, drop_parameters=("switchyard_admission",))
+    text = media.start_message(
+        "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32, {"agent": "triage", "switchyard_admission": "v1.x"}
+    )
+    inbound = session.from_twilio(text, 1.0)
+    assert inbound.start is not None and inbound.start.custom_parameters["switchyard_admission"] == "v1.x"
+    forwarded = orjson.loads(inbound.forward)["start"]["customParameters"]
+    assert forwarded == {"agent": "triage", "tenant": "acme"}
