@@ -426,7 +426,7 @@ class StreamSession:
     ) -> None:
         self._start_by = now + start_within
         self._end_by = now + max_duration
-        self._extra = dict(extra_parameters) if extra_parameters or drop_parameters else None
+        self._extra = dict(extra_parameters or {}) if extra_parameters or drop_parameters else None
         self._drop = tuple(drop_parameters)
         self._state: State = "awaiting_start"
         self._streaming = False
