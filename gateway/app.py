@@ -16,7 +16,7 @@ from gateway.auth.public_url import PublicUrl, parse_proxies
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress, open_session
 from gateway.errors import BackendError
-from gateway.handlers import api, health
+from gateway.handlers import api, health, stream
 from gateway.handlers.twilio import webhook
 from gateway.keys import EGRESS, LIFECYCLE, SERVICES
 from gateway.limits.budget import utc_day
@@ -69,10 +69,12 @@ def create_app(
         raise ValueError(f"{ADMIN_TOKEN_VARIABLE} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (a random secret)")
     app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin))
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
+    app.on_shutdown.append(_close_streams)
     for kind in ("voice", "sms", "status"):
         handler = webhook(kind)
         app.router.add_post(f"/twilio/{kind}", handler)
         app.router.add_post(f"/t/{{tenant}}/{kind}", handler)
+    app.router.add_get("/t/{tenant}/stream", stream.stream)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
@@ -161,6 +163,15 @@ async def _budget_gauges(services: Services) -> None:
                 break
             services.metrics.budget_remaining(tenant.id, max(0, cap - spend.total - spend.reserved) / MICRO)
         await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
+
+
+async def _close_streams(app: web.Application) -> None:
+    """At shutdown (after the drain's grace period): open Media Streams are closed with 1001,
+    so Twilio moves on to the fallback after </Connect>, and their minutes are booked."""
+    services = app.get(SERVICES)
+    if services is not None and len(services.streams):
+        log.info("closing %d open stream(s)", len(services.streams))
+        await services.streams.stop_all("shutdown")
 
 
 async def _egress(app: web.Application) -> AsyncIterator[None]:

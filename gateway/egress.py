@@ -22,6 +22,7 @@ from gateway.hop import Answer, Hop, HopFailure, Target
 # A TwiML answer or a chat completion is a few KB; a runtime answering megabytes is broken.
 MAX_BODY = 1024 * 1024
 LIMIT_PER_HOST = 100
+WS_CLOSE_WITHIN = 2.0
 DNS_TTL = 60
 
 
@@ -78,6 +79,31 @@ class Egress:
             return await self._hop.exchange(target, head, body, timeout, max_body)
         except HopFailure as failure:
             raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
+
+    async def websocket(
+        self, url: str, *, name: str, headers: Mapping[str, str], within: float, max_msg_size: int
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to a runtime (`url` from a policy), opened within `within` seconds; every
+        failure raises UpstreamError (a refused upgrade: reason "status" with its HTTP status)."""
+        try:
+            async with asyncio.timeout(within):
+                return await self._session.ws_connect(
+                    url,
+                    headers=headers,
+                    max_msg_size=max_msg_size,
+                    autoping=True,
+                    compress=0,  # audio frames: deflate would cost CPU for nothing
+                    # A runtime that does not answer our close frame is not waited for long.
+                    timeout=aiohttp.ClientWSTimeout(ws_close=WS_CLOSE_WITHIN),
+                )
+        except TimeoutError:
+            raise UpstreamError(name, "timeout", detail=f"no WebSocket within {within:.3f}s") from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamError(name, "status", exc.status) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(name, "connect", detail=type(exc).__name__) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(name, "connection", detail=type(exc).__name__) from None
 
     async def request(
         self,

@@ -70,6 +70,8 @@ class Exchange:
     charged: dict[str, int] | None = None
     # What an action that calls out spent (a model's tokens): part of the cost above.
     call_cost: dict[str, int] | None = None
+    # Span attributes of its own kind (a stream's meter: frames, bytes, marks, minutes).
+    attributes: dict[str, AttributeValue] | None = None
     # I/O step timings in seconds, summed per step (the access log), and each step with its start
     # (the child spans).
     timings: dict[str, float] | None = None

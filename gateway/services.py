@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from gateway.actions.base import Tools
 from gateway.auth.public_url import PublicUrl
+from gateway.bridge.streams import Streams
 from gateway.clock import Clock, monotonic
 from gateway.egress import Egress
 from gateway.limits.answers import AnswerStore
@@ -37,7 +38,10 @@ class Services:
     admin_token: bytes | None = field(default=None, repr=False)  # SWITCHYARD_ADMIN_TOKEN
     # What actions that call out use (actions/base.py Tools); None without an egress session.
     tools: Tools | None = field(init=False, default=None)
+    # The Media Streams being relayed (bridge/streams.py).
+    streams: Streams = field(init=False)
 
     def __post_init__(self) -> None:
+        self.streams = Streams(self.metrics)
         if self.egress is not None:
             self.tools = Tools(self.egress, self.ledger, self.limits, self.leases, self.wall)

@@ -158,11 +158,11 @@ async def hold(
     if lease is None:
         yield None
         return
-    heartbeat = asyncio.create_task(_heartbeat(store, lease, sleep))
+    beats = asyncio.create_task(heartbeat(store, lease, sleep))
     try:
         yield lease
     finally:
-        heartbeat.cancel()
+        beats.cancel()
         try:
             await store.release(lease)
         except BackendError as error:
@@ -170,7 +170,8 @@ async def hold(
             log.warning("lease %s of %s/%s not released: %s", lease.id, tenant, kind, error)
 
 
-async def _heartbeat(store: LeaseStore, lease: Lease, sleep: Sleep) -> None:
+async def heartbeat(store: LeaseStore, lease: Lease, sleep: Sleep = asyncio.sleep) -> None:
+    """Renew `lease` every ttl/3 until cancelled (a lost renewal is logged, not fatal)."""
     # Three beats per TTL: a lease survives two lost heartbeats in a row.
     while True:
         await sleep(lease.ttl / 3)

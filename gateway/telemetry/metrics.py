@@ -39,6 +39,9 @@ SPAN_DROP_REASONS = ("queue_full", "export_failed", "shutdown")  # tracing.SpanE
 # that takes longer has already failed at Twilio's end, so finer buckets past it would say nothing.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 
+# A frame relayed within a millisecond is the norm; past 50 ms a caller starts to hear it.
+RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
 Finished = tuple[int, float, "Exchange"]
 """One finished request as the end-of-request pipeline hands it over: (status, seconds, exchange)."""
 
@@ -126,6 +129,33 @@ class Metrics:
         # Known from the start, so rate() sees the series before the first drop.
         for reason in SPAN_DROP_REASONS:
             self._spans_dropped.labels(reason)
+        self.streams_open = Gauge(
+            "switchyard_streams_open",
+            "Media streams being relayed now, by tenant.",
+            ["tenant"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.stream_ends = Counter(
+            "switchyard_stream_ends",
+            "Media streams ended, by tenant and reason (stop, twilio_closed, runtime_closed, "
+            "runtime_failed, max_duration, stalled, shutdown, protocol, not_admitted, no_start).",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
+        self.relay_latency = Histogram(
+            "switchyard_stream_relay_seconds",
+            "Time a sampled media frame spent in the gateway, from its arrival to its relay, by direction.",
+            ["direction"],
+            buckets=RELAY_BUCKETS,
+            registry=self.registry,
+        )
+        self.frames_dropped = Counter(
+            "switchyard_stream_frames_refused",
+            "Frames not relayed (malformed, out of order, for another stream), by direction.",
+            ["direction"],
+            registry=self.registry,
+        )
 
     def degraded(self, is_degraded: bool) -> None:
         self.store_transitions.labels(to="degraded" if is_degraded else "healthy").inc()

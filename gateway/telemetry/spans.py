@@ -87,6 +87,8 @@ class SpanBuilder:
             parts.append(_sid(exchange.sid))
         if exchange.cost:
             parts.append(_cost(exchange.cost))
+        if exchange.attributes:
+            parts.append(_attributes(exchange.attributes))
         decision = exchange.decision
         failed = decision in FAILED or status >= 500
         spans = [
@@ -126,10 +128,13 @@ class SpanBuilder:
 
 @functools.lru_cache(maxsize=256)
 def _names(kind: str, method: str, path: str) -> tuple[str, str]:
-    """(span name, http.route): `twilio.webhook voice` on `/t/{tenant}/voice`; `api GET /api/v1/limits`."""
+    """(span name, http.route): `twilio.webhook voice` on `/t/{tenant}/voice`; `twilio.stream` (a
+    Media Stream, the span lasting as long as it); `api GET /api/v1/limits`."""
     if kind in WEBHOOKS:
         route = f"/t/{{tenant}}/{kind}" if path.startswith("/t/") else f"/twilio/{kind}"
         return f"twilio.webhook {kind}", route
+    if kind == "stream":
+        return "twilio.stream", "/t/{tenant}/stream"
     return f"{kind} {method} {path}", path
 
 

@@ -17,7 +17,7 @@ BILLING_FIELDS = ("NumSegments", "Body", "CallStatus", "CallDuration", "MessageS
 
 # The outcomes that cost the tenant: a verified request answered in any way. Refusals (over a
 # limit, over budget) and forged or unknown requests cost nothing.
-COSTED = frozenset({"answered", "fallback", "no-route", "recorded", "error"})
+COSTED = frozenset({"answered", "fallback", "no-route", "recorded", "error", "streamed"})
 
 
 def cost_of(exchange: Exchange, prices: Prices) -> Cost:
@@ -27,6 +27,8 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
         return {}
     fields = exchange.fields or {}
     kind = exchange.kind
+    if kind == "stream":  # no webhook: its minutes, worked out by the bridge when it ended
+        return dict(exchange.call_cost or {})
     spent = cost.webhook_cost(prices)
     if kind == "sms":
         # Inbound (Twilio's own count) and what we answer with.
@@ -70,6 +72,9 @@ def once_id(exchange: Exchange) -> str | None:
 
     Twilio's signature has no timestamp: a captured `completed` callback replayed a thousand
     times must not book the call's minutes a thousand times (nor drain the tenant's budget)."""
+    if exchange.kind == "stream":
+        # A stream's minutes are booked once per call, whichever instance relayed it.
+        return f"stream:{exchange.sid[:64]}" if exchange.sid else None
     if exchange.kind != "status":
         return None
     fields = exchange.fields or {}

@@ -1,0 +1,339 @@
+"""The Media Streams bridge end to end, with real sockets on 127.0.0.1: a Twilio-like client
+(signatures from twilio's RequestValidator) answers a webhook, opens the stream the TwiML names,
+and plays a recorded-shape session through the gateway into a runtime stand-in and back."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import WSMsgType
+from twilio.request_validator import RequestValidator
+
+from gateway.app import create_app
+from gateway.bridge import lifecycle
+from gateway.bridge.relay import CHECK_EVERY, STALL_AFTER
+from gateway.keys import SERVICES
+from gateway.limits.budget import utc_day
+from gateway.protocol import media
+from gateway.settings import Settings
+from gateway.telemetry import accesslog
+from tests.integration.conftest import GatewayServer
+from tests.support.clock import FakeClock
+from tests.support.gateway import PUBLIC, Client, post
+from tests.support.media_runtime import MediaRuntime
+from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
+
+NUMBER = "+15558760001"
+FALLBACK = "<Response><Say>Goodbye from the fallback.</Say></Response>"
+STREAM_SID = "MZ" + "5" * 32
+PAYLOAD = base64.b64encode(bytes(range(160))).decode()  # 20 ms of μ-law
+
+
+def _policy(runtime: MediaRuntime, concurrent: int = 2, max_duration_s: int = 600) -> str:
+    return f"""
+twilio: {{account_sid: {ACME_SID}, auth_token_env: ACME_TWILIO_AUTH_TOKEN}}
+numbers: ["{NUMBER}"]
+limits: {{concurrent_streams: {concurrent}}}
+prices: {{stream_minute: 0.004}}
+budget: {{daily_usd: 10}}
+routes:
+  - name: agent
+    match: {{kind: voice}}
+    stream: {{upstream: "{runtime.url("/agent")}", parameters: {{agent: triage}}, max_duration_s: {max_duration_s}}}
+    fallback: '{FALLBACK}'
+"""
+
+
+MakeApp = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[MediaRuntime]:
+    server = MediaRuntime(ACME_TOKEN)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: MediaRuntime) -> MakeApp:
+    async def make(**options: Any) -> Client:
+        (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
+        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
+        server = GatewayServer(create_app(settings, env=ENV, clock=clock), host="127.0.0.1")
+        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
+        client: Client = await aiohttp_client(server)
+        return client
+
+    return make
+
+
+def _call_sid(n: int) -> str:
+    return "CA" + f"{n:032x}"
+
+
+async def answer(client: Client, call_sid: str) -> tuple[str, dict[str, str], ET.Element]:
+    """The webhook's answer: the stream path, its <Parameter>s, and the whole TwiML."""
+    params = {"AccountSid": ACME_SID, "CallSid": call_sid, "From": CALLER, "To": NUMBER}
+    status, text = await post(client, "/twilio/voice", params, ACME_TOKEN)
+    assert status == 200
+    root = ET.fromstring(text)
+    stream = root.find("Connect/Stream")
+    assert stream is not None, text
+    url = stream.get("url", "")
+    assert url.startswith("ws://gw.test/")
+    return url.removeprefix("ws://gw.test"), {p.get("name", ""): p.get("value", "") for p in stream}, root
+
+
+async def connect(client: Client, path: str, token: str = ACME_TOKEN) -> aiohttp.ClientWebSocketResponse:
+    """Twilio's upgrade: X-Twilio-Signature over the ws(s):// URL, no parameters."""
+    signature = RequestValidator(token).compute_signature(f"ws://gw.test{path}", {})
+    return await client.ws_connect(path, headers={"X-Twilio-Signature": signature})
+
+
+def start(call_sid: str, parameters: dict[str, str]) -> str:
+    return media.start_message(STREAM_SID, call_sid, ACME_SID, parameters)
+
+
+async def receive_until_closed(ws: aiohttp.ClientWebSocketResponse, into: list[str]) -> None:
+    async for message in ws:
+        if message.type is WSMsgType.TEXT:
+            into.append(message.data)
+
+
+async def test_a_recorded_session_is_relayed_both_ways_in_order(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """connected, start, 500 media frames, dtmf, mark echoes and stop reach the runtime in order
+    and unchanged (start with the tenant added and the admission token removed; the upgrade
+    signed anew for the runtime's URL); the runtime's media and marks reach Twilio unchanged;
+    then both sides close, the slot is free and one stream minute is booked."""
+    client = await make_app()
+    call_sid = _call_sid(1)
+    path, parameters, _ = await answer(client, call_sid)
+    assert path == "/t/acme/stream" and parameters["agent"] == "triage"
+    twilio = await connect(client, path)
+    got: list[str] = []
+    sent = [media.connected_message(), start(call_sid, parameters)]
+    frames = [media.twilio_media_message(STREAM_SID, i + 3, i + 1, 20 * i, PAYLOAD) for i in range(500)]
+    for text in sent:
+        await twilio.send_str(text)
+    for frame in frames:
+        await twilio.send_str(frame)
+    await twilio.send_str(media.dtmf_message(STREAM_SID, 503, "7"))
+    # The runtime echoes each frame and sends a mark after each 100: Twilio echoes those back.
+    echoes: list[str] = []
+    while len([g for g in got if '"mark"' in g]) < 5:
+        message = await asyncio.wait_for(twilio.receive(), 5)
+        assert message.type is WSMsgType.TEXT
+        got.append(message.data)
+    for i, name in enumerate(orjson.loads(g)["mark"]["name"] for g in got if '"mark"' in g):
+        echo = media.twilio_mark_message(STREAM_SID, 504 + i, name)
+        echoes.append(echo)
+        await twilio.send_str(echo)
+    stop = media.stop_message(STREAM_SID, 509, call_sid, ACME_SID)
+    await twilio.send_str(stop)
+    await asyncio.wait_for(receive_until_closed(twilio, got), 5)
+    assert twilio.close_code == 1000
+
+    (connection,) = runtime.connections
+    await asyncio.wait_for(connection.closed.wait(), 5)
+    assert connection.signature_valid
+    assert connection.headers["X-Switchyard-Tenant"] == "acme"
+    assert connection.headers["traceparent"].startswith("00-")
+    received = connection.received
+    assert received[0] == sent[0]
+    forwarded_start = orjson.loads(received[1])["start"]
+    assert forwarded_start["customParameters"] == {"agent": "triage", "tenant": "acme"}
+    assert forwarded_start["callSid"] == call_sid
+    assert received[2:502] == frames
+    assert orjson.loads(received[502])["event"] == "dtmf"
+    assert received[503:508] == echoes and received[508] == stop
+    outbound = [g for g in got if '"media"' in g]
+    assert outbound == [media.media_message(STREAM_SID, PAYLOAD)] * 500
+
+    services = client.app[SERVICES]
+    assert await services.leases.count("acme", "streams") == 0
+    spend = await services.ledger.spend("acme", utc_day(services.wall()))
+    assert spend.parts.get("stream") == 4000  # 10 s of audio: one started minute at $0.004
+    assert spend.reserved == 0
+
+
+async def test_an_upgrade_without_a_valid_signature_is_refused_before_upgrading(
+    make_app: MakeApp, runtime: MediaRuntime
+) -> None:
+    """No signature, one made with another token, or for another URL: 403, no WebSocket."""
+    client = await make_app()
+    path, _, _ = await answer(client, _call_sid(2))
+    other_url = RequestValidator(ACME_TOKEN).compute_signature("ws://gw.test/t/other/stream", {})
+    for headers in ({}, {"X-Twilio-Signature": "forged"}, {"X-Twilio-Signature": other_url}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(path, headers=headers)
+        assert refused.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await connect(client, path, token="another-token")
+    assert runtime.connections == []
+
+
+async def test_a_start_this_gateway_did_not_admit_is_closed(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """A signed upgrade whose start carries no admission token, another call's, or a forged one
+    is closed with 1008 and never reaches the runtime."""
+    client = await make_app()
+    _, parameters, _ = await answer(client, _call_sid(3))
+    for params, call_sid in (
+        ({"agent": "triage"}, _call_sid(3)),
+        (parameters, _call_sid(4)),
+        ({**parameters, "switchyard_admission": parameters["switchyard_admission"][:-2] + "xx"}, _call_sid(3)),
+    ):
+        twilio = await connect(client, "/t/acme/stream")
+        await twilio.send_str(media.connected_message())
+        await twilio.send_str(start(call_sid, params))
+        message = await asyncio.wait_for(twilio.receive(), 5)
+        assert message.type is WSMsgType.CLOSE and twilio.close_code == 1008
+    assert runtime.connections == []
+
+
+async def test_over_concurrent_streams_the_webhook_gets_the_refusal(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """concurrent_streams 2: the third call is refused at the webhook (the tenant's refusal,
+    not a stream that would be cut); when a stream ends its slot serves the next call."""
+    client = await make_app(concurrent=2)
+    first, parameters, _ = await answer(client, _call_sid(5))
+    await answer(client, _call_sid(6))
+    status, text = await post(
+        client,
+        "/twilio/voice",
+        {"AccountSid": ACME_SID, "CallSid": _call_sid(7), "From": CALLER, "To": NUMBER},
+        ACME_TOKEN,
+    )
+    assert status == 200 and ET.fromstring(text).find("Reject") is not None
+    twilio = await connect(client, first)
+    await twilio.send_str(start(_call_sid(5), parameters))
+    await asyncio.wait_for(runtime.connected.wait(), 5)
+    await twilio.send_str(media.stop_message(STREAM_SID, 2, _call_sid(5), ACME_SID))
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    _, _, root = await answer(client, _call_sid(8))
+    assert root.find("Connect/Stream") is not None
+
+
+@pytest.mark.parametrize("side", ["runtime", "twilio"])
+async def test_either_side_closing_closes_the_other_and_frees_the_slot(
+    make_app: MakeApp, runtime: MediaRuntime, side: str
+) -> None:
+    """The runtime hanging up closes Twilio's socket (Twilio then plays the fallback), Twilio
+    hanging up closes the runtime's; the slot comes back either way."""
+    if side == "runtime":
+        runtime.mode = "close"
+    client = await make_app(concurrent=1)
+    path, parameters, root = await answer(client, _call_sid(9))
+    assert [child.tag for child in root] == ["Connect", "Say"]  # the fallback after </Connect>
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(9), parameters))
+    await asyncio.wait_for(runtime.connected.wait(), 5)
+    if side == "twilio":
+        await twilio.close()
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    (connection,) = runtime.connections
+    await asyncio.wait_for(connection.closed.wait(), 5)
+    services = client.app[SERVICES]
+    async with asyncio.timeout(5):
+        while await services.leases.count("acme", "streams"):  # noqa: ASYNC110 - the bridge's own end, not time
+            await asyncio.sleep(0.01)
+
+
+async def test_an_unreachable_runtime_closes_twilio_with_1011(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """A runtime refusing the upgrade: Twilio's socket is closed with 1011 (it plays the
+    fallback), and the slot is given back."""
+    runtime.mode = "refuse"
+    client = await make_app(concurrent=1)
+    path, parameters, _ = await answer(client, _call_sid(10))
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(10), parameters))
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    assert twilio.close_code == 1011
+    _, _, root = await answer(client, _call_sid(11))
+    assert root.find("Connect/Stream") is not None
+
+
+async def test_a_stream_past_its_max_duration_is_closed(
+    make_app: MakeApp, runtime: MediaRuntime, clock: FakeClock
+) -> None:
+    """max_duration_s on the injected clock: once passed, both sides are closed (1000)."""
+    client = await make_app(max_duration_s=60)
+    path, parameters, _ = await answer(client, _call_sid(12))
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(12), parameters))
+    await asyncio.wait_for(runtime.connected.wait(), 5)
+    clock.advance(61)
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    assert twilio.close_code == 1000
+    (connection,) = runtime.connections
+    await asyncio.wait_for(connection.closed.wait(), 5)
+
+
+async def test_a_runtime_that_stops_reading_does_not_grow_the_gateway(
+    make_app: MakeApp, runtime: MediaRuntime, clock: FakeClock
+) -> None:
+    """A runtime that never reads: the gateway stops reading Twilio (its buffers stay bounded
+    while Twilio's side backs up), and after stall_after on the clock it closes both with 1011."""
+    runtime.mode = "silent"
+    client = await make_app()
+    path, parameters, _ = await answer(client, _call_sid(13))
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(13), parameters))
+    await asyncio.wait_for(runtime.connected.wait(), 5)
+    big = base64.b64encode(bytes(30_000)).decode()  # 40 KB frames: the socket buffers fill fast
+    frame = media.twilio_media_message(STREAM_SID, 3, 1, 0, big)
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while True:
+            await twilio.send_str(frame)
+            sent += 1
+
+    flooding = asyncio.create_task(flood())
+    services = client.app[SERVICES]
+    (relay,) = services.streams._open
+    runtime_socket = relay._runtime
+    writer = runtime_socket._writer  # type: ignore[attr-defined]
+
+    def held_back() -> bool:
+        """The relay is in a send to the runtime that waits for its socket to drain."""
+        return relay._sending["inbound"] is not None and bool(writer.protocol._paused)
+
+    closing = asyncio.create_task(receive_until_closed(twilio, []))
+    largest = 0
+    async with asyncio.timeout(60):
+        # The kernel's socket buffers grow for a while (each send that drains resets the relay's
+        # stall watch): each time the relay is held back, the clock jumps past stall_after, and
+        # once the buffers are full and it stays held back, the next check ends the stream.
+        while not closing.done():
+            if held_back():
+                largest = max(largest, writer.transport.get_write_buffer_size())
+                clock.advance(STALL_AFTER + 1)
+            await asyncio.wait({closing}, timeout=CHECK_EVERY * 1.5)
+    assert largest < 1_000_000  # what the gateway itself holds for the runtime stays bounded
+    flooding.cancel()
+    assert twilio.close_code == 1011
+    assert sent < 1000  # Twilio's side was held back by its socket: bounded by kernel buffers
+
+
+async def test_no_start_in_time_closes_the_socket(
+    make_app: MakeApp, runtime: MediaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed upgrade that never sends `start` is closed (1008) after the start deadline."""
+    monkeypatch.setattr(lifecycle, "START_WITHIN", 0.2)
+    client = await make_app()
+    twilio = await connect(client, "/t/acme/stream")
+    await twilio.send_str(media.connected_message())
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    assert twilio.close_code == 1008
+    assert runtime.connections == []
