@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long requests in flight may take before they are cut (default: 10)",
     )
+    serve.add_argument(
+        "--stream-lease-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="a media stream's slot is renewed every third of this; a dead instance's are free after it (default: 30)",
+    )
 
     check = commands.add_parser("check", help="validate a policy directory; list every error")
     check.add_argument("directory", type=Path, nargs="?", default=Path("policies"))
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=False if args.no_access_log else None,
             reload_interval=args.reload_interval,
             grace_period=args.grace_period,
+            stream_lease_ttl=args.stream_lease_ttl,
         )
     except SettingsError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)

@@ -31,6 +31,9 @@ class Settings:
     access_log: bool = True
     reload_interval: float = 2.0
     grace_period: float = 10.0  # seconds a SIGTERM leaves requests in flight; Twilio waits 15 s in all
+    # A Media Stream's slot (concurrent_streams) is renewed every third of this while it is open:
+    # an instance that dies holding slots frees them within this long.
+    stream_lease_ttl: float = 30.0
     instance_id: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     def __post_init__(self) -> None:
@@ -42,6 +45,8 @@ class Settings:
             raise SettingsError(f"reload_interval: {self.reload_interval} must be >= 0")
         if not 0 <= self.grace_period < float("inf"):  # NaN fails this too
             raise SettingsError(f"grace_period: {self.grace_period} must be a number of seconds >= 0")
+        if not 1 <= self.stream_lease_ttl <= 3600:  # NaN fails this too
+            raise SettingsError(f"stream_lease_ttl: {self.stream_lease_ttl} must be 1-3600 seconds")
         if isinstance(self.public_urls, str):
             raise SettingsError(f"public_urls: {self.public_urls!r} must be a tuple of URLs, not one string")
         try:
@@ -91,6 +96,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "access_log": ("ACCESS_LOG", _env_bool),
     "reload_interval": ("RELOAD_INTERVAL", lambda k, v: _env_number(k, v, float)),
     "grace_period": ("GRACE_PERIOD", lambda k, v: _env_number(k, v, float)),
+    "stream_lease_ttl": ("STREAM_LEASE_TTL", lambda k, v: _env_number(k, v, float)),
     "instance_id": ("INSTANCE_ID", lambda _k, v: v),
 }
 # Secrets are read where they are used, from the environment only, never kept in Settings.

@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_WITHIN = 5.0  # s to open the runtime's WebSocket
 CLOSE_WITHIN = 2.0  # s for a side to take our close frame
-# A claimed slot is renewed every third of this while the stream is open: an instance that dies
-# holding one frees it within this long.
-STREAM_TTL = 30.0
 
 # How each end closes each side: (Twilio's socket, the runtime's). Twilio goes on to the verbs
 # after </Connect> (the fallback) whatever the code; 1001 says the gateway is going away.
@@ -97,7 +94,8 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
 
     lease: Lease | None = None
     if admitted.lease and tenant.concurrent_streams is not None:
-        lease = Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, STREAM_TTL)
+        ttl = services.settings.stream_lease_ttl
+        lease = Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, ttl)
         if not await _claim(services, tenant, lease):
             await _refuse(
                 twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "over_limit")

@@ -1,0 +1,151 @@
+"""Media Streams across gateway processes on one Redis: one concurrent_streams limit for all of
+them, a stream admitted by one and relayed by another, and a killed process's slots back once
+their leases expire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from twilio.request_validator import RequestValidator
+
+from gateway.protocol import media
+from tests.support.media_runtime import MediaRuntime
+from tests.support.processes import GatewayProcess
+from tests.support.twilio import signed_form
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+TOKEN = "stream-processes-token-000000000001"
+ACCOUNT = "AC" + "8" * 32
+NUMBER = "+15558890001"
+ENV = {"STREAM_TEST_TOKEN": TOKEN}
+LIMIT = 3
+LEASE_TTL = 2.0  # --stream-lease-ttl: how soon a killed process's slots come back
+
+
+def _policy(upstream: str) -> str:
+    return f"""\
+twilio: {{account_sid: {ACCOUNT}, auth_token_env: STREAM_TEST_TOKEN}}
+numbers: ["{NUMBER}"]
+limits: {{concurrent_streams: {LIMIT}}}
+routes:
+  - name: agent
+    match: {{kind: voice}}
+    stream: {{upstream: "{upstream}"}}
+"""
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[MediaRuntime]:
+    server = MediaRuntime(TOKEN)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[GatewayProcess]]:
+    processes: list[GatewayProcess] = []
+    yield processes
+    for process in processes:
+        process.stop()
+
+
+def _start(tmp_path: Path, runtime: MediaRuntime, redis_url: str, n: int, started: list[GatewayProcess]) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "shared.yaml").write_text(_policy(runtime.url("/agent")))
+    args = ["--limiter", redis_url, "--stream-lease-ttl", str(LEASE_TTL)]
+    for _ in range(n):
+        started.append(GatewayProcess(policies, ENV, args))
+    for process in started:
+        process.wait_ready()
+
+
+async def _answer(session: aiohttp.ClientSession, base: str, call: int) -> dict[str, str] | None:
+    """A signed call to `base`: the stream's <Parameter>s, or None when it was refused."""
+    params = {"AccountSid": ACCOUNT, "CallSid": f"CA{call:032x}", "From": "+15557654321", "To": NUMBER}
+    head, body = signed_form(TOKEN, base + "/twilio/voice", params)
+    async with session.post(base + "/twilio/voice", data=body, headers=head) as response:
+        assert response.status == 200
+        stream = ET.fromstring(await response.text()).find("Connect/Stream")
+    return None if stream is None else {p.get("name", ""): p.get("value", "") for p in stream}
+
+
+async def _stream(
+    session: aiohttp.ClientSession, base: str, call: int, params: dict[str, str]
+) -> aiohttp.ClientWebSocketResponse:
+    """Open the stream on `base` as Twilio does and start it."""
+    url = base.replace("http://", "ws://") + "/t/shared/stream"
+    signature = RequestValidator(TOKEN).compute_signature(url, {})
+    ws = await session.ws_connect(url, headers={"X-Twilio-Signature": signature})
+    sid = "MZ" + f"{call:032x}"
+    await ws.send_str(media.start_message(sid, f"CA{call:032x}", ACCOUNT, params))
+    return ws
+
+
+async def _settled(runtime: MediaRuntime, n: int) -> None:
+    async with asyncio.timeout(10):
+        while len(runtime.connections) < n:  # noqa: ASYNC110 - the runtime's connections, not time
+            await asyncio.sleep(0.02)
+
+
+async def test_one_limit_across_two_processes(
+    tmp_path: Path, runtime: MediaRuntime, redis_url: str, started: list[GatewayProcess]
+) -> None:
+    """concurrent_streams 3 over two processes: 6 calls at once get exactly 3 streams; a stream
+    admitted by one process is relayed by the other; when one ends, its slot serves a new call."""
+    _start(tmp_path, runtime, redis_url, 2, started)
+    a, b = (p.base for p in started)
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(_answer(session, (a, b)[i % 2], i) for i in range(6)))
+        admitted = [(i, params) for i, params in enumerate(answers) if params is not None]
+        assert len(admitted) == LIMIT
+        # Each stream opened on the process that did NOT answer its call.
+        sockets = [await _stream(session, (b, a)[i % 2], i, params) for i, params in admitted]
+        await _settled(runtime, LIMIT)
+        assert await _answer(session, a, 100) is None
+        first, call = sockets[0], admitted[0][0]
+        await first.send_str(media.stop_message("MZ" + f"{call:032x}", 2, f"CA{call:032x}", ACCOUNT))
+        await first.receive()
+        assert first.closed or (await first.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        params = None
+        async with asyncio.timeout(10):
+            while params is None:  # the slot is given back as the stream ends, a moment after its close
+                params = await _answer(session, b, 101)
+        for ws in sockets[1:]:
+            await ws.close()
+
+
+async def test_a_killed_process_frees_its_slots_when_their_leases_expire(
+    tmp_path: Path, runtime: MediaRuntime, redis_url: str, started: list[GatewayProcess]
+) -> None:
+    """A process killed (SIGKILL) while relaying 3 streams gives nothing back itself; the other
+    process admits new calls once those leases expire (--stream-lease-ttl), not before."""
+    _start(tmp_path, runtime, redis_url, 2, started)
+    doomed, survivor = started
+    async with aiohttp.ClientSession() as session:
+        sockets = []
+        for i in range(LIMIT):
+            params = await _answer(session, survivor.base, i)
+            assert params is not None
+            sockets.append(await _stream(session, doomed.base, i, params))
+        await _settled(runtime, LIMIT)
+        assert await _answer(session, survivor.base, 50) is None
+        doomed.proc.kill()
+        killed = time.monotonic()
+        doomed.proc.wait()
+        params = None
+        async with asyncio.timeout(LEASE_TTL + 10):
+            while params is None:
+                params = await _answer(session, survivor.base, 51)
+        # Renewed every ttl/3 until the kill: the slots outlive it by at most the TTL.
+        assert time.monotonic() - killed > LEASE_TTL / 3
