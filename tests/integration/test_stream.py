@@ -29,6 +29,7 @@ from tests.integration.conftest import GatewayServer
 from tests.support.clock import FakeClock
 from tests.support.gateway import PUBLIC, Client, post
 from tests.support.media_runtime import MediaRuntime
+from tests.support.otlp import OtlpHttpReceiver
 from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
 
 NUMBER = "+15558760001"
@@ -68,9 +69,10 @@ async def runtime() -> AsyncIterator[MediaRuntime]:
 @pytest.fixture
 def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: MediaRuntime) -> MakeApp:
     async def make(**options: Any) -> Client:
+        env = options.pop("env", {})
         (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
         settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
-        server = GatewayServer(create_app(settings, env=ENV, clock=clock), host="127.0.0.1")
+        server = GatewayServer(create_app(settings, env={**ENV, **env}, clock=clock), host="127.0.0.1")
         await server.start_server(access_log_class=accesslog.JsonAccessLogger)
         client: Client = await aiohttp_client(server)
         return client
@@ -337,3 +339,33 @@ async def test_no_start_in_time_closes_the_socket(
     await asyncio.wait_for(receive_until_closed(twilio, []), 5)
     assert twilio.close_code == 1008
     assert runtime.connections == []
+
+
+async def test_a_stream_is_one_span_with_its_meter_and_cost(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """The exported `twilio.stream` span carries the call, the meter (frames, bytes) and the
+    stream's cost; its CLIENT child `stream.connect` is the parent the runtime was given."""
+    receiver = OtlpHttpReceiver()
+    await receiver.start()
+    try:
+        client = await make_app(env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"})
+        call_sid = _call_sid(14)
+        path, parameters, _ = await answer(client, call_sid)
+        twilio = await connect(client, path)
+        await twilio.send_str(start(call_sid, parameters))
+        for i in range(50):
+            await twilio.send_str(media.twilio_media_message(STREAM_SID, i + 2, i + 1, 20 * i, PAYLOAD))
+        await twilio.send_str(media.stop_message(STREAM_SID, 52, call_sid, ACME_SID))
+        await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+        accesslog.flush()
+        spans = {span.span.name: span for span in await receiver.wait_for(3)}
+        stream, connect_span = spans["twilio.stream"], spans["stream.connect"]
+        attributes = stream.attributes
+        assert attributes["twilio.call_sid"] == call_sid
+        assert attributes["switchyard.decision"] == "streamed"
+        assert (attributes["switchyard.stream.frames.in"], attributes["switchyard.stream.bytes.in"]) == (50, 8000)
+        assert attributes["switchyard.cost.stream_usd"] == pytest.approx(0.004)
+        assert connect_span.span.parent_span_id == stream.span.span_id
+        (connection,) = runtime.connections
+        assert connection.headers["traceparent"].split("-")[2] == connect_span.span.span_id.hex()
+    finally:
+        await receiver.stop()

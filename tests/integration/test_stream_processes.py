@@ -5,6 +5,7 @@ their leases expire."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -149,3 +150,32 @@ async def test_a_killed_process_frees_its_slots_when_their_leases_expire(
                 params = await _answer(session, survivor.base, 51)
         # Renewed every ttl/3 until the kill: the slots outlive it by at most the TTL.
         assert time.monotonic() - killed > LEASE_TTL / 3
+
+
+async def test_sigterm_closes_open_streams_with_1001_after_the_grace_period(
+    tmp_path: Path, runtime: MediaRuntime, started: list[GatewayProcess]
+) -> None:
+    """On SIGTERM an open stream is relayed through the grace period, then both sides are closed
+    with 1001 (Twilio moves on to the fallback after </Connect>), and the process exits 0."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "shared.yaml").write_text(_policy(runtime.url("/agent")))
+    gateway = GatewayProcess(policies, ENV, ["--grace-period", "0.5"])
+    started.append(gateway)
+    gateway.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        params = await _answer(session, gateway.base, 1)
+        assert params is not None
+        ws = await _stream(session, gateway.base, 1, params)
+        await _settled(runtime, 1)
+        gateway.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            message = await ws.receive()
+            while message.type is aiohttp.WSMsgType.TEXT:
+                message = await ws.receive()
+        assert ws.close_code == 1001
+        (connection,) = runtime.connections
+        async with asyncio.timeout(10):
+            await connection.closed.wait()
+        assert connection.close_code == 1001
+    assert gateway.proc.wait(10) == 0
