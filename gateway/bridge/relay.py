@@ -153,7 +153,10 @@ class Relay:
                     self._refuse("outbound", error)
                     continue
                 sending["outbound"] = now
-                await twilio.send_str(outbound.forward)
+                try:
+                    await twilio.send_str(outbound.forward)
+                except ConnectionError:
+                    return "twilio_closed"  # Twilio's side went, not the runtime's
                 sending["outbound"] = None
                 n += 1
                 if n % SAMPLE_EVERY == 0:

@@ -6,6 +6,9 @@ runs it alone). It is one small aiohttp app:
   - `POST /<tenant>/voice|sms`: a tenant's own runtime, the target of `upstream` routes. It checks
     the X-Twilio-Signature the gateway signed anew, with twilio's own RequestValidator, as a real
     runtime would (runtime.py);
+  - `GET /<tenant>/stream`: a tenant's Media Streams agent, the target of bridged `stream`
+    routes: a WebSocket behind the same signature check that echoes the caller's audio back,
+    with a mark each second (agent.py);
   - `POST /v1/chat/completions`: an OpenAI-compatible model, the target of `llm` routes, that
     answers a canned line from the caller's words (chat.py);
   - `GET /healthz`.

@@ -1,5 +1,5 @@
-"""The switchyard DEMO runtime's app: a stand-in for each tenant's own runtime, plus the OpenAI
-stand-in of chat.py. Not for production.
+"""The switchyard DEMO runtime's app: a stand-in for each tenant's own runtime (its webhooks here,
+its Media Streams echo agent in agent.py), plus the OpenAI stand-in of chat.py. Not for production.
 
 `POST /<tenant>/voice` and `POST /<tenant>/sms` do what a tenant's runtime behind the gateway
 does: check the X-Twilio-Signature the gateway signed anew for this URL, with twilio's own
@@ -26,7 +26,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from gateway.demo import chat
+from gateway.demo import agent, chat
 
 log = logging.getLogger("switchyard.demo")
 
@@ -63,12 +63,12 @@ def _name(tenant: str) -> str:
     return tenant.replace("-", " ").replace("_", " ").title()
 
 
-def _own_url(request: web.Request) -> str:
+def _own_url(request: web.Request, scheme: str = "http") -> str:
     """The URL this request reached, from the socket it came in on (never its Host header, which
     the sender chooses): what the gateway signed, as the policy's URL names this runtime."""
     assert request.transport is not None
     host, port = request.transport.get_extra_info("sockname")[:2]
-    return f"http://{host}:{port}{request.path_qs}"
+    return f"{scheme}://{host}:{port}{request.path_qs}"
 
 
 async def _signature_valid(request: web.Request, validator: Any) -> bool:
@@ -120,6 +120,16 @@ async def tenant_runtime(request: web.Request) -> web.Response:
     return web.Response(text=twiml, content_type="text/xml")
 
 
+async def tenant_stream(request: web.Request) -> web.StreamResponse:
+    """`GET /<tenant>/stream`: the tenant's DEMO echo agent (agent.py) behind a valid signature
+    over this ws:// URL, 403 otherwise, 404 for a tenant not known here."""
+    tenant = request.match_info["tenant"]
+    validator = request.app[VALIDATORS].get(tenant)
+    if validator is None:
+        return web.Response(status=404, text="No such tenant in the switchyard demo runtime.\n")
+    return await agent.serve_stream(request, tenant, validator, _own_url(request, "ws"))
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "demo": True})
 
@@ -132,5 +142,6 @@ def create_app(tokens: Mapping[str, str], api_key: str) -> web.Application:
     app[chat.API_KEY] = api_key
     app.router.add_post("/v1/chat/completions", chat.handle)
     app.router.add_post("/{tenant}/{kind:voice|sms}", tenant_runtime)
+    app.router.add_get("/{tenant}/stream", tenant_stream)
     app.router.add_get("/healthz", healthz)
     return app

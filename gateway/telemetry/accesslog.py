@@ -202,7 +202,10 @@ class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         exchange = request.get(EXCHANGE)
         # No transport: the client left before the answer went out (aiohttp logs the line anyway).
-        status = response.status if request.transport is not None else Exchange.STATUS_CLIENT_CLOSED
+        # A WebSocket (101) is logged when it has ended, its connection gone by then whatever
+        # the ending: its status is the upgrade's.
+        gone = request.transport is None and response.status != 101
+        status = Exchange.STATUS_CLIENT_CLOSED if gone else response.status
         if exchange is not None:
             time = exchange.elapsed()
             if exchange.decision == "client_closed":

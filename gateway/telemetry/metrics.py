@@ -192,12 +192,13 @@ class Metrics:
             kind = exchange.kind
             key = (tenant_id, kind, exchange.decision, status)
             requests[key] = requests.get(key, 0) + 1
-            per_bucket = counts.get(kind)
-            if per_bucket is None:
-                per_bucket = counts[kind] = [0] * (len(bounds) + 1)  # the last one is +Inf
-                sums[kind] = 0.0
-            per_bucket[bisect_left(bounds, seconds)] += 1  # le is inclusive: the first bound >= seconds
-            sums[kind] += seconds
+            if kind != "stream":  # a stream lasts minutes, not an answer's time: its meter is on its span
+                per_bucket = counts.get(kind)
+                if per_bucket is None:
+                    per_bucket = counts[kind] = [0] * (len(bounds) + 1)  # the last one is +Inf
+                    sums[kind] = 0.0
+                per_bucket[bisect_left(bounds, seconds)] += 1  # le is inclusive: the first bound >= seconds
+                sums[kind] += seconds
             limit = exchange.limit
             if limit is not None:
                 limit_key = (tenant_id, limit.rule.name, limit.allowed)

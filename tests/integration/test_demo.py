@@ -43,6 +43,7 @@ TOKENS = {"northwind": NORTHWIND_TOKEN, "bistro": BISTRO_TOKEN}
 NORTHWIND_NUMBER = "+15553450001"
 NORTHWIND_SID = "AC00000000000000000000000000000003"
 DEMO_IN_POLICIES = "http://127.0.0.1:8090"
+DEMO_STREAM_IN_POLICIES = "ws://127.0.0.1:8090"  # acme-health's bridged stream: the echo agent
 RUNTIME_SAYS = "Northwind's runtime here, the switchyard demo runtime."
 STARTED = "switchyard DEMO runtime — not for production: http://127.0.0.1:"
 PROCESS_WAIT = 20.0  # bounds a broken start or stop, not a normal one (the parent is polled each second)
@@ -193,13 +194,17 @@ async def test_healthz(demo: str, http: aiohttp.ClientSession) -> None:
 # The example policies through the gateway, pointed at a demo runtime on a free port.
 
 
-def _policies_for(base: str, directory: Path) -> Path:
-    """A copy of the example policies whose routes to the demo runtime name `base` instead."""
+def policies_for(base: str, directory: Path) -> Path:
+    """A copy of the example policies whose routes to the demo runtime (http:// and ws://) name
+    `base` instead."""
+    host = base.removeprefix("http://")
     for policy in POLICIES.glob("*.yaml"):
         text = policy.read_text()
-        (directory / policy.name).write_text(text.replace(DEMO_IN_POLICIES, base))
+        text = text.replace(DEMO_IN_POLICIES, base).replace(DEMO_STREAM_IN_POLICIES, f"ws://{host}")
+        (directory / policy.name).write_text(text)
     assert DEMO_IN_POLICIES in (POLICIES / "northwind.yaml").read_text()
     assert DEMO_IN_POLICIES in (POLICIES / "bistro.yaml").read_text()
+    assert DEMO_STREAM_IN_POLICIES in (POLICIES / "acme-health.yaml").read_text()
     return directory
 
 
@@ -212,7 +217,7 @@ async def test_example_routes_answer_through_the_demo_runtime(
 ) -> None:
     """northwind's upstream routes answer the runtime's TwiML (the gateway's signature valid
     for the runtime's URL), and bistro's `ask` texts get the stand-in model's <Message>."""
-    gateway: Client = await make_gateway(policies_dir=_policies_for(demo, tmp_path))
+    gateway: Client = await make_gateway(policies_dir=policies_for(demo, tmp_path))
     status, text = await post(gateway, "/twilio/voice", _northwind_call(), NORTHWIND_TOKEN)
     assert status == 200 and RUNTIME_SAYS in text
     sms = sms_params(to=NORTHWIND_NUMBER, body="Where is 4471?", AccountSid=NORTHWIND_SID)
@@ -230,7 +235,7 @@ async def test_a_runtime_that_refuses_gets_the_routes_fallback(
 ) -> None:
     """A runtime holding another token (403) and a model refusing the key (401): the callers
     get each route's fallback, never an error."""
-    gateway: Client = await make_gateway(policies_dir=_policies_for(wrong_demo, tmp_path))
+    gateway: Client = await make_gateway(policies_dir=policies_for(wrong_demo, tmp_path))
     status, text = await post(gateway, "/twilio/voice", _northwind_call(), NORTHWIND_TOKEN)
     assert status == 200 and "Our phone system is down." in text
     status, text = await post(gateway, "/twilio/sms", _ask("ask anything"), BISTRO_TOKEN)

@@ -362,6 +362,7 @@ async def test_a_stream_is_one_span_with_its_meter_and_cost(make_app: MakeApp, r
         attributes = stream.attributes
         assert attributes["twilio.call_sid"] == call_sid
         assert attributes["switchyard.decision"] == "streamed"
+        assert attributes["http.response.status_code"] == 101  # not 499: a WebSocket ends with its connection
         assert (attributes["switchyard.stream.frames.in"], attributes["switchyard.stream.bytes.in"]) == (50, 8000)
         assert attributes["switchyard.cost.stream_usd"] == pytest.approx(0.004)
         assert connect_span.span.parent_span_id == stream.span.span_id

@@ -1,5 +1,5 @@
-"""The demo runtime's pure parts: its canned model answer, the tokens it reads by the policies,
-and the parent watch that stops it with the gateway."""
+"""The demo runtime's pure parts: its canned model answer, its echo agent's answers, the tokens
+it reads by the policies, and the parent watch that stops it with the gateway."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.demo import chat
+from gateway.demo.agent import MARK_EVERY, EchoAgent
 from gateway.demo.process import watch_parent
 from gateway.demo.runtime import tokens_from_policies
+from gateway.protocol import media
 from tests.support.gateway import POLICIES
 from tests.support.twilio import BISTRO_TOKEN, ENV, NORTHWIND_TOKEN
 
@@ -58,6 +60,58 @@ def test_malformed_requests_are_named() -> None:
     assert chat.problem({"model": "m", "messages": [{}], "stream": True})[1] == "stream"  # type: ignore[index]
     assert chat.problem([]) == ("The request body must be a JSON object.", "")
     assert chat.problem({"model": "m", "messages": [{}], "max_tokens": 5}) is None
+
+
+SID = "MZ" + "1" * 32
+CALL = "CA" + "1" * 32
+ACCOUNT = "AC" + "1" * 32
+
+
+def _started() -> EchoAgent:
+    agent = EchoAgent("acme-health")
+    assert agent.answer(media.start_message(SID, CALL, ACCOUNT, {"agent": "triage"})) == []
+    return agent
+
+
+def test_the_echo_agent_echoes_each_frame_and_marks_each_second() -> None:
+    """Each media payload comes back as our media for the stream; after every 50th frame a mark."""
+    agent = _started()
+    answers = [agent.answer(media.twilio_media_message(SID, i + 2, i + 1, 20 * i, f"p{i}")) for i in range(100)]
+    assert answers[0] == [media.media_message(SID, "p0")]
+    assert answers[MARK_EVERY - 1] == [media.media_message(SID, "p49"), media.mark_message(SID, "echo-50")]
+    assert answers[99][1] == media.mark_message(SID, "echo-100")
+    assert sum(len(a) for a in answers) == 102 and (agent.frames, agent.marks_sent) == (100, 2)
+
+
+def test_a_digit_gets_a_clear_then_a_mark_and_stop_ends_the_agent() -> None:
+    """dtmf: clear, then a mark; a mark echo is counted; stop marks the agent stopped, unanswered."""
+    agent = _started()
+    assert agent.answer(media.dtmf_message(SID, 2, "9")) == [
+        media.clear_message(SID),
+        media.mark_message(SID, "dtmf-1"),
+    ]
+    assert agent.answer(media.twilio_mark_message(SID, 3, "dtmf-1")) == []
+    assert agent.answer(media.stop_message(SID, 4, CALL, ACCOUNT)) == []
+    assert (agent.marks_echoed, agent.dtmf, agent.stopped) == (1, 1, True)
+
+
+def test_the_echo_agent_answers_nothing_not_for_its_stream() -> None:
+    """Before start, another stream's, not JSON, not an object, a second or bad start: no answer."""
+    agent = EchoAgent("acme-health")
+    frame = media.twilio_media_message(SID, 2, 1, 0, "p")
+    assert agent.answer(frame) == []  # no start yet
+    assert agent.answer('{"event": "start", "start": {}}') == [] and agent.stream_sid == ""
+    agent = _started()
+    other = "MZ" + "2" * 32
+    for text in (
+        media.twilio_media_message(other, 2, 1, 0, "p"),
+        media.start_message(other, CALL, ACCOUNT),
+        "not json",
+        "[]",
+        '{"event": "media", "streamSid": "' + SID + '", "media": {}}',
+    ):
+        assert agent.answer(text) == []
+    assert agent.stream_sid == SID and agent.frames == 0
 
 
 def test_tokens_come_from_the_variables_the_policies_name() -> None:
