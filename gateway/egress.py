@@ -52,10 +52,17 @@ class Egress:
     def __init__(self, session: aiohttp.ClientSession, hop: Hop | None = None) -> None:
         self._session = session
         self._hop = hop if hop is not None else Hop()
+        # Runtimes' WebSockets on a session of their own, its connector unbounded: each open
+        # Media Stream holds one connection for minutes, and under the shared connector's limit
+        # (100) the 101st stream (and every other call out) would wait for one. Streams are
+        # bounded by each tenant's concurrent_streams instead.
+        self._sockets: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         self._hop.close()
         await self._session.close()
+        if self._sockets is not None:
+            await self._sockets.close()
 
     async def forward(
         self,
@@ -85,9 +92,12 @@ class Egress:
     ) -> aiohttp.ClientWebSocketResponse:
         """A WebSocket to a runtime (`url` from a policy), opened within `within` seconds; every
         failure raises UpstreamError (a refused upgrade: reason "status" with its HTTP status)."""
+        if self._sockets is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=DNS_TTL)
+            self._sockets = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         try:
             async with asyncio.timeout(within):
-                return await self._session.ws_connect(
+                return await self._sockets.ws_connect(
                     url,
                     headers=headers,
                     max_msg_size=max_msg_size,

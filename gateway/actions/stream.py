@@ -34,6 +34,7 @@ from gateway.protocol import twiml
 if TYPE_CHECKING:
     from gateway.deadline import Deadline
     from gateway.exchange import Exchange
+    from gateway.policy.tenant import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,17 @@ class StreamAdmission:
 def stream_hold(call_sid: str) -> str:
     """The id of a stream's budget hold: rebuilt by whichever instance the stream ends on."""
     return "stream:" + call_sid[:64]
+
+
+def stream_holds(tenant: Tenant, day: str, call_sid: str) -> list[Reservation]:
+    """Every hold a bridged stream of this call may have made: one per distinct estimate among
+    the tenant's bridged routes (a hold is named by its amount too; releasing one never made is
+    a no-op). For a call that ended without its stream's end being booked."""
+    price = tenant.prices.stream_minute
+    if tenant.daily_budget is None or not price:
+        return []
+    amounts = {r.call.bridged.reserve_minutes * price for r in tenant.routes if isinstance(r.call, StreamAdmission)}
+    return [Reservation(tenant.id, day, stream_hold(call_sid), amount) for amount in sorted(amounts)]
 
 
 def hold_of(tenant: str, admitted: admission.Admission, call_sid: str, amount: int) -> Reservation:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.actions.stream import STREAMS, StreamAdmission, hold_of
+from gateway.actions.stream import STREAMS, StreamAdmission, hold_of, stream_holds
 from gateway.actions.upstream import SIGNATURE, TENANT_HEADER
 from gateway.auth import admission
 from gateway.auth.twilio_signature import compute
@@ -23,6 +23,7 @@ from gateway.bridge.relay import Reason, Relay
 from gateway.clock import Clock
 from gateway.errors import BackendError, UpstreamError
 from gateway.exchange import AttributeValue, Exchange
+from gateway.limits.budget import utc_day
 from gateway.limits.leases import Lease, heartbeat
 from gateway.policy.tenant import Tenant
 from gateway.protocol.media import MAX_MESSAGE, START_WITHIN, Inbound, MediaError, Meter, StreamSession
@@ -87,6 +88,7 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
     route = next((r for r in tenant.routes if r.name == admitted.route and isinstance(r.call, StreamAdmission)), None)
     if route is None:  # the policy was changed since the call was answered
         await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
+        await _release_holds(services, tenant, start.call_sid)
         return
     assert isinstance(route.call, StreamAdmission)
     config = route.call.bridged
@@ -100,6 +102,7 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
             await _refuse(
                 twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "over_limit")
             )
+            await _release_holds(services, tenant, exchange.sid or "")
             return
     beats = asyncio.create_task(heartbeat(services.leases, lease)) if lease is not None else None
     reason: Reason | str = "runtime_failed"
@@ -169,6 +172,15 @@ async def _claim(services: Services, tenant: Tenant, lease: Lease) -> bool:
     except BackendError as error:
         log.warning("tenant %s: a stream's slot could not be claimed: %s", tenant.id, error)
         return tenant.on_store_failure != "closed"
+
+
+async def _release_holds(services: Services, tenant: Tenant, call_sid: str) -> None:
+    """A stream admitted but not relayed: its budget estimate is let go now, not at its TTL."""
+    try:
+        for held in stream_holds(tenant, utc_day(services.wall()), call_sid):
+            await services.ledger.release(held)
+    except BackendError as error:
+        log.warning("tenant %s: a stream's hold not released: %s", tenant.id, error)
 
 
 async def _give_back(services: Services, lease: Lease) -> None:

@@ -21,6 +21,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import responses
 from gateway.actions import Incoming
+from gateway.actions.stream import stream_holds
 from gateway.auth.twilio_signature import algorithm_from_settings, verify_form, verify_json
 from gateway.deadline import DeadlineExceeded
 from gateway.errors import AdmissionRefused, BackendError, UpstreamError
@@ -131,7 +132,7 @@ def webhook(kind: WebhookKind) -> Handler:
 
             if kind == "status":
                 exchange.decision = "recorded"
-                if tenant.call_reserve and _first(params, "CallStatus") in FINAL_CALL_STATUSES:
+                if tenant.daily_budget is not None and _first(params, "CallStatus") in FINAL_CALL_STATUSES:
                     await _release_call(exchange, tenant, services)
                 return responses.no_content()
 
@@ -325,16 +326,21 @@ async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services)
 
 
 async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) -> None:
-    """A call ended (its final status): drop the estimate its answer held. Its real minutes are
-    booked from this callback's CallDuration at the end (once, however often it comes)."""
+    """A call ended (its final status): drop the estimates its answer held (its minutes, and a
+    bridged stream's if it never opened or its end was not booked). Its real minutes are booked
+    from this callback's CallDuration at the end (once, however often it comes)."""
     sid = exchange.sid
     if not sid:
         return
     day = utc_day(services.wall())
-    held = Reservation(tenant.id, day, _call_hold(sid), tenant.call_reserve)
+    holds = [Reservation(tenant.id, day, _call_hold(sid), tenant.call_reserve)] if tenant.call_reserve else []
+    holds += stream_holds(tenant, day, sid)
+    if not holds:
+        return
     clock = services.clock
     sent = clock()
-    await services.ledger.release(held)
+    for held in holds:
+        await services.ledger.release(held)
     if services.ledger.shared:
         exchange.timed("budget.release", clock() - sent, sent)
 

@@ -370,3 +370,20 @@ async def test_a_stream_is_one_span_with_its_meter_and_cost(make_app: MakeApp, r
         assert connection.headers["traceparent"].split("-")[2] == connect_span.span.span_id.hex()
     finally:
         await receiver.stop()
+
+
+async def test_a_stream_that_never_opens_lets_its_hold_go_with_the_call(
+    make_app: MakeApp, runtime: MediaRuntime
+) -> None:
+    """Admission holds reserve_minutes of stream_minute on the budget; a call that ends before its
+    stream opened (the caller hung up) lets it go with its final status callback, not at its TTL."""
+    client = await make_app()
+    call_sid = _call_sid(15)
+    await answer(client, call_sid)
+    services = client.app[SERVICES]
+    day = utc_day(services.wall())
+    assert (await services.ledger.spend("acme", day)).reserved == 10 * 4000
+    completed = {"AccountSid": ACME_SID, "CallSid": call_sid, "CallStatus": "completed", "CallDuration": "3"}
+    status, _ = await post(client, "/twilio/status", completed, ACME_TOKEN)
+    assert status == 204
+    assert (await services.ledger.spend("acme", day)).reserved == 0
