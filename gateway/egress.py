@@ -33,6 +33,21 @@ class Reply:
     body: bytes
 
 
+class RedirectRefused(aiohttp.ClientError):
+    """A runtime answered a redirect: never followed (the URL is the policy's alone)."""
+
+
+def _no_redirects() -> aiohttp.TraceConfig:
+    """ws_connect has no allow_redirects: this refuses one as it is about to be followed."""
+
+    async def refuse(*_: object) -> None:
+        raise RedirectRefused("redirect refused")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(refuse)
+    return trace
+
+
 def open_session(trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> aiohttp.ClientSession:
     """The app's one client session; aiohttp's TraceConfig is where client spans will hook in."""
     connector = aiohttp.TCPConnector(limit_per_host=LIMIT_PER_HOST, ttl_dns_cache=DNS_TTL)
@@ -94,7 +109,9 @@ class Egress:
         failure raises UpstreamError (a refused upgrade: reason "status" with its HTTP status)."""
         if self._sockets is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=DNS_TTL)
-            self._sockets = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+            self._sockets = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[_no_redirects()]
+            )
         try:
             async with asyncio.timeout(within):
                 return await self._sockets.ws_connect(
@@ -138,7 +155,11 @@ class Egress:
             raise UpstreamError(target, "deadline", detail=str(exc)) from None
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.request(method, url, headers=headers, data=body) as response:
+                # Never followed: the URL is the policy's, and a runtime must not send our
+                # signature and tenant header anywhere else.
+                async with self._session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                ) as response:
                     length = response.content_length
                     if length is not None and length > max_body:
                         raise UpstreamError(target, "too_large", response.status, f"{length} bytes")

@@ -59,10 +59,10 @@ def check(keys: Sequence[bytes], tenant: str, call_sid: str, token: str, now: fl
     if not token or len(token) > _MAX_TOKEN:
         return None
     parts = token.split(".")
-    if len(parts) != 5 or parts[0] != VERSION or not parts[3].isdigit():
+    if len(parts) != 5 or parts[0] != VERSION or not (parts[3].isascii() and parts[3].isdigit()):
         return None
     _, encoded_route, lease, expires_text, mac = parts
-    if lease and not _LEASE.match(lease):
+    if (lease and not _LEASE.match(lease)) or len(expires_text) > 12:
         return None
     try:
         route = base64.urlsafe_b64decode(encoded_route + "=" * (-len(encoded_route) % 4)).decode()

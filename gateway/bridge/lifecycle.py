@@ -89,6 +89,8 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
     if route is None:  # the policy was changed since the call was answered
         await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
         await _release_holds(services, tenant, start.call_sid)
+        if admitted.lease and tenant.concurrent_streams is not None:
+            await _give_back(services, Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, 1.0))
         return
     assert isinstance(route.call, StreamAdmission)
     config = route.call.bridged

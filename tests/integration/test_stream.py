@@ -387,3 +387,36 @@ async def test_a_stream_that_never_opens_lets_its_hold_go_with_the_call(
     status, _ = await post(client, "/twilio/status", completed, ACME_TOKEN)
     assert status == 204
     assert (await services.ledger.spend("acme", day)).reserved == 0
+
+
+async def test_a_redirecting_runtime_is_not_followed(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """A runtime answering the upgrade with a redirect is never followed (our signature and tenant
+    header go to the policy's URL only): Twilio's socket is closed with 1011."""
+    from aiohttp import web
+
+    followed: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        followed.append(request.path)
+        return web.Response(status=404)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"http://127.0.0.1:{request.url.port}/elsewhere")
+
+    app = web.Application()
+    app.router.add_get("/elsewhere", elsewhere)
+    app.router.add_get("/agent", redirect)
+    await runtime.stop()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", runtime.port).start()
+    try:
+        client = await make_app()
+        path, parameters, _ = await answer(client, _call_sid(16))
+        twilio = await connect(client, path)
+        await twilio.send_str(start(_call_sid(16), parameters))
+        await asyncio.wait_for(receive_until_closed(twilio, []), 10)
+        assert twilio.close_code == 1011
+        assert followed == []
+    finally:
+        await runner.cleanup()
