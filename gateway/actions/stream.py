@@ -111,7 +111,9 @@ class StreamAdmission:
         limit = tenant.concurrent_streams
         if limit is not None:
             try:
-                lease = await tools.leases.acquire(tenant.id, STREAMS, limit, CLAIM_TTL)
+                # Named by the call: a webhook Twilio retries (or one replayed) holds the call's
+                # one slot again rather than another.
+                lease = await tools.leases.acquire(tenant.id, STREAMS, limit, CLAIM_TTL, id=call_sid)
             except BackendError as error:
                 if tenant.on_store_failure == "closed":
                     raise AdmissionRefused("concurrent_streams", "the lease store is failing") from None
@@ -120,19 +122,31 @@ class StreamAdmission:
                 if lease is None:
                     raise AdmissionRefused("concurrent_streams", f"{limit} open")
         wall = tools.wall()
-        price = tenant.prices.stream_minute
-        if tenant.daily_budget is not None and price:
-            held = await tools.ledger.reserve(
-                tenant.id, utc_day(wall), self.bridged.reserve_minutes * price, tenant.daily_budget,
-                self.bridged.max_duration + CLAIM_TTL, tenant.on_store_failure, id=stream_hold(call_sid),
-            )  # fmt: skip
-            if held is None:
-                if lease is not None:
-                    await _give_back(tools, lease)
-                raise AdmissionRefused("budget", "the day's budget is spent")
+        try:
+            held = await self._hold(tenant, tools, wall, call_sid)
+        except BaseException:  # refused, failed or cancelled: the slot is not left to its TTL
+            if lease is not None:
+                await _give_back(tools, lease)
+            raise
         lease_id = lease.id if lease is not None else ""
-        token = admission.issue(self.key, tenant.id, call_sid, self.route, lease_id, int(wall + CLAIM_TTL))
+        token = admission.issue(self.key, tenant.id, call_sid, self.route, lease_id, held, int(wall + CLAIM_TTL))
         return self.head + token.encode() + self.tail
+
+    async def _hold(self, tenant: Tenant, tools: Tools, wall: float, call_sid: str) -> int:
+        """Hold the stream's estimate on the budget until it is claimed (the stream then keeps
+        it alive while it lasts); the µ$ held, 0 with no budget. AdmissionRefused when it does
+        not fit."""
+        price = tenant.prices.stream_minute
+        if tenant.daily_budget is None or not price:
+            return 0
+        amount = self.bridged.reserve_minutes * price
+        held = await tools.ledger.reserve(
+            tenant.id, utc_day(wall), amount, tenant.daily_budget, CLAIM_TTL, tenant.on_store_failure,
+            id=stream_hold(call_sid),
+        )  # fmt: skip
+        if held is None:
+            raise AdmissionRefused("budget", "the day's budget is spent")
+        return held.amount
 
 
 def stream_hold(call_sid: str) -> str:
@@ -151,9 +165,12 @@ def stream_holds(tenant: Tenant, day: str, call_sid: str) -> list[Reservation]:
     return [Reservation(tenant.id, day, stream_hold(call_sid), amount) for amount in sorted(amounts)]
 
 
-def hold_of(tenant: str, admitted: admission.Admission, call_sid: str, amount: int) -> Reservation:
-    """The reservation a stream's admission made, rebuilt (the day is the admission's)."""
-    return Reservation(tenant, utc_day(admitted.expires - CLAIM_TTL), stream_hold(call_sid), amount)
+def hold_of(tenant: str, admitted: admission.Admission, call_sid: str) -> Reservation | None:
+    """The budget hold a stream's admission made, rebuilt as it was made (day and amount from
+    the token); None if it made none."""
+    if not admitted.held:
+        return None
+    return Reservation(tenant, utc_day(admitted.expires - CLAIM_TTL), stream_hold(call_sid), admitted.held)
 
 
 async def _give_back(tools: Tools, lease: Lease) -> None:

@@ -15,21 +15,23 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.actions.stream import STREAMS, StreamAdmission, hold_of, stream_holds
+from gateway.actions.stream import STREAMS, StreamAdmission, hold_of
 from gateway.actions.upstream import SIGNATURE, TENANT_HEADER
 from gateway.auth import admission
 from gateway.auth.twilio_signature import compute
 from gateway.bridge.relay import Reason, Relay
+from gateway.bridge.streams import Stopped, Stream
 from gateway.clock import Clock
 from gateway.errors import BackendError, UpstreamError
 from gateway.exchange import AttributeValue, Exchange
-from gateway.limits.budget import utc_day
-from gateway.limits.leases import Lease, heartbeat
+from gateway.limits.budget import Reservation
+from gateway.limits.leases import Lease
 from gateway.policy.tenant import Tenant
 from gateway.protocol.media import MAX_MESSAGE, START_WITHIN, Inbound, MediaError, Meter, StreamSession
 from gateway.services import Services
 from gateway.telemetry import cost
 from gateway.telemetry.tracing import new_span_id, traceparent
+from gateway.telemetry.usage import STREAM_SID
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ CLOSE_CODES: dict[Reason, tuple[int, int]] = {
     "twilio_closed": (WSCloseCode.OK, WSCloseCode.OK),
     "runtime_closed": (WSCloseCode.OK, WSCloseCode.OK),
     "runtime_failed": (WSCloseCode.INTERNAL_ERROR, WSCloseCode.INTERNAL_ERROR),
+    "twilio_silent": (WSCloseCode.INTERNAL_ERROR, WSCloseCode.OK),
     "max_duration": (WSCloseCode.OK, WSCloseCode.OK),
     "stalled": (WSCloseCode.INTERNAL_ERROR, WSCloseCode.INTERNAL_ERROR),
     "shutdown": (WSCloseCode.GOING_AWAY, WSCloseCode.GOING_AWAY),
@@ -60,15 +63,27 @@ class Ended:
 
 async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tenant, services: Services) -> None:
     """Run one stream on an upgraded (and verified) Twilio socket, to its end."""
+    stream = services.streams.open(tenant.id)
+    try:
+        await _bridge(twilio, exchange, tenant, services, stream)
+    finally:
+        services.streams.close(stream)
+
+
+async def _bridge(
+    twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tenant, services: Services, stream: Stream
+) -> None:
     clock = services.clock
     opened = clock()
     session = StreamSession(opened, extra_parameters={"tenant": tenant.id}, drop_parameters=(admission.PARAMETER,))
     early: list[str] = []
     try:
-        async with asyncio.timeout(START_WITHIN):
-            begun = await _until_start(twilio, session, clock, early)
+        begun = await stream.until(asyncio.wait_for(_until_start(twilio, session, clock, early), START_WITHIN))
     except TimeoutError:
         await _refuse(twilio, exchange, tenant, services, Ended("no-start", WSCloseCode.POLICY_VIOLATION, "no_start"))
+        return
+    except Stopped as stopped:
+        await _refuse(twilio, exchange, tenant, services, _stopped(stopped))
         return
     if begun is None:
         await _refuse(twilio, exchange, tenant, services, Ended("client_closed", WSCloseCode.OK, "twilio_closed"))
@@ -76,6 +91,7 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
     start = begun.start
     assert start is not None
     exchange.sid = start.call_sid
+    exchange.fields = {STREAM_SID: start.stream_sid}
     admitted = admission.check(
         tenant.keys, tenant.id, start.call_sid, start.custom_parameters.get(admission.PARAMETER, ""), services.wall()
     )
@@ -85,38 +101,42 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
             twilio, exchange, tenant, services, Ended("not-admitted", WSCloseCode.POLICY_VIOLATION, "not_admitted")
         )
         return
+    ttl = services.settings.stream_lease_ttl
+    held = hold_of(tenant.id, admitted, start.call_sid)
+    lease = None
+    if admitted.lease and tenant.concurrent_streams is not None:
+        lease = Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, ttl)
     route = next((r for r in tenant.routes if r.name == admitted.route and isinstance(r.call, StreamAdmission)), None)
     if route is None:  # the policy was changed since the call was answered
         await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
-        await _release_holds(services, tenant, start.call_sid)
-        if admitted.lease and tenant.concurrent_streams is not None:
-            await _give_back(services, Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, 1.0))
+        await _let_go(services, tenant, lease, held)
         return
     assert isinstance(route.call, StreamAdmission)
     config = route.call.bridged
     exchange.route, exchange.action = route.name, "stream"
+    if lease is not None and not await _claim(services, tenant, lease):
+        # Claimed already (a replayed `start`, or a second socket for the same call), or not
+        # held any more: the slot and the hold are another stream's, or gone. Nothing is let go.
+        log.warning("tenant %s: a stream's slot was claimed already or has lapsed; closed", tenant.id)
+        await _refuse(twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "claimed"))
+        return
 
-    lease: Lease | None = None
-    if admitted.lease and tenant.concurrent_streams is not None:
-        ttl = services.settings.stream_lease_ttl
-        lease = Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, ttl)
-        if not await _claim(services, tenant, lease):
-            await _refuse(
-                twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "over_limit")
-            )
-            await _release_holds(services, tenant, exchange.sid or "")
-            return
-    beats = asyncio.create_task(heartbeat(services.leases, lease)) if lease is not None else None
+    keep = asyncio.create_task(_keep_alive(services, tenant, lease, held, ttl))
     reason: Reason | str = "runtime_failed"
     try:
-        runtime = await _connect(exchange, tenant, services, config.upstream)
+        try:
+            runtime = await stream.until(_connect(exchange, tenant, services, config.upstream))
+        except Stopped as stopped:
+            reason = stopped.reason
+            await _refuse(twilio, exchange, tenant, services, _stopped(stopped), count=False)
+            return
         if runtime is None:
             exchange.decision = "fallback"
             await _close(twilio, WSCloseCode.INTERNAL_ERROR)
             reason = "runtime_unreachable"
             return
         relay = Relay(twilio, runtime, session, clock, services.metrics)
-        services.streams.opened(tenant.id, relay)
+        stream.relaying(relay)
         try:
             for text in (*early, begun.forward):
                 await runtime.send_str(text)
@@ -124,19 +144,25 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
         except (ConnectionError, RuntimeError):  # the runtime went away while we sent the start
             reason = "runtime_failed"
         finally:
-            services.streams.closed(relay)
             to_twilio, to_runtime = CLOSE_CODES.get(reason, (WSCloseCode.INTERNAL_ERROR,) * 2)  # type: ignore[arg-type]
             await asyncio.gather(_close(runtime, to_runtime), _close(twilio, to_twilio))
         exchange.decision = "streamed"
         if reason not in ("stop", "twilio_closed", "runtime_closed"):
             exchange.error = str(reason)
     finally:
-        if beats is not None:
-            beats.cancel()
+        # Stopped and awaited before the slot is given back: a renewal in flight after the
+        # release would take the slot again until its TTL.
+        keep.cancel()
+        await asyncio.gather(keep, return_exceptions=True)
         if lease is not None:
             await _give_back(services, lease)
-        await _book(exchange, tenant, services, session.meter(), admitted, config.reserve_minutes)
+        await _book(exchange, tenant, services, session.meter(), held)
         services.metrics.stream_ends.labels(tenant.id, str(reason)).inc()
+
+
+def _stopped(stopped: Stopped) -> Ended:
+    """A stream stopped before its relay began: closed as a relay stopped for that reason is."""
+    return Ended(stopped.reason, CLOSE_CODES[stopped.reason][0], stopped.reason)
 
 
 async def _until_start(
@@ -168,21 +194,47 @@ async def _close(socket: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 async def _claim(services: Services, tenant: Tenant, lease: Lease) -> bool:
-    """Take the slot the webhook's answer reserved, for as long as the stream is open."""
+    """Take the slot the webhook's answer reserved, once: False if it was claimed already."""
     try:
-        return await services.leases.renew(lease)
+        return await services.leases.claim(lease)
     except BackendError as error:
         log.warning("tenant %s: a stream's slot could not be claimed: %s", tenant.id, error)
         return tenant.on_store_failure != "closed"
 
 
-async def _release_holds(services: Services, tenant: Tenant, call_sid: str) -> None:
-    """A stream admitted but not relayed: its budget estimate is let go now, not at its TTL."""
-    try:
-        for held in stream_holds(tenant, utc_day(services.wall()), call_sid):
+async def _keep_alive(
+    services: Services, tenant: Tenant, lease: Lease | None, held: Reservation | None, ttl: float
+) -> None:
+    """While the stream is open: its slot renewed and its budget hold extended every ttl/3 (the
+    hold from the first beat on: until the claim it lived only as long as a claim may take). Both
+    lapse within `ttl` of this instance dying. A failed beat is logged, and tried again."""
+    while True:
+        if held is not None:
+            try:
+                if not await services.ledger.extend(held, ttl):
+                    log.info("tenant %s: a stream's budget hold had lapsed; its minutes are booked anyway", tenant.id)
+                    held = None
+            except BackendError as error:
+                log.warning("tenant %s: a stream's budget hold not extended: %s", tenant.id, error)
+        # Three beats per TTL: a lease survives two lost heartbeats in a row.
+        await asyncio.sleep(ttl / 3)
+        if lease is not None:
+            try:
+                if not await services.leases.renew(lease):
+                    log.warning("tenant %s: a stream's slot was lost: over the limit", tenant.id)
+            except BackendError as error:
+                log.warning("tenant %s: a stream's slot not renewed: %s", tenant.id, error)
+
+
+async def _let_go(services: Services, tenant: Tenant, lease: Lease | None, held: Reservation | None) -> None:
+    """A stream admitted but not relayed: its slot and its budget estimate go now, not at their TTL."""
+    if lease is not None:
+        await _give_back(services, lease)
+    if held is not None:
+        try:
             await services.ledger.release(held)
-    except BackendError as error:
-        log.warning("tenant %s: a stream's hold not released: %s", tenant.id, error)
+        except BackendError as error:
+            log.warning("tenant %s: a stream's hold not released: %s", tenant.id, error)
 
 
 async def _give_back(services: Services, lease: Lease) -> None:
@@ -220,26 +272,28 @@ async def _connect(
 
 
 async def _refuse(
-    twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tenant, services: Services, ended: Ended
+    twilio: web.WebSocketResponse,
+    exchange: Exchange,
+    tenant: Tenant,
+    services: Services,
+    ended: Ended,
+    *,
+    count: bool = True,
 ) -> None:
     exchange.decision = ended.decision
     exchange.error = ended.reason
-    services.metrics.stream_ends.labels(tenant.id, ended.reason).inc()
+    if count:
+        services.metrics.stream_ends.labels(tenant.id, ended.reason).inc()
     await _close(twilio, ended.code)
 
 
-async def _book(
-    exchange: Exchange, tenant: Tenant, services: Services, meter: Meter, admitted: admission.Admission, reserve: int
-) -> None:
-    """The stream's minutes: committed against its budget hold, or booked at the end (once per
-    call); its meter on the span."""
+async def _book(exchange: Exchange, tenant: Tenant, services: Services, meter: Meter, held: Reservation | None) -> None:
+    """The stream's minutes: committed against its budget hold (as the admission made it), or
+    booked at the end (once per stream); its meter on the span."""
     spent = cost.stream_cost(tenant.prices, meter.seconds) if meter.started_at is not None else {}
     exchange.call_cost = spent
     exchange.attributes = _meter_attributes(meter)
-    call_sid = exchange.sid or ""
-    price = tenant.prices.stream_minute
-    if tenant.daily_budget is not None and price:
-        held = hold_of(tenant.id, admitted, call_sid, reserve * price)
+    if held is not None:
         try:
             await services.ledger.commit(held, spent)
         except BackendError as error:

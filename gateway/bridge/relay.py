@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Reason = Literal[
     "stop",  # Twilio sent `stop` (the call or the stream ended)
     "twilio_closed",  # Twilio's socket closed without `stop`
+    "twilio_silent",  # nothing from Twilio for silent_after (a half-open socket: it sends 50 frames/s)
     "runtime_closed",  # the runtime closed its socket
     "runtime_failed",  # the runtime's socket failed
     "max_duration",  # the route's max_duration_s passed
@@ -32,6 +33,10 @@ Reason = Literal[
     "shutdown",  # the gateway is stopping
 ]
 STALL_AFTER = 5.0  # s: a side that reads nothing for this long is gone (audio is real time)
+# s: Twilio sends the caller's audio every 20 ms, silence included, for as long as the stream is
+# open; a socket that brings nothing for this long is half-open (its peer gone without a FIN),
+# and would otherwise hold the tenant's slot until max_duration_s.
+SILENT_AFTER = 10.0
 SAMPLE_EVERY = 50  # one frame a second per direction at Twilio's 50 frames/s: the latency sample
 CHECK_EVERY = 1.0  # s: how often the relay looks at the clock for duration and stalls
 
@@ -58,6 +63,7 @@ class Relay:
         metrics: Metrics,
         *,
         stall_after: float = STALL_AFTER,
+        silent_after: float = SILENT_AFTER,
     ) -> None:
         self._twilio = twilio
         self._runtime = runtime
@@ -65,6 +71,8 @@ class Relay:
         self._clock = clock
         self._metrics = metrics
         self._stall_after = stall_after
+        self._silent_after = silent_after
+        self._heard = clock()  # when the last frame came from Twilio
         # When each direction's send began, while one is waiting (None: not sending).
         self._sending: dict[str, float | None] = {"inbound": None, "outbound": None}
         self._stopped = asyncio.Event()
@@ -102,6 +110,8 @@ class Relay:
                     reason = "max_duration"
                 elif any(since is not None and now - since > self._stall_after for since in self._sending.values()):
                     reason = "stalled"
+                elif now - self._heard > self._silent_after:
+                    reason = "twilio_silent"
         finally:
             stopped.cancel()
             for pump in pumps:
@@ -119,7 +129,7 @@ class Relay:
                     return "twilio_closed"
                 self._refuse("inbound")
                 continue
-            now = clock()
+            self._heard = now = clock()
             try:
                 inbound = session.from_twilio(data, now)
             except MediaError as error:

@@ -102,6 +102,12 @@ class Ledger(Protocol):
         """
         ...
 
+    async def extend(self, reservation: Reservation, ttl: float) -> bool:
+        """Keep a live reservation for `ttl` seconds from now (its holder is still at work: a
+        long stream holds its estimate only as long as someone heartbeats it); False when it is
+        not live (settled or expired), which then stays so."""
+        ...
+
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
         """Drop the reservation and add the real cost (which may differ from the estimate),
         whether or not the reservation expired meanwhile: the money was spent."""
@@ -258,6 +264,17 @@ class MemoryLedger:
         reservation = Reservation(tenant, day, new_reservation_id() if id is None else id, amount)
         self._held.setdefault(key, {})[reservation.id] = (amount, self._clock() + ttl)
         return reservation
+
+    async def extend(self, reservation: Reservation, ttl: float) -> bool:
+        check_reservation(0, ttl)
+        key = (reservation.tenant, reservation.day)
+        self._reserved(key)  # prunes: an expired hold is not brought back
+        held = self._held.get(key, {})
+        live = held.get(reservation.id)
+        if live is None:
+            return False
+        held[reservation.id] = (live[0], self._clock() + ttl)
+        return True
 
     def _drop(self, reservation: Reservation) -> None:
         key = (reservation.tenant, reservation.day)

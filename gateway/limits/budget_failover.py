@@ -118,6 +118,18 @@ class FailoverLedger(Degradable):
         await self._answered()
         return reservation
 
+    async def extend(self, reservation: Reservation, ttl: float) -> bool:
+        if reservation.local:
+            return await self._local.extend(reservation, ttl)
+        try:
+            kept = await self._primary.extend(reservation, ttl)
+        except BackendError as error:
+            # The shared hold then lapses at its ttl: the estimate stops counting, nothing is spent.
+            self._write_failed(error, f"extension of reservation {reservation.id} of {reservation.tenant}")
+            return False
+        await self._answered(wrote=True)
+        return kept
+
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
         if reservation.local:
             await self._local.commit(reservation, cost)

@@ -134,6 +134,11 @@ class RedisLedger:
         # A live hold of this id may hold another amount: settling it needs that one.
         return reservation if held == amount else replace(reservation, amount=held)
 
+    async def extend(self, reservation: Reservation, ttl: float) -> bool:
+        check_reservation(0, ttl)
+        member = _held_member(reservation)
+        return int(await self._run("extend", reservation.tenant, reservation.day, member, repr(ttl))) == 1
+
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
         await self._run("commit", reservation.tenant, reservation.day, _held_member(reservation), *_flat(cost))
 

@@ -36,13 +36,22 @@ class Lease:
 
 
 class LeaseStore(Protocol):
-    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float) -> Lease | None:
-        """A new lease for `ttl` seconds, or None when `limit` leases are live already."""
+    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float, *, id: str | None = None) -> Lease | None:
+        """A new lease for `ttl` seconds, or None when `limit` leases are live already.
+
+        id: the lease's id (default: a new random one). A live lease of that id is extended
+        rather than taken twice: a retried request that names its lease holds one slot."""
         ...
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease by its ttl. A lease that expired (or was lost) is taken again if a
         slot is free; False when it is not, and the holder is over the limit."""
+        ...
+
+    async def claim(self, lease: Lease) -> bool:
+        """Mark a live lease as taken by its one holder, and extend it by its ttl: the first
+        claim of a lease succeeds, every later one (a replay) is False, as is a claim of a lease
+        that is not live (released, expired, never held)."""
         ...
 
     async def release(self, lease: Lease) -> None: ...
@@ -64,11 +73,13 @@ class MemoryLeases:
     def __init__(self, clock: Clock = monotonic) -> None:
         self._clock = clock
         self._held: dict[tuple[str, str], dict[str, float]] = {}
+        self._claimed: set[tuple[str, str, str]] = set()
 
     def _live(self, tenant: str, kind: str, now: float) -> dict[str, float]:
         held = self._held.setdefault((tenant, kind), {})
         for lease_id in [i for i, expiry in held.items() if expiry <= now]:
             del held[lease_id]
+            self._claimed.discard((tenant, kind, lease_id))
         return held
 
     def _hold(self, tenant: str, kind: str, lease_id: str, limit: int, ttl: float) -> bool:
@@ -79,14 +90,24 @@ class MemoryLeases:
         held[lease_id] = now + ttl
         return True
 
-    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float) -> Lease | None:
-        lease = Lease(tenant, kind, _new_id(), limit, ttl)
+    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float, *, id: str | None = None) -> Lease | None:
+        lease = Lease(tenant, kind, _new_id() if id is None else id, limit, ttl)
         return lease if self._hold(tenant, kind, lease.id, limit, ttl) else None
 
     async def renew(self, lease: Lease) -> bool:
         return self._hold(lease.tenant, lease.kind, lease.id, lease.limit, lease.ttl)
 
+    async def claim(self, lease: Lease) -> bool:
+        held = self._live(lease.tenant, lease.kind, self._clock())
+        marker = (lease.tenant, lease.kind, lease.id)
+        if lease.id not in held or marker in self._claimed:
+            return False
+        self._claimed.add(marker)
+        held[lease.id] = self._clock() + lease.ttl
+        return True
+
     async def release(self, lease: Lease) -> None:
+        self._claimed.discard((lease.tenant, lease.kind, lease.id))
         held = self._held.get((lease.tenant, lease.kind))
         if held is not None:
             held.pop(lease.id, None)
@@ -101,10 +122,16 @@ class MemoryLeases:
 
     async def close(self) -> None:
         self._held.clear()
+        self._claimed.clear()
 
 
 def lease_key(tenant: str, kind: str) -> str:
     return f"sy:{{{tenant}}}:l:{kind}"
+
+
+def claimed_key(tenant: str, kind: str) -> str:
+    """The SET of the leases of `lease_key` that were claimed (same hash slot)."""
+    return f"sy:{{{tenant}}}:l:{kind}:c"
 
 
 class RedisLeases:
@@ -120,13 +147,18 @@ class RedisLeases:
         now = now_arg(None if self._clock is None else self._clock())
         async with guard(f"lease {operation}", self._deadline):
             reply = await self._script(
-                keys=[lease_key(tenant, kind)], args=[now, operation, *args], client=self._client
+                keys=[lease_key(tenant, kind), claimed_key(tenant, kind)],
+                args=[now, operation, *args],
+                client=self._client,
             )
         return int(reply)
 
-    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float) -> Lease | None:
-        lease = Lease(tenant, kind, _new_id(), limit, ttl)
+    async def acquire(self, tenant: str, kind: str, limit: int, ttl: float, *, id: str | None = None) -> Lease | None:
+        lease = Lease(tenant, kind, _new_id() if id is None else id, limit, ttl)
         return lease if await self.renew(lease) else None
+
+    async def claim(self, lease: Lease) -> bool:
+        return await self._run("claim", lease.tenant, lease.kind, lease.id, lease.limit, repr(lease.ttl)) == 1
 
     async def renew(self, lease: Lease) -> bool:
         held = await self._run("hold", lease.tenant, lease.kind, lease.id, lease.limit, repr(lease.ttl))

@@ -9,6 +9,7 @@
 --   reserve  cap ('' = none), member, µ$, ttl (s), id ('' = new)
 --                                                      -> µ$ held (a live hold of that id: its
 --                                                         own, untouched) | -1 refused
+--   extend   member, ttl (s)                           -> 1 (a live hold kept ttl from now) | 0
 --   commit   member, part, µ$ ...                      -> 1 (the hold dropped, the cost added)
 --   release  member                                    -> 1 | 0 (not held: released or expired)
 --   spend                                              -> {{part, µ$, ...}, µ$ held}
@@ -88,6 +89,13 @@ elseif op == 'reserve' then
   redis.call('ZADD', held_key, fmt(now + tonumber(ARGV[7])), ARGV[5])
   redis.call('EXPIREAT', held_key, expire_at)
   return amount
+elseif op == 'extend' then
+  prune()
+  if not redis.call('ZSCORE', held_key, ARGV[4]) then
+    return 0
+  end
+  redis.call('ZADD', held_key, fmt(now + tonumber(ARGV[5])), ARGV[4])
+  return 1
 elseif op == 'commit' then
   -- The real cost is added whether or not the hold expired meanwhile: the money was spent.
   redis.call('ZREM', held_key, ARGV[4])

@@ -67,14 +67,19 @@ def inbound_cost(exchange: Exchange, prices: Prices) -> Cost:
     return cost.sms_cost(prices, inbound)
 
 
+STREAM_SID = "StreamSid"  # a stream's exchange.fields: the Media Stream's sid, from its `start`
+
+
 def once_id(exchange: Exchange) -> str | None:
     """The id that books a status callback's cost once, however often it arrives.
 
     Twilio's signature has no timestamp: a captured `completed` callback replayed a thousand
     times must not book the call's minutes a thousand times (nor drain the tenant's budget)."""
     if exchange.kind == "stream":
-        # A stream's minutes are booked once per call, whichever instance relayed it.
-        return f"stream:{exchange.sid[:64]}" if exchange.sid else None
+        # A stream's minutes are booked once per stream (a call may open several, one after
+        # another), whichever instance relayed it.
+        stream_sid = (exchange.fields or {}).get(STREAM_SID, "")
+        return f"stream:{stream_sid[:64]}" if stream_sid else None
     if exchange.kind != "status":
         return None
     fields = exchange.fields or {}

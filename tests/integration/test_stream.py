@@ -17,8 +17,10 @@ import pytest
 from aiohttp import WSMsgType
 from twilio.request_validator import RequestValidator
 
+from gateway.actions.stream import CLAIM_TTL
 from gateway.app import create_app
 from gateway.bridge import lifecycle
+from gateway.bridge import relay as relay_module
 from gateway.bridge.relay import CHECK_EVERY, STALL_AFTER
 from gateway.keys import SERVICES
 from gateway.limits.budget import utc_day
@@ -163,6 +165,7 @@ async def test_a_recorded_session_is_relayed_both_ways_in_order(make_app: MakeAp
     assert outbound == [media.media_message(STREAM_SID, PAYLOAD)] * 500
 
     services = client.app[SERVICES]
+    await asyncio.wait_for(services.streams.drained(), 5)
     assert await services.leases.count("acme", "streams") == 0
     spend = await services.ledger.spend("acme", utc_day(services.wall()))
     assert spend.parts.get("stream") == 4000  # 10 s of audio: one started minute at $0.004
@@ -245,9 +248,8 @@ async def test_either_side_closing_closes_the_other_and_frees_the_slot(
     (connection,) = runtime.connections
     await asyncio.wait_for(connection.closed.wait(), 5)
     services = client.app[SERVICES]
-    async with asyncio.timeout(5):
-        while await services.leases.count("acme", "streams"):  # noqa: ASYNC110 - the bridge's own end, not time
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(services.streams.drained(), 5)
+    assert await services.leases.count("acme", "streams") == 0
 
 
 async def test_an_unreachable_runtime_closes_twilio_with_1011(make_app: MakeApp, runtime: MediaRuntime) -> None:
@@ -303,7 +305,11 @@ async def test_a_runtime_that_stops_reading_does_not_grow_the_gateway(
 
     flooding = asyncio.create_task(flood())
     services = client.app[SERVICES]
-    (relay,) = services.streams._open
+    (stream,) = services.streams._open
+    async with asyncio.timeout(5):
+        while stream.relay is None:  # noqa: ASYNC110 - the bridge's own step (the runtime's answer), not time
+            await asyncio.sleep(0.01)
+    relay = stream.relay
     runtime_socket = relay._runtime
     writer = runtime_socket._writer  # type: ignore[attr-defined]
 
@@ -420,3 +426,147 @@ async def test_a_redirecting_runtime_is_not_followed(make_app: MakeApp, runtime:
         assert followed == []
     finally:
         await runner.cleanup()
+
+
+async def _relaying(client: Client) -> None:
+    """Until the one open stream has begun relaying (the runtime answered its upgrade)."""
+    (stream,) = client.app[SERVICES].streams._open
+    async with asyncio.timeout(5):
+        while stream.relay is None:  # noqa: ASYNC110 - the bridge's own step, not time
+            await asyncio.sleep(0.01)
+
+
+async def test_a_replayed_start_opens_no_second_relay(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """The same admission token brought by a second socket while the first relays (a captured
+    `start` replayed) is refused with 1008: one runtime connection, one slot, and the first
+    stream's hold untouched."""
+    client = await make_app(concurrent=2)
+    call_sid = _call_sid(20)
+    path, parameters, _ = await answer(client, call_sid)
+    first = await connect(client, path)
+    await first.send_str(start(call_sid, parameters))
+    await asyncio.wait_for(runtime.connected.wait(), 5)
+    second = await connect(client, path)
+    await second.send_str(start(call_sid, parameters))
+    message = await asyncio.wait_for(second.receive(), 5)
+    assert message.type is WSMsgType.CLOSE and second.close_code == 1008
+    services = client.app[SERVICES]
+    assert len(runtime.connections) == 1
+    assert await services.leases.count("acme", "streams") == 1
+    assert (await services.ledger.spend("acme", utc_day(services.wall()))).reserved == 10 * 4000
+    await first.send_str(media.stop_message(STREAM_SID, 2, call_sid, ACME_SID))
+    await asyncio.wait_for(receive_until_closed(first, []), 5)
+    assert first.close_code == 1000
+
+
+async def test_a_retried_webhook_holds_the_calls_one_slot(make_app: MakeApp, runtime: MediaRuntime) -> None:
+    """concurrent_streams 1: the same call's webhook answered twice (a retry without Twilio's
+    idempotency token, or a replay) is admitted twice on one slot; another call is refused."""
+    client = await make_app(concurrent=1)
+    for _ in range(3):
+        _, _, root = await answer(client, _call_sid(21))
+        assert root.find("Connect/Stream") is not None
+    assert await client.app[SERVICES].leases.count("acme", "streams") == 1
+    params = {"AccountSid": ACME_SID, "CallSid": _call_sid(22), "From": CALLER, "To": NUMBER}
+    status, text = await post(client, "/twilio/voice", params, ACME_TOKEN)
+    assert status == 200 and ET.fromstring(text).find("Reject") is not None
+
+
+async def test_a_silent_twilio_socket_is_closed(
+    make_app: MakeApp, runtime: MediaRuntime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio sends audio every 20 ms while a stream is open: one that sends nothing for
+    SILENT_AFTER (a half-open socket) is closed and its slot given back, long before max_duration."""
+    monkeypatch.setattr(relay_module, "CHECK_EVERY", 0.02)
+    client = await make_app(concurrent=1)
+    path, parameters, _ = await answer(client, _call_sid(23))
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(23), parameters))
+    await _relaying(client)
+    clock.advance(relay_module.SILENT_AFTER + 1)
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    assert twilio.close_code == 1011
+    (connection,) = runtime.connections
+    await asyncio.wait_for(connection.closed.wait(), 5)
+    services = client.app[SERVICES]
+    await asyncio.wait_for(services.streams.drained(), 5)
+    assert await services.leases.count("acme", "streams") == 0
+    assert services.metrics.stream_ends.labels("acme", "twilio_silent")._value.get() == 1
+
+
+@pytest.mark.parametrize("phase", ["before start", "relaying"])
+async def test_a_shutdown_closes_open_streams_with_1001(make_app: MakeApp, runtime: MediaRuntime, phase: str) -> None:
+    """A stream still waiting for its `start` is stopped by the shutdown as one that relays is:
+    1001, so Twilio moves on to the fallback, and the slot is given back."""
+    client = await make_app(concurrent=1)
+    path, parameters, _ = await answer(client, _call_sid(24))
+    twilio = await connect(client, path)
+    await twilio.send_str(media.connected_message())
+    services = client.app[SERVICES]
+    if phase == "relaying":
+        await twilio.send_str(start(_call_sid(24), parameters))
+        await _relaying(client)
+    async with asyncio.timeout(5):
+        while not len(services.streams):  # noqa: ASYNC110 - the upgrade's own step, not time
+            await asyncio.sleep(0.01)
+    closing = asyncio.create_task(receive_until_closed(twilio, []))  # Twilio answers the close
+    await services.streams.stop_all("shutdown", within=5)
+    await asyncio.wait_for(closing, 5)
+    assert twilio.close_code == 1001
+    assert len(services.streams) == 0
+    assert await services.leases.count("acme", "streams") == (1 if phase == "before start" else 0)
+
+
+async def test_the_budget_hold_lives_as_long_as_its_stream(
+    make_app: MakeApp, runtime: MediaRuntime, clock: FakeClock
+) -> None:
+    """Held at admission only until a claim may come (CLAIM_TTL): a call whose stream never
+    opens stops holding the budget then; a stream's claim extends it, so it outlives CLAIM_TTL."""
+    client = await make_app()
+    services = client.app[SERVICES]
+    day = utc_day(services.wall())
+    await answer(client, _call_sid(25))
+    assert (await services.ledger.spend("acme", day)).reserved == 10 * 4000
+    clock.advance(CLAIM_TTL)
+    assert (await services.ledger.spend("acme", day)).reserved == 0
+
+    path, parameters, _ = await answer(client, _call_sid(26))
+    clock.advance(CLAIM_TTL - 1)
+    twilio = await connect(client, path)
+    await twilio.send_str(start(_call_sid(26), parameters))
+    await _relaying(client)
+    clock.advance(2)  # past the admission's CLAIM_TTL: the claim's extension holds it
+    assert (await services.ledger.spend("acme", day)).reserved == 10 * 4000
+    await twilio.send_str(media.stop_message(STREAM_SID, 2, _call_sid(26), ACME_SID))
+    await asyncio.wait_for(receive_until_closed(twilio, []), 5)
+    await asyncio.wait_for(services.streams.drained(), 5)
+    assert (await services.ledger.spend("acme", day)).reserved == 0
+
+
+async def test_an_admission_cut_short_gives_its_slot_back(
+    make_app: MakeApp, runtime: MediaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook whose admission is cancelled after it took the slot (its deadline passed while
+    the budget store hung) gives the slot back at once rather than at CLAIM_TTL."""
+    client = await make_app(concurrent=1)
+    services = client.app[SERVICES]
+    entered = asyncio.Event()
+    handlers: list[asyncio.Task[Any] | None] = []
+
+    async def hang(*args: Any, **kwargs: Any) -> None:
+        handlers.append(asyncio.current_task())  # the webhook's handler, inside the admission
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(services.ledger, "reserve", hang)
+    params = {"AccountSid": ACME_SID, "CallSid": _call_sid(27), "From": CALLER, "To": NUMBER}
+    posting = asyncio.create_task(post(client, "/twilio/voice", params, ACME_TOKEN))
+    await asyncio.wait_for(entered.wait(), 5)
+    assert await services.leases.count("acme", "streams") == 1
+    (handler,) = handlers
+    assert handler is not None
+    handler.cancel()
+    async with asyncio.timeout(5):
+        while await services.leases.count("acme", "streams"):  # noqa: ASYNC110 - the handler's own end, not time
+            await asyncio.sleep(0.01)
+    posting.cancel()

@@ -42,7 +42,7 @@ async def test_voice_call_is_handed_to_the_stream(gateway: Client) -> None:
     assert stream is not None
     assert stream.get("url") == "ws://gw.test/t/acme-health/stream"
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert (params.pop("switchyard_admission", "") or "").startswith("v1.")
+    assert (params.pop("switchyard_admission", "") or "").startswith("v2.")
     assert params == {"tenant": "acme-health", "agent": "triage"}
     assert verbs(text) == ["Connect", "Say"]
 

@@ -424,3 +424,34 @@ async def test_the_limiters_breaker_spares_the_ledger_the_deadline(stores: Store
     assert await stores.ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="closed")
     assert breaker.healthy and not stores.ledger.degraded
     assert (await stores.ledger.spend("acme", DAY)).parts == {"webhook": 1}
+
+
+async def test_extend_keeps_a_live_hold(stores: Stores, clock: FakeClock) -> None:
+    """A hold extended before its ttl counts on past it; one settled or expired is not brought back."""
+    ledger = stores.ledger
+    held = await ledger.reserve("acme", DAY, E, CAP, TTL, id="stream:CA1")
+    assert held is not None
+    clock.advance(TTL - 1)
+    assert await ledger.extend(held, TTL)
+    clock.advance(TTL - 1)
+    assert (await ledger.spend("acme", DAY)).reserved == E
+    clock.advance(1)
+    assert (await ledger.spend("acme", DAY)).reserved == 0
+    assert not await ledger.extend(held, TTL)
+    assert (await ledger.spend("acme", DAY)).reserved == 0
+    again = await ledger.reserve("acme", DAY, E, CAP, TTL, id="stream:CA1")
+    assert again is not None
+    await ledger.release(again)
+    assert not await ledger.extend(again, TTL)
+
+
+@SHARED_ONLY
+async def test_a_hold_is_settled_only_by_its_own_amount(stores: Stores) -> None:
+    """In Redis a hold is named by id and amount: rebuilt with another amount it settles nothing,
+    which is why a stream's admission token carries the amount it held."""
+    ledger = stores.ledger
+    assert await ledger.reserve("acme", DAY, E, CAP, TTL, id="stream:CA1") is not None
+    await ledger.release(Reservation("acme", DAY, "stream:CA1", 2 * E))
+    assert (await ledger.spend("acme", DAY)).reserved == E
+    await ledger.release(Reservation("acme", DAY, "stream:CA1", E))
+    assert (await ledger.spend("acme", DAY)).reserved == 0

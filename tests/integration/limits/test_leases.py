@@ -86,3 +86,53 @@ async def test_hold_yields_none_when_full(stores: Stores) -> None:
     async with hold(stores.leases, "acme", "concurrent_calls", 1, TTL) as lease:
         assert lease is None
     assert await stores.leases.count("acme", "concurrent_calls") == 1
+
+
+async def test_a_named_lease_is_held_once(stores: Stores) -> None:
+    """Acquiring a live lease by its id again extends it: a retried request takes no second slot."""
+    leases = stores.leases
+    first = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    again = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    assert first is not None and again is not None and again.id == first.id == "CA1"
+    assert await leases.count("acme", "concurrent_streams") == 1
+    assert await leases.acquire("acme", "concurrent_streams", 2, TTL) is not None
+
+
+async def test_a_lease_is_claimed_once(stores: Stores, clock: FakeClock) -> None:
+    """The first claim of a live lease succeeds and extends it; a second claim (a replay) is refused."""
+    leases = stores.leases
+    lease = await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1")
+    assert lease is not None
+    clock.advance(TTL - 1)
+    assert await leases.claim(lease)
+    clock.advance(TTL - 1)  # alive only because the claim extended it
+    assert await leases.count("acme", "concurrent_streams") == 1
+    assert not await leases.claim(lease)
+    assert await leases.renew(lease)  # its holder still heartbeats it
+
+
+async def test_only_a_live_lease_can_be_claimed(stores: Stores, clock: FakeClock) -> None:
+    """A released, expired or never-held lease cannot be claimed (and takes no slot by trying)."""
+    leases = stores.leases
+    never = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA0")
+    assert never is not None
+    await leases.release(never)
+    assert not await leases.claim(never)
+    expired = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    assert expired is not None
+    clock.advance(TTL)
+    assert not await leases.claim(expired)
+    assert await leases.count("acme", "concurrent_streams") == 0
+
+
+async def test_a_released_lease_may_be_held_and_claimed_anew(stores: Stores, clock: FakeClock) -> None:
+    """Its claim goes with the lease (released or expired): the same id held later is claimable."""
+    leases = stores.leases
+    lease = await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1")
+    assert lease is not None and await leases.claim(lease)
+    await leases.release(lease)
+    assert await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1") is not None
+    assert await leases.claim(lease)
+    clock.advance(TTL)
+    assert await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1") is not None
+    assert await leases.claim(lease)

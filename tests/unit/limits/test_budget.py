@@ -64,6 +64,10 @@ class FlakyLedger:
         self._call("reserve")
         return await self.store.reserve(tenant, day, amount, cap, ttl, id=id)
 
+    async def extend(self, reservation: Reservation, ttl: float) -> bool:
+        self._call("extend")
+        return await self.store.extend(reservation, ttl)
+
     async def commit(self, reservation: Reservation, cost: Mapping[str, int]) -> None:
         self._call("commit")
         await self.store.commit(reservation, cost)
@@ -221,6 +225,22 @@ async def test_local_reservation_settles_locally(primary: FlakyLedger, local: Me
     assert primary.calls == []
     assert (await local.spend("acme", DAY)) == Spend(DAY, {"llm": 80}, 0)
     assert ledger.unsynced == 80  # for the primary's next answer to take
+
+
+async def test_extend_goes_where_the_hold_is(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """A local hold is extended locally; a shared one on the primary, and a primary that fails
+    answers False (the hold lapses at its ttl) without raising."""
+    ledger = FailoverLedger(primary, local)
+    shared = await ledger.reserve("acme", DAY, 100, CAP, TTL, id="stream:CA1")
+    assert shared is not None and await ledger.extend(shared, TTL)
+    primary.down = True
+    assert not await ledger.extend(shared, TTL)
+    assert ledger.degraded
+    held_here = await ledger.reserve("acme", DAY, 100, CAP, TTL, id="stream:CA2")
+    assert held_here is not None and held_here.local
+    primary.calls.clear()
+    assert await ledger.extend(held_here, TTL)
+    assert primary.calls == []
 
 
 async def test_failed_writes_are_kept_locally_and_logged_once_per_streak(
