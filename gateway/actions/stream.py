@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STREAMS = "streams"  # the lease kind of concurrent_streams
+UNLIMITED = 2**31 - 1  # the lease limit of a tenant with no concurrent_streams
 # From the webhook's answer to the stream's `start`: Twilio connects within a second or two;
 # a slot not claimed by then is given back.
 CLAIM_TTL = 60.0
@@ -107,29 +108,30 @@ class StreamAdmission:
         call_sid = values[0] if values else ""
         if not _CALL_SID.match(call_sid):
             raise UpstreamError("stream", "invalid", detail="the webhook has no CallSid")
+        # Every bridged stream holds a lease, limit or not: its claim is what makes an admission
+        # good for one stream only. Named by the call: a webhook Twilio retries (or one
+        # replayed) extends the call's pending slot rather than taking another.
+        limited = tenant.concurrent_streams is not None
+        limit = tenant.concurrent_streams if tenant.concurrent_streams is not None else UNLIMITED
         lease: Lease | None = None
-        limit = tenant.concurrent_streams
-        if limit is not None:
-            try:
-                # Named by the call: a webhook Twilio retries (or one replayed) holds the call's
-                # one slot again rather than another.
-                lease = await tools.leases.acquire(tenant.id, STREAMS, limit, CLAIM_TTL, id=call_sid)
-            except BackendError as error:
-                if tenant.on_store_failure == "closed":
-                    raise AdmissionRefused("concurrent_streams", "the lease store is failing") from None
-                log.warning("tenant %s: stream admitted without a slot, the lease store failing: %s", tenant.id, error)
-            else:
-                if lease is None:
-                    raise AdmissionRefused("concurrent_streams", f"{limit} open")
+        try:
+            lease = await tools.leases.acquire(tenant.id, STREAMS, limit, CLAIM_TTL, id=call_sid)
+        except BackendError as error:
+            if limited and tenant.on_store_failure == "closed":
+                raise AdmissionRefused("concurrent_streams", "the lease store is failing") from None
+            log.warning("tenant %s: stream admitted without a slot, the lease store failing: %s", tenant.id, error)
+        else:
+            if lease is None:
+                raise AdmissionRefused("concurrent_streams", f"{limit} open")
         wall = tools.wall()
         try:
             held = await self._hold(tenant, tools, wall, call_sid)
         except BaseException:  # refused, failed or cancelled: the slot is not left to its TTL
-            if lease is not None:
+            if lease is not None and lease.fresh:  # (one only extended is an earlier answer's)
                 await _give_back(tools, lease)
             raise
-        lease_id = lease.id if lease is not None else ""
-        token = admission.issue(self.key, tenant.id, call_sid, self.route, lease_id, held, int(wall + CLAIM_TTL))
+        nonce = admission.new_nonce()
+        token = admission.issue(self.key, tenant.id, call_sid, self.route, nonce, held, int(wall + CLAIM_TTL))
         return self.head + token.encode() + self.tail
 
     async def _hold(self, tenant: Tenant, tools: Tools, wall: float, call_sid: str) -> int:

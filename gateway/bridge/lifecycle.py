@@ -9,13 +9,14 @@ attributes), read once at the end like every other request's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.actions.stream import STREAMS, StreamAdmission, hold_of
+from gateway.actions.stream import CLAIM_TTL, STREAMS, UNLIMITED, StreamAdmission, hold_of
 from gateway.actions.upstream import SIGNATURE, TENANT_HEADER
 from gateway.auth import admission
 from gateway.auth.twilio_signature import compute
@@ -101,11 +102,14 @@ async def _bridge(
             twilio, exchange, tenant, services, Ended("not-admitted", WSCloseCode.POLICY_VIOLATION, "not_admitted")
         )
         return
-    ttl = services.settings.stream_lease_ttl
+    lease = await _claim(services, tenant, start.call_sid, admitted.nonce)
+    if lease is None:
+        # Claimed already (a replayed `start`, a second socket for the same admission), or its
+        # slot lapsed with none free: the slot and the hold are another stream's, or gone.
+        log.warning("tenant %s: a stream's admission was claimed already, or its slot lapsed; closed", tenant.id)
+        await _refuse(twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "claimed"))
+        return
     held = hold_of(tenant.id, admitted, start.call_sid)
-    lease = None
-    if admitted.lease and tenant.concurrent_streams is not None:
-        lease = Lease(tenant.id, STREAMS, admitted.lease, tenant.concurrent_streams, ttl)
     route = next((r for r in tenant.routes if r.name == admitted.route and isinstance(r.call, StreamAdmission)), None)
     if route is None:  # the policy was changed since the call was answered
         await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
@@ -114,14 +118,9 @@ async def _bridge(
     assert isinstance(route.call, StreamAdmission)
     config = route.call.bridged
     exchange.route, exchange.action = route.name, "stream"
-    if lease is not None and not await _claim(services, tenant, lease):
-        # Claimed already (a replayed `start`, or a second socket for the same call), or not
-        # held any more: the slot and the hold are another stream's, or gone. Nothing is let go.
-        log.warning("tenant %s: a stream's slot was claimed already or has lapsed; closed", tenant.id)
-        await _refuse(twilio, exchange, tenant, services, Ended("refused", WSCloseCode.POLICY_VIOLATION, "claimed"))
-        return
 
-    keep = asyncio.create_task(_keep_alive(services, tenant, lease, held, ttl))
+    done = asyncio.Event()
+    keep = asyncio.create_task(_keep_alive(services, tenant, lease, held, done))
     reason: Reason | str = "runtime_failed"
     try:
         try:
@@ -150,12 +149,11 @@ async def _bridge(
         if reason not in ("stop", "twilio_closed", "runtime_closed"):
             exchange.error = str(reason)
     finally:
-        # Stopped and awaited before the slot is given back: a renewal in flight after the
-        # release would take the slot again until its TTL.
-        keep.cancel()
+        # Ended, not cancelled, and awaited before the slot is given back: a renewal already
+        # sent to the store and landing after the release would take the slot again.
+        done.set()
         await asyncio.gather(keep, return_exceptions=True)
-        if lease is not None:
-            await _give_back(services, lease)
+        await _give_back(services, lease)
         await _book(exchange, tenant, services, session.meter(), held)
         services.metrics.stream_ends.labels(tenant.id, str(reason)).inc()
 
@@ -193,43 +191,55 @@ async def _close(socket: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
         log.info("a stream socket did not take its close frame within %.1fs: cut", CLOSE_WITHIN)
 
 
-async def _claim(services: Services, tenant: Tenant, lease: Lease) -> bool:
-    """Take the slot the webhook's answer reserved, once: False if it was claimed already."""
+async def _claim(services: Services, tenant: Tenant, call_sid: str, nonce: str) -> Lease | None:
+    """Take the slot the webhook's answer reserved for the call, as the stream's own lease
+    (named by the admission's nonce), once: None if this admission was claimed already."""
+    limit = tenant.concurrent_streams if tenant.concurrent_streams is not None else UNLIMITED
+    ttl = services.settings.stream_lease_ttl
+    pending = Lease(tenant.id, STREAMS, call_sid, limit, CLAIM_TTL)
     try:
-        return await services.leases.claim(lease)
+        return await services.leases.claim(pending, nonce, ttl, CLAIM_TTL)
     except BackendError as error:
-        log.warning("tenant %s: a stream's slot could not be claimed: %s", tenant.id, error)
-        return tenant.on_store_failure != "closed"
+        if tenant.concurrent_streams is not None and tenant.on_store_failure == "closed":
+            log.warning("tenant %s: a stream's slot could not be claimed: %s", tenant.id, error)
+            return None
+        # Relayed on trust in the token (a replay within its minute is not caught meanwhile);
+        # the heartbeats take the slot once the store answers.
+        log.warning("tenant %s: a stream relayed without its slot claimed, the store failing: %s", tenant.id, error)
+        return Lease(tenant.id, STREAMS, nonce, limit, ttl)
 
 
 async def _keep_alive(
-    services: Services, tenant: Tenant, lease: Lease | None, held: Reservation | None, ttl: float
+    services: Services, tenant: Tenant, lease: Lease, held: Reservation | None, done: asyncio.Event
 ) -> None:
-    """While the stream is open: its slot renewed and its budget hold extended every ttl/3 (the
-    hold from the first beat on: until the claim it lived only as long as a claim may take). Both
-    lapse within `ttl` of this instance dying. A failed beat is logged, and tried again."""
+    """Until `done`: the stream's slot renewed and its budget hold extended every ttl/3 (the
+    hold from the first beat on: until the claim it lived only as long as a claim may take).
+    Both lapse within the ttl of this instance dying. A failed beat is logged, and tried again;
+    a beat in flight finishes before this returns."""
+    ttl = lease.ttl
     while True:
         if held is not None:
             try:
                 if not await services.ledger.extend(held, ttl):
-                    log.info("tenant %s: a stream's budget hold had lapsed; its minutes are booked anyway", tenant.id)
+                    log.info("tenant %s: a stream's budget hold had gone; its minutes are booked anyway", tenant.id)
                     held = None
             except BackendError as error:
                 log.warning("tenant %s: a stream's budget hold not extended: %s", tenant.id, error)
         # Three beats per TTL: a lease survives two lost heartbeats in a row.
-        await asyncio.sleep(ttl / 3)
-        if lease is not None:
-            try:
-                if not await services.leases.renew(lease):
-                    log.warning("tenant %s: a stream's slot was lost: over the limit", tenant.id)
-            except BackendError as error:
-                log.warning("tenant %s: a stream's slot not renewed: %s", tenant.id, error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), ttl / 3)
+        if done.is_set():
+            return
+        try:
+            if not await services.leases.renew(lease):
+                log.warning("tenant %s: a stream's slot was lost: over the limit", tenant.id)
+        except BackendError as error:
+            log.warning("tenant %s: a stream's slot not renewed: %s", tenant.id, error)
 
 
-async def _let_go(services: Services, tenant: Tenant, lease: Lease | None, held: Reservation | None) -> None:
+async def _let_go(services: Services, tenant: Tenant, lease: Lease, held: Reservation | None) -> None:
     """A stream admitted but not relayed: its slot and its budget estimate go now, not at their TTL."""
-    if lease is not None:
-        await _give_back(services, lease)
+    await _give_back(services, lease)
     if held is not None:
         try:
             await services.ledger.release(held)

@@ -64,10 +64,9 @@ class Stream:
             if not work.done():
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-        if work.cancelled():
-            assert self.reason is not None
+        if work.cancelled() and self.reason is not None:
             raise Stopped(self.reason)
-        return work.result()
+        return work.result()  # (cancelled by someone else: CancelledError, as they meant)
 
 
 class Streams:
@@ -95,7 +94,7 @@ class Streams:
         return len(self._open)
 
     async def drained(self) -> None:
-        """Return once no stream is open (each has given its slot back and booked its cost)."""
+        """Return once no stream is open (each has given its slot back and settled its hold)."""
         await self._idle.wait()
 
     async def stop_all(self, reason: Reason = "shutdown", within: float = 5.0) -> None:

@@ -124,9 +124,10 @@ class FailoverLedger(Degradable):
         try:
             kept = await self._primary.extend(reservation, ttl)
         except BackendError as error:
-            # The shared hold then lapses at its ttl: the estimate stops counting, nothing is spent.
-            self._write_failed(error, f"extension of reservation {reservation.id} of {reservation.tenant}")
-            return False
+            # Raised, not False: the hold may well be live, and its holder tries again at its next
+            # beat (within the ttl, or it lapses and stops counting; nothing is spent either way).
+            self._set_degraded(True, error)
+            raise
         await self._answered(wrote=True)
         return kept
 

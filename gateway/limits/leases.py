@@ -26,13 +26,17 @@ LEASE_SCRIPT = "redis_leases.lua"
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """One held slot of `limit` slots of `kind` (e.g. concurrent_streams) for `tenant`."""
+    """One held slot of `limit` slots of `kind` (e.g. concurrent_streams) for `tenant`.
+
+    fresh: from acquire(), False when a live lease of that id was only extended (the slot was
+    someone else's first: whoever only extended it must not give it back)."""
 
     tenant: str
     kind: str
     id: str
     limit: int
     ttl: float
+    fresh: bool = True
 
 
 class LeaseStore(Protocol):
@@ -48,10 +52,11 @@ class LeaseStore(Protocol):
         slot is free; False when it is not, and the holder is over the limit."""
         ...
 
-    async def claim(self, lease: Lease) -> bool:
-        """Mark a live lease as taken by its one holder, and extend it by its ttl: the first
-        claim of a lease succeeds, every later one (a replay) is False, as is a claim of a lease
-        that is not live (released, expired, never held)."""
+    async def claim(self, pending: Lease, id: str, ttl: float, window: float) -> Lease | None:
+        """Move the slot `pending` holds to a lease of its own named `id`, for `ttl`, once per
+        id: None if `id` was claimed within the last `window` seconds (a replay), or if
+        `pending` is not live any more (lapsed, lost with a restarted store) and no slot is
+        free. `pending` stops counting: the id it had is free for another holder at once."""
         ...
 
     async def release(self, lease: Lease) -> None: ...
@@ -73,41 +78,52 @@ class MemoryLeases:
     def __init__(self, clock: Clock = monotonic) -> None:
         self._clock = clock
         self._held: dict[tuple[str, str], dict[str, float]] = {}
-        self._claimed: set[tuple[str, str, str]] = set()
+        # (tenant, kind, claimed id) -> until when it is remembered. Callers claim with one
+        # window, so insertion order is expiry order: pruning stops at the first live id.
+        self._claimed: dict[tuple[str, str, str], float] = {}
 
     def _live(self, tenant: str, kind: str, now: float) -> dict[str, float]:
         held = self._held.setdefault((tenant, kind), {})
         for lease_id in [i for i, expiry in held.items() if expiry <= now]:
             del held[lease_id]
-            self._claimed.discard((tenant, kind, lease_id))
         return held
 
-    def _hold(self, tenant: str, kind: str, lease_id: str, limit: int, ttl: float) -> bool:
+    def _hold(self, tenant: str, kind: str, lease_id: str, limit: int, ttl: float) -> int:
+        """0: refused (full); 1: a live lease extended; 2: a lease taken."""
         now = self._clock()
         held = self._live(tenant, kind, now)
-        if lease_id not in held and len(held) >= limit:
-            return False
+        extended = lease_id in held
+        if not extended and len(held) >= limit:
+            return 0
         held[lease_id] = now + ttl
-        return True
+        return 1 if extended else 2
 
     async def acquire(self, tenant: str, kind: str, limit: int, ttl: float, *, id: str | None = None) -> Lease | None:
-        lease = Lease(tenant, kind, _new_id() if id is None else id, limit, ttl)
-        return lease if self._hold(tenant, kind, lease.id, limit, ttl) else None
+        lease_id = _new_id() if id is None else id
+        taken = self._hold(tenant, kind, lease_id, limit, ttl)
+        return Lease(tenant, kind, lease_id, limit, ttl, fresh=taken == 2) if taken else None
 
     async def renew(self, lease: Lease) -> bool:
-        return self._hold(lease.tenant, lease.kind, lease.id, lease.limit, lease.ttl)
+        return self._hold(lease.tenant, lease.kind, lease.id, lease.limit, lease.ttl) > 0
 
-    async def claim(self, lease: Lease) -> bool:
-        held = self._live(lease.tenant, lease.kind, self._clock())
-        marker = (lease.tenant, lease.kind, lease.id)
-        if lease.id not in held or marker in self._claimed:
-            return False
-        self._claimed.add(marker)
-        held[lease.id] = self._clock() + lease.ttl
-        return True
+    async def claim(self, pending: Lease, id: str, ttl: float, window: float) -> Lease | None:
+        now = self._clock()
+        while self._claimed:
+            oldest, until = next(iter(self._claimed.items()))
+            if until > now:
+                break
+            del self._claimed[oldest]
+        marker = (pending.tenant, pending.kind, id)
+        if marker in self._claimed:
+            return None
+        self._claimed[marker] = now + window
+        held = self._live(pending.tenant, pending.kind, now)
+        if held.pop(pending.id, None) is None and len(held) >= pending.limit:
+            return None
+        held[id] = now + ttl
+        return Lease(pending.tenant, pending.kind, id, pending.limit, ttl)
 
     async def release(self, lease: Lease) -> None:
-        self._claimed.discard((lease.tenant, lease.kind, lease.id))
         held = self._held.get((lease.tenant, lease.kind))
         if held is not None:
             held.pop(lease.id, None)
@@ -130,7 +146,7 @@ def lease_key(tenant: str, kind: str) -> str:
 
 
 def claimed_key(tenant: str, kind: str) -> str:
-    """The SET of the leases of `lease_key` that were claimed (same hash slot)."""
+    """The ids claimed of `lease_key`'s kind, remembered for their window (same hash slot)."""
     return f"sy:{{{tenant}}}:l:{kind}:c"
 
 
@@ -154,15 +170,18 @@ class RedisLeases:
         return int(reply)
 
     async def acquire(self, tenant: str, kind: str, limit: int, ttl: float, *, id: str | None = None) -> Lease | None:
-        lease = Lease(tenant, kind, _new_id() if id is None else id, limit, ttl)
-        return lease if await self.renew(lease) else None
+        lease_id = _new_id() if id is None else id
+        taken = await self._run("hold", tenant, kind, lease_id, limit, repr(ttl))
+        return Lease(tenant, kind, lease_id, limit, ttl, fresh=taken == 2) if taken else None
 
-    async def claim(self, lease: Lease) -> bool:
-        return await self._run("claim", lease.tenant, lease.kind, lease.id, lease.limit, repr(lease.ttl)) == 1
+    async def claim(self, pending: Lease, id: str, ttl: float, window: float) -> Lease | None:
+        claimed = await self._run(
+            "claim", pending.tenant, pending.kind, id, pending.limit, repr(ttl), pending.id, repr(window)
+        )
+        return Lease(pending.tenant, pending.kind, id, pending.limit, ttl) if claimed else None
 
     async def renew(self, lease: Lease) -> bool:
-        held = await self._run("hold", lease.tenant, lease.kind, lease.id, lease.limit, repr(lease.ttl))
-        return held == 1
+        return await self._run("hold", lease.tenant, lease.kind, lease.id, lease.limit, repr(lease.ttl)) > 0
 
     async def release(self, lease: Lease) -> None:
         await self._run("release", lease.tenant, lease.kind, lease.id)

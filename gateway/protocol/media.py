@@ -176,6 +176,8 @@ _PAYLOAD_KEY = '"payload":"'
 # Below this many characters a text is within MAX_MESSAGE bytes whatever it holds (UTF-8 takes
 # at most 4 bytes a character), so the fast path needs no byte count.
 _SURELY_SMALL = MAX_MESSAGE // 4
+_OUT_TAIL = '"}}'
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _RUNTIME_EVENTS = frozenset({"media", "mark", "clear"})
 _MAX_EVENT = 32
 
@@ -402,6 +404,7 @@ class StreamSession:
         "_marks_sent",
         "_out_bytes",
         "_out_frames",
+        "_out_head",
         "_pending",
         "_pending_names",
         "_round_trips",
@@ -435,6 +438,7 @@ class StreamSession:
         self._sid = ""  # the stream's SID, once started
         # What a compact Twilio media frame of this stream ends with; set at start.
         self._tail = ""
+        self._out_head = "\x00"  # matches no text until the stream has started
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._last_at: float | None = None
@@ -555,8 +559,25 @@ class StreamSession:
     def from_runtime(self, text: str, now: float) -> Outbound:
         """Check and meter one text frame from the runtime; it is forwarded to Twilio unchanged.
 
-        Always parsed in full: the runtime is the tenant's code, and its frames must not pass
-        a check by their look alone. Measured as above: 1.1-1.2 µs for a 20 ms media frame."""
+        The runtime is the tenant's code: its frames are checked in full, never by their look.
+        A media frame in the builders' compact form (media_message: what Twilio's docs show)
+        is checked without a parse, as strictly: this stream's exact head, the `"}}` tail, and
+        between them base64 (which holds no quote, backslash or control character) is that
+        JSON object and no other. Anything else is parsed. Measured (timeit, best of 5, a
+        305-byte frame): 0.45 µs this way against 1.2 µs through the parse."""
+        if (
+            self._streaming
+            and len(text) <= _SURELY_SMALL
+            and text.startswith(self._out_head)
+            and text.endswith(_OUT_TAIL)
+        ):
+            begin, end = len(self._out_head), len(text) - len(_OUT_TAIL)
+            if _BASE64.fullmatch(text, begin, end) is not None:
+                pad = (2 if text[end - 2] == "=" else 1) if end > begin and text[end - 1] == "=" else 0
+                self._out_frames += 1
+                self._out_bytes += (end - begin - pad) * 3 // 4
+                self._last_at = now
+                return Outbound("media", text)
         obj = _load(text)
         event = _event(obj)
         if event not in _RUNTIME_EVENTS:
@@ -611,6 +632,7 @@ class StreamSession:
         self._state = "streaming"
         self._streaming = True
         self._tail = '"},"streamSid":"' + start.stream_sid + '"}'
+        self._out_head = '{"event":"media","streamSid":"' + start.stream_sid + '","media":{"payload":"'
         self._started_at = now
         self._last_at = now
         return Inbound("start", start, forward)

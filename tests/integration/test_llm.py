@@ -6,24 +6,24 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from gateway.app import create_app
 from gateway.keys import SERVICES
 from gateway.limits.budget import Spend, utc_day
-from gateway.settings import Settings
 from gateway.telemetry import accesslog
-from tests.integration.conftest import GatewayServer
 from tests.support.clock import FakeClock
-from tests.support.gateway import PUBLIC, Client, post
+from tests.support.gateway import PUBLIC, Client, post, tenant_gateways
+from tests.support.gateway import MakeClient as MakeApp
 from tests.support.openai import COMPLETION_TOKENS, PROMPT_TOKENS, REPLY, RETRY_AFTER, ChatServer
 from tests.support.otlp import OtlpHttpReceiver
-from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
+from tests.support.servers import running
+from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV, call_form
 
 NUMBER = "+15558760002"
 KEY = "sk-test-llm-key-0123456789"
@@ -62,32 +62,17 @@ routes:
 """
 
 
-MakeApp = Callable[..., Awaitable[Client]]
-
-
 @pytest.fixture
 async def model() -> AsyncIterator[ChatServer]:
-    server = ChatServer()
-    await server.start()
-    try:
+    async with running(ChatServer()) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
 def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, model: ChatServer) -> MakeApp:
-    async def make(**options: Any) -> Client:
-        env = options.pop("env", {})
-        (tmp_path / "acme.yaml").write_text(_policy(model, **options))
-        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
-        app = create_app(settings, env={**ENV, "ACME_OPENAI_KEY": KEY, **env}, clock=clock, wall=lambda: WALL)
-        server = GatewayServer(app, host="127.0.0.1")
-        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
-        client: Client = await aiohttp_client(server)
-        return client
-
-    return make
+    """make_app(timeout_ms=, limits=, budget=, env=): a gateway on acme's llm policy, its day WALL's."""
+    environment = {**ENV, "ACME_OPENAI_KEY": KEY}
+    return tenant_gateways(aiohttp_client, clock, tmp_path, partial(_policy, model), environment, wall=lambda: WALL)
 
 
 def _sms(body: str = QUESTION) -> dict[str, str]:
@@ -95,7 +80,7 @@ def _sms(body: str = QUESTION) -> dict[str, str]:
 
 
 def _call(**extra: str) -> dict[str, str]:
-    return {"AccountSid": ACME_SID, "CallSid": "CA" + "d" * 32, "From": CALLER, "To": NUMBER, **extra}
+    return call_form(NUMBER, "CA" + "d" * 32, **extra)
 
 
 def _verbs(text: str) -> list[tuple[str, str | None, dict[str, str]]]:
@@ -267,12 +252,8 @@ async def _spans(make_app: MakeApp, receiver: OtlpHttpReceiver) -> tuple[Span, S
 async def test_the_model_call_is_a_genai_child_span(make_app: MakeApp, model: ChatServer) -> None:
     """`chat gpt-4o-mini`, CLIENT, under the server span, with the GenAI request and response
     attributes and its cost; no prompt, words or answer in any span."""
-    receiver = OtlpHttpReceiver()
-    await receiver.start()
-    try:
+    async with running(OtlpHttpReceiver()) as receiver:
         server, chat, encoded = await _spans(make_app, receiver)
-    finally:
-        await receiver.stop()
     assert chat.kind == Span.SPAN_KIND_CLIENT and chat.parent_span_id == server.span_id
     assert chat.trace_id == server.trace_id
     attributes = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in chat.attributes}
@@ -298,12 +279,8 @@ async def test_the_model_call_is_a_genai_child_span(make_app: MakeApp, model: Ch
 async def test_a_failed_model_call_span_carries_its_error_type(make_app: MakeApp, model: ChatServer) -> None:
     """A 429: the chat span is failed, error.type rate_limited."""
     model.mode = "rate_limited"
-    receiver = OtlpHttpReceiver()
-    await receiver.start()
-    try:
+    async with running(OtlpHttpReceiver()) as receiver:
         _, chat, _ = await _spans(make_app, receiver)
-    finally:
-        await receiver.stop()
     attributes = {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in chat.attributes}
     assert attributes["error.type"] == "rate_limited"
     assert "gen_ai.usage.input_tokens" not in attributes

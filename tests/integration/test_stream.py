@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,22 @@ from aiohttp import WSMsgType
 from twilio.request_validator import RequestValidator
 
 from gateway.actions.stream import CLAIM_TTL
-from gateway.app import create_app
 from gateway.bridge import lifecycle
 from gateway.bridge import relay as relay_module
-from gateway.bridge.relay import CHECK_EVERY, STALL_AFTER
+from gateway.bridge.relay import CHECK_EVERY, STALL_AFTER, Relay
 from gateway.keys import SERVICES
 from gateway.limits.budget import utc_day
 from gateway.protocol import media
-from gateway.settings import Settings
 from gateway.telemetry import accesslog
-from tests.integration.conftest import GatewayServer
 from tests.support.clock import FakeClock
-from tests.support.gateway import PUBLIC, Client, post
+from tests.support.gateway import Client, post, tenant_gateways
+from tests.support.gateway import MakeClient as MakeApp
 from tests.support.media_runtime import MediaRuntime
 from tests.support.otlp import OtlpHttpReceiver
-from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
+from tests.support.servers import running
+from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV, call_form
+from tests.support.twilio import call_sid as _call_sid
+from tests.support.waiting import first, until
 
 NUMBER = "+15558760001"
 FALLBACK = "<Response><Say>Goodbye from the fallback.</Say></Response>"
@@ -55,41 +57,21 @@ routes:
 """
 
 
-MakeApp = Callable[..., Awaitable[Client]]
-
-
 @pytest.fixture
 async def runtime() -> AsyncIterator[MediaRuntime]:
-    server = MediaRuntime(ACME_TOKEN)
-    await server.start()
-    try:
+    async with running(MediaRuntime(ACME_TOKEN)) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
 def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: MediaRuntime) -> MakeApp:
-    async def make(**options: Any) -> Client:
-        env = options.pop("env", {})
-        (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
-        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
-        server = GatewayServer(create_app(settings, env={**ENV, **env}, clock=clock), host="127.0.0.1")
-        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
-        client: Client = await aiohttp_client(server)
-        return client
-
-    return make
-
-
-def _call_sid(n: int) -> str:
-    return "CA" + f"{n:032x}"
+    """make_app(concurrent=, max_duration_s=, env=): a gateway on acme's stream policy."""
+    return tenant_gateways(aiohttp_client, clock, tmp_path, partial(_policy, runtime), ENV)
 
 
 async def answer(client: Client, call_sid: str) -> tuple[str, dict[str, str], ET.Element]:
     """The webhook's answer: the stream path, its <Parameter>s, and the whole TwiML."""
-    params = {"AccountSid": ACME_SID, "CallSid": call_sid, "From": CALLER, "To": NUMBER}
-    status, text = await post(client, "/twilio/voice", params, ACME_TOKEN)
+    status, text = await post(client, "/twilio/voice", call_form(NUMBER, call_sid), ACME_TOKEN)
     assert status == 200
     root = ET.fromstring(text)
     stream = root.find("Connect/Stream")
@@ -212,12 +194,7 @@ async def test_over_concurrent_streams_the_webhook_gets_the_refusal(make_app: Ma
     client = await make_app(concurrent=2)
     first, parameters, _ = await answer(client, _call_sid(5))
     await answer(client, _call_sid(6))
-    status, text = await post(
-        client,
-        "/twilio/voice",
-        {"AccountSid": ACME_SID, "CallSid": _call_sid(7), "From": CALLER, "To": NUMBER},
-        ACME_TOKEN,
-    )
+    status, text = await post(client, "/twilio/voice", call_form(NUMBER, _call_sid(7)), ACME_TOKEN)
     assert status == 200 and ET.fromstring(text).find("Reject") is not None
     twilio = await connect(client, first)
     await twilio.send_str(start(_call_sid(5), parameters))
@@ -304,12 +281,7 @@ async def test_a_runtime_that_stops_reading_does_not_grow_the_gateway(
             sent += 1
 
     flooding = asyncio.create_task(flood())
-    services = client.app[SERVICES]
-    (stream,) = services.streams._open
-    async with asyncio.timeout(5):
-        while stream.relay is None:  # noqa: ASYNC110 - the bridge's own step (the runtime's answer), not time
-            await asyncio.sleep(0.01)
-    relay = stream.relay
+    relay = await _relaying(client)
     runtime_socket = relay._runtime
     writer = runtime_socket._writer  # type: ignore[attr-defined]
 
@@ -350,9 +322,7 @@ async def test_no_start_in_time_closes_the_socket(
 async def test_a_stream_is_one_span_with_its_meter_and_cost(make_app: MakeApp, runtime: MediaRuntime) -> None:
     """The exported `twilio.stream` span carries the call, the meter (frames, bytes) and the
     stream's cost; its CLIENT child `stream.connect` is the parent the runtime was given."""
-    receiver = OtlpHttpReceiver()
-    await receiver.start()
-    try:
+    async with running(OtlpHttpReceiver()) as receiver:
         client = await make_app(env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"})
         call_sid = _call_sid(14)
         path, parameters, _ = await answer(client, call_sid)
@@ -374,8 +344,6 @@ async def test_a_stream_is_one_span_with_its_meter_and_cost(make_app: MakeApp, r
         assert connect_span.span.parent_span_id == stream.span.span_id
         (connection,) = runtime.connections
         assert connection.headers["traceparent"].split("-")[2] == connect_span.span.span_id.hex()
-    finally:
-        await receiver.stop()
 
 
 async def test_a_stream_that_never_opens_lets_its_hold_go_with_the_call(
@@ -428,12 +396,14 @@ async def test_a_redirecting_runtime_is_not_followed(make_app: MakeApp, runtime:
         await runner.cleanup()
 
 
-async def _relaying(client: Client) -> None:
-    """Until the one open stream has begun relaying (the runtime answered its upgrade)."""
+async def _relaying(client: Client) -> Relay:
+    """Until the one open stream has begun relaying (the runtime answered its upgrade): its relay."""
     (stream,) = client.app[SERVICES].streams._open
-    async with asyncio.timeout(5):
-        while stream.relay is None:  # noqa: ASYNC110 - the bridge's own step, not time
-            await asyncio.sleep(0.01)
+
+    async def relay() -> Relay | None:
+        return stream.relay
+
+    return await first(relay, within=5, every=0.01)
 
 
 async def test_a_replayed_start_opens_no_second_relay(make_app: MakeApp, runtime: MediaRuntime) -> None:
@@ -467,8 +437,7 @@ async def test_a_retried_webhook_holds_the_calls_one_slot(make_app: MakeApp, run
         _, _, root = await answer(client, _call_sid(21))
         assert root.find("Connect/Stream") is not None
     assert await client.app[SERVICES].leases.count("acme", "streams") == 1
-    params = {"AccountSid": ACME_SID, "CallSid": _call_sid(22), "From": CALLER, "To": NUMBER}
-    status, text = await post(client, "/twilio/voice", params, ACME_TOKEN)
+    status, text = await post(client, "/twilio/voice", call_form(NUMBER, _call_sid(22)), ACME_TOKEN)
     assert status == 200 and ET.fromstring(text).find("Reject") is not None
 
 
@@ -506,9 +475,7 @@ async def test_a_shutdown_closes_open_streams_with_1001(make_app: MakeApp, runti
     if phase == "relaying":
         await twilio.send_str(start(_call_sid(24), parameters))
         await _relaying(client)
-    async with asyncio.timeout(5):
-        while not len(services.streams):  # noqa: ASYNC110 - the upgrade's own step, not time
-            await asyncio.sleep(0.01)
+    await until(lambda: len(services.streams))  # the upgrade registered the stream
     closing = asyncio.create_task(receive_until_closed(twilio, []))  # Twilio answers the close
     await services.streams.stop_all("shutdown", within=5)
     await asyncio.wait_for(closing, 5)
@@ -559,14 +526,15 @@ async def test_an_admission_cut_short_gives_its_slot_back(
         await asyncio.Event().wait()
 
     monkeypatch.setattr(services.ledger, "reserve", hang)
-    params = {"AccountSid": ACME_SID, "CallSid": _call_sid(27), "From": CALLER, "To": NUMBER}
-    posting = asyncio.create_task(post(client, "/twilio/voice", params, ACME_TOKEN))
+    posting = asyncio.create_task(post(client, "/twilio/voice", call_form(NUMBER, _call_sid(27)), ACME_TOKEN))
     await asyncio.wait_for(entered.wait(), 5)
     assert await services.leases.count("acme", "streams") == 1
     (handler,) = handlers
     assert handler is not None
     handler.cancel()
-    async with asyncio.timeout(5):
-        while await services.leases.count("acme", "streams"):  # noqa: ASYNC110 - the handler's own end, not time
-            await asyncio.sleep(0.01)
+
+    async def slot_given_back() -> bool:
+        return await services.leases.count("acme", "streams") == 0
+
+    await until(slot_given_back)
     posting.cancel()

@@ -5,20 +5,20 @@ a runtime can fail."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.app import create_app
-from gateway.settings import Settings
 from gateway.telemetry import accesslog
-from tests.integration.conftest import GatewayServer
 from tests.support.clock import FakeClock
-from tests.support.gateway import PUBLIC, Client, post
+from tests.support.gateway import MakeClient as MakeApp
+from tests.support.gateway import post, tenant_gateways
 from tests.support.otlp import OtlpHttpReceiver
-from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV
+from tests.support.servers import running
+from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV, call_form
 from tests.support.upstream import TWIML, Runtime
 
 NUMBER = "+15558760001"
@@ -44,37 +44,20 @@ routes:
 """
 
 
-MakeApp = Callable[..., Awaitable[Client]]
-
-
 @pytest.fixture
 async def runtime() -> AsyncIterator[Runtime]:
-    server = Runtime(ACME_TOKEN)
-    await server.start()
-    try:
+    async with running(Runtime(ACME_TOKEN)) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
 def make_app(aiohttp_client: Any, clock: FakeClock, tmp_path: Path, runtime: Runtime) -> MakeApp:
-    async def make(**options: Any) -> Client:
-        env = options.pop("env", {})
-        limiter = options.pop("limiter_url", "memory://")
-        (tmp_path / "acme.yaml").write_text(_policy(runtime, **options))
-        settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0, limiter_url=limiter)
-        app = create_app(settings, env={**ENV, **env}, clock=clock)
-        server = GatewayServer(app, host="127.0.0.1")
-        await server.start_server(access_log_class=accesslog.JsonAccessLogger)
-        client: Client = await aiohttp_client(server)
-        return client
-
-    return make
+    """make_app(timeout_ms=, failures=, env=, limiter_url=): a gateway on acme's upstream policy."""
+    return tenant_gateways(aiohttp_client, clock, tmp_path, partial(_policy, runtime), ENV)
 
 
 def _call(**extra: str) -> dict[str, str]:
-    return {"AccountSid": ACME_SID, "CallSid": "CA" + "e" * 32, "From": CALLER, "To": NUMBER, **extra}
+    return call_form(NUMBER, "CA" + "e" * 32, **extra)
 
 
 async def test_the_webhook_is_forwarded_re_signed_and_its_twiml_answered(make_app: MakeApp, runtime: Runtime) -> None:
@@ -149,9 +132,7 @@ async def test_the_breaker_opens_after_repeated_failures(make_app: MakeApp, runt
 async def test_the_upstream_call_is_a_child_span_whose_id_the_runtime_got(make_app: MakeApp, runtime: Runtime) -> None:
     """The exported trace: the server span, and under it a CLIENT span `POST upstream` whose id is
     the parent id in the traceparent the runtime received."""
-    receiver = OtlpHttpReceiver()
-    await receiver.start()
-    try:
+    async with running(OtlpHttpReceiver()) as receiver:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"}
         client = await make_app(env=env)
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -162,8 +143,6 @@ async def test_the_upstream_call_is_a_child_span_whose_id_the_runtime_got(make_a
         assert server.trace_id.hex() == upstream.trace_id.hex() == TRACE_ID
         assert upstream.parent_span_id == server.span_id
         assert runtime.seen[0].headers["traceparent"].split("-")[2] == upstream.span_id.hex()
-    finally:
-        await receiver.stop()
 
 
 async def test_a_retry_waits_for_the_first_answer_and_never_calls_twice(make_app: MakeApp, runtime: Runtime) -> None:

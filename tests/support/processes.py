@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.redis_server import free_port
@@ -109,3 +110,14 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+@contextmanager
+def stopping() -> Iterator[list[GatewayProcess]]:
+    """A list for the processes a test starts; each one still running is stopped after the block."""
+    processes: list[GatewayProcess] = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()

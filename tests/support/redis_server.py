@@ -31,6 +31,9 @@ import redis
 import redis.cluster
 
 START_TIMEOUT = 10.0
+# The gateway's scripts count Redis TIME from 2024-01-01 (gateway/limits/redis_prelude.lua): the
+# clock lease expiries and bucket times are stored on.
+SCRIPT_TIME_BASE = 1_704_067_200
 
 
 def find_binary(name: str) -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
+
 from aiohttp import web
 
 
@@ -11,3 +15,22 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, runner.addresses[0][1]
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Startable)
+
+
+@asynccontextmanager
+async def running(server: S) -> AsyncIterator[S]:
+    """`server` (a stand-in runtime, model, OTLP receiver…) started for the block, stopped after it."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

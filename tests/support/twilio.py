@@ -63,6 +63,16 @@ def voice_params(to: str = ACME_NUMBER, caller: str = CALLER, **extra: str) -> d
     }
 
 
+def call_sid(n: int) -> str:
+    """The CallSid of a test's n-th call: CA and n in 32 hex digits."""
+    return f"CA{n:032x}"
+
+
+def call_form(to: str, sid: str, account_sid: str = ACME_SID, **extra: str) -> dict[str, str]:
+    """The fewest fields of a call's webhook a tenant is found and routed by: account, call, caller, number."""
+    return {"AccountSid": account_sid, "CallSid": sid, "From": CALLER, "To": to, **extra}
+
+
 def sms_params(to: str = BISTRO_NUMBER, body: str = "hello", **extra: str) -> dict[str, str]:
     return {
         "AccountSid": "AC00000000000000000000000000000002",

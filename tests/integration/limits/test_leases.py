@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from gateway.limits.factory import Stores
-from gateway.limits.leases import hold
+from gateway.limits.leases import Lease, hold
 from tests.support.clock import FakeClock
 from tests.support.sleeper import ManualSleep
 
 TTL = 30.0
+WINDOW = 60.0
 
 
 async def test_limit_is_honored(stores: Stores) -> None:
@@ -89,50 +90,58 @@ async def test_hold_yields_none_when_full(stores: Stores) -> None:
 
 
 async def test_a_named_lease_is_held_once(stores: Stores) -> None:
-    """Acquiring a live lease by its id again extends it: a retried request takes no second slot."""
+    """Acquiring a live lease by its id again extends it (not fresh): a retried request takes no second slot."""
     leases = stores.leases
     first = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
     again = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
     assert first is not None and again is not None and again.id == first.id == "CA1"
+    assert (first.fresh, again.fresh) == (True, False)
     assert await leases.count("acme", "concurrent_streams") == 1
     assert await leases.acquire("acme", "concurrent_streams", 2, TTL) is not None
 
 
-async def test_a_lease_is_claimed_once(stores: Stores, clock: FakeClock) -> None:
-    """The first claim of a live lease succeeds and extends it; a second claim (a replay) is refused."""
+async def test_a_claim_moves_the_pending_slot_to_its_own_lease(stores: Stores, clock: FakeClock) -> None:
+    """The claimed lease takes the pending one's slot (one slot, not two), lives its own ttl, and
+    the pending id is free again: a later admission of the same call takes a slot of its own."""
     leases = stores.leases
-    lease = await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1")
-    assert lease is not None
-    clock.advance(TTL - 1)
-    assert await leases.claim(lease)
-    clock.advance(TTL - 1)  # alive only because the claim extended it
+    pending = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    assert pending is not None
+    claimed = await leases.claim(pending, "n1", 2 * TTL, WINDOW)
+    assert claimed is not None and (claimed.id, claimed.ttl) == ("n1", 2 * TTL)
     assert await leases.count("acme", "concurrent_streams") == 1
-    assert not await leases.claim(lease)
-    assert await leases.renew(lease)  # its holder still heartbeats it
+    clock.advance(TTL)  # the pending lease's ttl: the claimed one lives on
+    assert await leases.count("acme", "concurrent_streams") == 1
+    again = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    assert again is not None and again.fresh
+    assert await leases.acquire("acme", "concurrent_streams", 2, TTL) is None
+    await leases.release(claimed)  # the first stream ends: the second admission keeps its slot
+    assert await leases.claim(again, "n2", TTL, WINDOW) is not None
 
 
-async def test_only_a_live_lease_can_be_claimed(stores: Stores, clock: FakeClock) -> None:
-    """A released, expired or never-held lease cannot be claimed (and takes no slot by trying)."""
+async def test_an_id_is_claimed_once_within_its_window(stores: Stores, clock: FakeClock) -> None:
+    """A second claim of the same id is refused, even after its lease was released (a replay
+    of a stream that ended), until the window passes."""
     leases = stores.leases
-    never = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA0")
-    assert never is not None
-    await leases.release(never)
-    assert not await leases.claim(never)
-    expired = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
-    assert expired is not None
-    clock.advance(TTL)
-    assert not await leases.claim(expired)
+    pending = await leases.acquire("acme", "concurrent_streams", 2, TTL, id="CA1")
+    assert pending is not None
+    claimed = await leases.claim(pending, "n1", TTL, WINDOW)
+    assert claimed is not None
+    assert await leases.claim(pending, "n1", TTL, WINDOW) is None
+    await leases.release(claimed)
+    assert await leases.claim(pending, "n1", TTL, WINDOW) is None
     assert await leases.count("acme", "concurrent_streams") == 0
+    clock.advance(WINDOW)
+    assert await leases.claim(pending, "n1", TTL, WINDOW) is not None
 
 
-async def test_a_released_lease_may_be_held_and_claimed_anew(stores: Stores, clock: FakeClock) -> None:
-    """Its claim goes with the lease (released or expired): the same id held later is claimable."""
+async def test_a_lapsed_pending_lease_is_claimed_into_a_free_slot_only(stores: Stores, clock: FakeClock) -> None:
+    """A pending lease lost or expired before its claim: the claim takes a free slot, and is
+    refused (its id spent) when there is none."""
     leases = stores.leases
-    lease = await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1")
-    assert lease is not None and await leases.claim(lease)
-    await leases.release(lease)
-    assert await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1") is not None
-    assert await leases.claim(lease)
+    pending = await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1")
+    assert pending is not None
     clock.advance(TTL)
-    assert await leases.acquire("acme", "concurrent_streams", 1, TTL, id="CA1") is not None
-    assert await leases.claim(lease)
+    assert await leases.claim(pending, "n1", TTL, WINDOW) is not None
+    other = Lease("acme", "concurrent_streams", "CA2", 1, TTL)
+    assert await leases.claim(other, "n2", TTL, WINDOW) is None
+    assert await leases.count("acme", "concurrent_streams") == 1

@@ -1,4 +1,4 @@
-"""Admission tokens: bound to tenant, call, route, lease and hold; expiring; keyed by the tenant's tokens."""
+"""Admission tokens: bound to tenant, call, route, nonce and hold; expiring; keyed by the tenant's tokens."""
 
 from __future__ import annotations
 
@@ -11,17 +11,25 @@ CALL = "CA" + "0" * 32
 OTHER_CALL = "CA" + "1" * 32
 
 
+def test_nonces_are_new_and_fit_the_token() -> None:
+    """Each admission's nonce is its own, and one the token's shape accepts."""
+    nonces = {admission.new_nonce() for _ in range(100)}
+    assert len(nonces) == 100
+    token = admission.issue(KEY, "acme", CALL, "agent", nonces.pop(), 0, 2000)
+    assert admission.check([KEY], "acme", CALL, token, now=0) is not None
+
+
 def test_a_token_proves_its_admission() -> None:
     """What was issued is what check returns, route names with dots and spaces included."""
-    token = admission.issue(KEY, "acme", CALL, "routes.1 agent", "lease_1", 60_000, 2000)
-    expected = admission.Admission("routes.1 agent", "lease_1", 60_000, 2000)
+    token = admission.issue(KEY, "acme", CALL, "routes.1 agent", "nonce_0001", 60_000, 2000)
+    expected = admission.Admission("routes.1 agent", "nonce_0001", 60_000, 2000)
     assert admission.check([KEY], "acme", CALL, token, now=1990) == expected
 
 
-def test_a_token_without_a_lease() -> None:
-    """A tenant with no stream limit and no budget gets a token with an empty lease and no hold."""
-    token = admission.issue(KEY, "acme", CALL, "agent", "", 0, 2000)
-    assert admission.check([KEY], "acme", CALL, token, now=0) == admission.Admission("agent", "", 0, 2000)
+def test_a_token_without_a_hold() -> None:
+    """A tenant with no budget gets a token that holds nothing."""
+    token = admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", 0, 2000)
+    assert admission.check([KEY], "acme", CALL, token, now=0) == admission.Admission("agent", "nonce_0001", 0, 2000)
 
 
 @pytest.mark.parametrize(
@@ -35,13 +43,13 @@ def test_a_token_without_a_lease() -> None:
 )
 def test_a_token_proves_nothing_else(keys: list[bytes], tenant: str, call: str, now: float) -> None:
     """Another key, tenant or call, or a token past its expiry, proves no admission."""
-    token = admission.issue(KEY, "acme", CALL, "agent", "lease_1", 500, 2000)
+    token = admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", 500, 2000)
     assert admission.check(keys, tenant, call, token, now) is None
 
 
 def test_the_previous_auth_token_still_checks() -> None:
     """During a token rotation a token made with either key checks."""
-    token = admission.issue(b"old", "acme", CALL, "agent", "l", 0, 2000)
+    token = admission.issue(b"old", "acme", CALL, "agent", admission.new_nonce(), 0, 2000)
     assert admission.check([b"new", b"old"], "acme", CALL, token, now=0) is not None
 
 
@@ -51,25 +59,25 @@ def test_the_previous_auth_token_still_checks() -> None:
         lambda t: t.replace("v2.", "v1.", 1),
         lambda t: t + "x",
         lambda t: t.rsplit(".", 1)[0],
-        lambda t: t.replace(".lease_1.", ".lease_2."),
+        lambda t: t.replace(".nonce_0001.", ".nonce_0002."),
         lambda t: t.replace(".2000.", ".9999."),
         lambda t: t.replace(".500.", ".5.", 1),  # a smaller hold: the rest would never be settled
         lambda t: "",
         lambda t: "v2." + "a" * 500,
-        lambda t: "v2.!!!.lease_1.500.2000.mac",
+        lambda t: "v2.!!!.nonce_0001.500.2000.mac",
         lambda t: t.replace(".500.", ".1" + "0" * 15 + "."),  # an oversized number
         lambda t: t.replace(".2000.", ".²000."),  # a Unicode digit: not a number, no crash
     ],
 )
 def test_a_changed_token_proves_nothing(mangle) -> None:  # type: ignore[no-untyped-def]
-    """Any edit (version, lease, hold, expiry, mac, shape, size) makes the token worthless."""
-    token = admission.issue(KEY, "acme", CALL, "agent", "lease_1", 500, 2000)
+    """Any edit (version, nonce, hold, expiry, mac, shape, size) makes the token worthless."""
+    token = admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", 500, 2000)
     assert admission.check([KEY], "acme", CALL, mangle(token), now=0) is None
 
 
-def test_lease_ids_are_checked_on_issue() -> None:
-    """A lease id that could break the token's shape is refused when issuing."""
-    with pytest.raises(ValueError, match="lease id"):
-        admission.issue(KEY, "acme", CALL, "agent", "a.b", 0, 2000)
+def test_nonces_and_holds_are_checked_on_issue() -> None:
+    """A nonce that could break the token's shape, or a negative hold, is refused when issuing."""
+    with pytest.raises(ValueError, match="nonce"):
+        admission.issue(KEY, "acme", CALL, "agent", "nonce.0001", 0, 2000)
     with pytest.raises(ValueError, match="hold"):
-        admission.issue(KEY, "acme", CALL, "agent", "lease_1", -1, 2000)
+        admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", -1, 2000)

@@ -229,12 +229,13 @@ async def test_local_reservation_settles_locally(primary: FlakyLedger, local: Me
 
 async def test_extend_goes_where_the_hold_is(primary: FlakyLedger, local: MemoryLedger) -> None:
     """A local hold is extended locally; a shared one on the primary, and a primary that fails
-    answers False (the hold lapses at its ttl) without raising."""
+    raises (the hold may be live: its holder tries again) and marks the ledger degraded."""
     ledger = FailoverLedger(primary, local)
     shared = await ledger.reserve("acme", DAY, 100, CAP, TTL, id="stream:CA1")
     assert shared is not None and await ledger.extend(shared, TTL)
     primary.down = True
-    assert not await ledger.extend(shared, TTL)
+    with pytest.raises(BackendError):
+        await ledger.extend(shared, TTL)
     assert ledger.degraded
     held_here = await ledger.reserve("acme", DAY, 100, CAP, TTL, id="stream:CA2")
     assert held_here is not None and held_here.local

@@ -443,6 +443,73 @@ def test_media_frames_after_the_first_are_not_parsed(monkeypatch: pytest.MonkeyP
         session.from_twilio(json.dumps(orjson.loads(frame(53, 1020))), 2.0)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=600), min_size=1, max_size=20))
+def test_runtime_fast_path_meters_as_the_full_parse(payloads: list[bytes]) -> None:
+    """A runtime's media frames in the compact form (checked without a parse) and the same
+    frames spaced out (parsed) give the same meter, padding and empty payloads included."""
+    fast, parsed = started(), started()
+    for i, raw in enumerate(payloads):
+        text = media_message(STREAM, base64.b64encode(raw).decode())
+        spaced = json.dumps(orjson.loads(text))
+        assert fast.from_runtime(text, i + 1.0) == ("media", text)
+        assert parsed.from_runtime(spaced, i + 1.0) == ("media", spaced)
+    assert fast.meter() == parsed.meter()
+    assert fast.meter().outbound_bytes == sum(len(raw) for raw in payloads)
+
+
+def test_runtime_media_frames_are_not_parsed_in_the_compact_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compact form of this stream's media skips the parser; another spelling does not."""
+    session = started()
+    monkeypatch.setattr(media, "_load", lambda text: (_ for _ in ()).throw(AssertionError("parsed")))
+    for _ in range(5):
+        session.from_runtime(media_message(STREAM, AUDIO), 1.0)
+    assert session.meter().outbound_frames == 5
+    with pytest.raises(AssertionError, match="parsed"):
+        session.from_runtime(json.dumps(orjson.loads(media_message(STREAM, AUDIO))), 2.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(media_message(STREAM, "QUJD\x01w=="), id="control-character"),
+        pytest.param(media_message(STREAM, "QUJD").replace("QUJD", 'QU","x":"JD'), id="quote-in-payload"),
+        pytest.param(media_message(STREAM, "QUJD") + " ", id="trailing-text"),
+        pytest.param(media_message(STREAM, "QUJD")[:-1] + ',"x":1}', id="another-key"),
+        pytest.param(media_message(OTHER, "QUJD"), id="another-stream"),
+        pytest.param(media_message(STREAM, "QUJD").replace("QUJD", r"QU\u00e9JD"), id="escape"),
+        pytest.param(media_message(STREAM, "QUJD").replace("QUJD", "QUéJD"), id="not-ascii"),
+    ],
+)
+def test_runtime_frames_that_only_look_compact_are_checked_in_full(text: str) -> None:
+    """Anything but the exact compact shape goes through the full parse, and is judged by it:
+    a frame the parse refuses is refused, one it accepts is metered as parsed."""
+    fast = started()
+    try:
+        expected: object = _parsed_runtime(text)
+    except MediaError as error:
+        expected = error.reason
+    try:
+        got: object = fast.from_runtime(text, 1.0)
+    except MediaError as error:
+        got = error.reason
+    assert got == expected
+
+
+def _parsed_runtime(text: str) -> object:
+    """What the full parse makes of a runtime frame (the fast path kept out)."""
+    session = started()
+    session._out_head = "\x00"  # the fast path never matches
+    return session.from_runtime(text, 1.0)
+
+
+def test_runtime_media_before_start_is_refused_on_either_path() -> None:
+    """A compact media frame before `start` is out of order, as a parsed one is."""
+    session = StreamSession(0.0)
+    with pytest.raises(MediaError, match="out_of_order"):
+        session.from_runtime(media_message(STREAM, AUDIO), 0.0)
+
+
 def test_event_of_names_a_media_frame_by_its_prefix_alone() -> None:
     """The fast path trusts Twilio's framing: a text with the media prefix is not parsed."""
     assert event_of('{"event":"media",not json') == "media"
