@@ -42,11 +42,12 @@ STREAM_SID = "MZ" + "5" * 32
 PAYLOAD = base64.b64encode(bytes(range(160))).decode()  # 20 ms of μ-law
 
 
-def _policy(runtime: MediaRuntime, concurrent: int = 2, max_duration_s: int = 600) -> str:
+def _policy(runtime: MediaRuntime, concurrent: int | None = 2, max_duration_s: int = 600) -> str:
+    limits = "" if concurrent is None else f"limits: {{concurrent_streams: {concurrent}}}"
     return f"""
 twilio: {{account_sid: {ACME_SID}, auth_token_env: ACME_TWILIO_AUTH_TOKEN}}
 numbers: ["{NUMBER}"]
-limits: {{concurrent_streams: {concurrent}}}
+{limits}
 prices: {{stream_minute: 0.004}}
 budget: {{daily_usd: 10}}
 routes:
@@ -406,11 +407,14 @@ async def _relaying(client: Client) -> Relay:
     return await first(relay, within=5, every=0.01)
 
 
-async def test_a_replayed_start_opens_no_second_relay(make_app: MakeApp, runtime: MediaRuntime) -> None:
+@pytest.mark.parametrize("concurrent", [2, None], ids=["limited", "no limit"])
+async def test_a_replayed_start_opens_no_second_relay(
+    make_app: MakeApp, runtime: MediaRuntime, concurrent: int | None
+) -> None:
     """The same admission token brought by a second socket while the first relays (a captured
-    `start` replayed) is refused with 1008: one runtime connection, one slot, and the first
-    stream's hold untouched."""
-    client = await make_app(concurrent=2)
+    `start` replayed) is refused with 1008, whether the tenant limits its streams or not: one
+    runtime connection, one slot, and the first stream's hold untouched."""
+    client = await make_app(concurrent=concurrent)
     call_sid = _call_sid(20)
     path, parameters, _ = await answer(client, call_sid)
     first = await connect(client, path)
@@ -538,3 +542,68 @@ async def test_an_admission_cut_short_gives_its_slot_back(
 
     await until(slot_given_back)
     posting.cancel()
+
+
+async def test_a_second_stream_of_the_call_keeps_the_slot_it_was_admitted_with(
+    make_app: MakeApp, runtime: MediaRuntime
+) -> None:
+    """The call's next webhook (the fallback's <Redirect>) answered while its first stream is
+    still closing: the first stream's end does not take the second admission's slot, the
+    second stream is relayed, and the first token, replayed after its stream ended, is not."""
+    client = await make_app(concurrent=2)
+    services = client.app[SERVICES]
+    call_sid = _call_sid(30)
+    path, first_parameters, _ = await answer(client, call_sid)
+    first_socket = await connect(client, path)
+    await first_socket.send_str(start(call_sid, first_parameters))
+    await _relaying(client)
+    _, second_parameters, _ = await answer(client, call_sid)  # before the first stream ends
+    await first_socket.send_str(media.stop_message(STREAM_SID, 2, call_sid, ACME_SID))
+    await asyncio.wait_for(receive_until_closed(first_socket, []), 5)
+    await asyncio.wait_for(services.streams.drained(), 5)
+    assert await services.leases.count("acme", "streams") == 1  # the second admission's
+
+    second_socket = await connect(client, path)
+    await second_socket.send_str(start(call_sid, second_parameters))
+    await _relaying(client)
+    assert len(runtime.connections) == 2
+    assert await services.leases.count("acme", "streams") == 1  # moved to the second stream
+
+    replay = await connect(client, path)
+    await replay.send_str(start(call_sid, first_parameters))
+    message = await asyncio.wait_for(replay.receive(), 5)
+    assert message.type is WSMsgType.CLOSE and replay.close_code == 1008
+    assert len(runtime.connections) == 2
+
+
+async def test_a_retry_cut_short_leaves_the_first_answers_slot(
+    make_app: MakeApp, runtime: MediaRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried webhook of a call already admitted, cancelled in its admission, gives back
+    nothing: the slot is the first answer's, whose stream then claims it."""
+    client = await make_app(concurrent=1)
+    services = client.app[SERVICES]
+    call_sid = _call_sid(31)
+    path, parameters, _ = await answer(client, call_sid)
+    entered = asyncio.Event()
+    handlers: list[asyncio.Task[Any] | None] = []
+
+    async def hang(*args: Any, **kwargs: Any) -> None:
+        handlers.append(asyncio.current_task())
+        entered.set()
+        await asyncio.Event().wait()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services.ledger, "reserve", hang)
+        retry = asyncio.create_task(post(client, "/twilio/voice", call_form(NUMBER, call_sid), ACME_TOKEN))
+        await asyncio.wait_for(entered.wait(), 5)
+        (handler,) = handlers
+        assert handler is not None
+        handler.cancel()
+        await asyncio.gather(handler, return_exceptions=True)
+        retry.cancel()
+    assert await services.leases.count("acme", "streams") == 1
+    twilio = await connect(client, path)
+    await twilio.send_str(start(call_sid, parameters))
+    await _relaying(client)
+    assert len(runtime.connections) == 1
