@@ -22,7 +22,6 @@ from gateway.hop import Answer, Hop, HopFailure, Target
 # A TwiML answer or a chat completion is a few KB; a runtime answering megabytes is broken.
 MAX_BODY = 1024 * 1024
 LIMIT_PER_HOST = 100
-WS_CLOSE_WITHIN = 2.0
 DNS_TTL = 60
 
 
@@ -31,21 +30,6 @@ class Reply:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
-
-
-class RedirectRefused(aiohttp.ClientError):
-    """A runtime answered a redirect: never followed (the URL is the policy's alone)."""
-
-
-def _no_redirects() -> aiohttp.TraceConfig:
-    """ws_connect has no allow_redirects: this refuses one as it is about to be followed."""
-
-    async def refuse(*_: object) -> None:
-        raise RedirectRefused("redirect refused")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_redirect.append(refuse)
-    return trace
 
 
 def open_session(trace_configs: Sequence[aiohttp.TraceConfig] = ()) -> aiohttp.ClientSession:
@@ -67,17 +51,10 @@ class Egress:
     def __init__(self, session: aiohttp.ClientSession, hop: Hop | None = None) -> None:
         self._session = session
         self._hop = hop if hop is not None else Hop()
-        # Runtimes' WebSockets on a session of their own, its connector unbounded: each open
-        # Media Stream holds one connection for minutes, and under the shared connector's limit
-        # (100) the 101st stream (and every other call out) would wait for one. Streams are
-        # bounded by each tenant's concurrent_streams instead.
-        self._sockets: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         self._hop.close()
         await self._session.close()
-        if self._sockets is not None:
-            await self._sockets.close()
 
     async def forward(
         self,
@@ -101,36 +78,6 @@ class Egress:
             return await self._hop.exchange(target, head, body, timeout, max_body)
         except HopFailure as failure:
             raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
-
-    async def websocket(
-        self, url: str, *, name: str, headers: Mapping[str, str], within: float, max_msg_size: int
-    ) -> aiohttp.ClientWebSocketResponse:
-        """A WebSocket to a runtime (`url` from a policy), opened within `within` seconds; every
-        failure raises UpstreamError (a refused upgrade: reason "status" with its HTTP status)."""
-        if self._sockets is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=DNS_TTL)
-            self._sockets = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None), trace_configs=[_no_redirects()]
-            )
-        try:
-            async with asyncio.timeout(within):
-                return await self._sockets.ws_connect(
-                    url,
-                    headers=headers,
-                    max_msg_size=max_msg_size,
-                    autoping=True,
-                    compress=0,  # audio frames: deflate would cost CPU for nothing
-                    # A runtime that does not answer our close frame is not waited for long.
-                    timeout=aiohttp.ClientWSTimeout(ws_close=WS_CLOSE_WITHIN),
-                )
-        except TimeoutError:
-            raise UpstreamError(name, "timeout", detail=f"no WebSocket within {within:.3f}s") from None
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamError(name, "status", exc.status) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(name, "connect", detail=type(exc).__name__) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(name, "connection", detail=type(exc).__name__) from None
 
     async def request(
         self,

@@ -13,14 +13,15 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-import aiohttp
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode
 
 from gateway.actions.stream import CLAIM_TTL, STREAMS, UNLIMITED, StreamAdmission, hold_of
 from gateway.actions.upstream import SIGNATURE, TENANT_HEADER
 from gateway.auth import admission
 from gateway.auth.twilio_signature import compute
+from gateway.bridge.handshake import dial
 from gateway.bridge.relay import Reason, Relay
+from gateway.bridge.side import Side
 from gateway.bridge.streams import Stopped, Stream
 from gateway.clock import Clock
 from gateway.errors import BackendError, UpstreamError
@@ -62,7 +63,7 @@ class Ended:
     reason: str
 
 
-async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tenant, services: Services) -> None:
+async def bridge(twilio: Side, exchange: Exchange, tenant: Tenant, services: Services) -> None:
     """Run one stream on an upgraded (and verified) Twilio socket, to its end."""
     stream = services.streams.open(tenant.id)
     try:
@@ -71,9 +72,7 @@ async def bridge(twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tena
         services.streams.close(stream)
 
 
-async def _bridge(
-    twilio: web.WebSocketResponse, exchange: Exchange, tenant: Tenant, services: Services, stream: Stream
-) -> None:
+async def _bridge(twilio: Side, exchange: Exchange, tenant: Tenant, services: Services, stream: Stream) -> None:
     clock = services.clock
     opened = clock()
     session = StreamSession(opened, extra_parameters={"tenant": tenant.id}, drop_parameters=(admission.PARAMETER,))
@@ -138,10 +137,8 @@ async def _bridge(
         stream.relaying(relay)
         try:
             for text in (*early, begun.forward):
-                await runtime.send_str(text)
+                runtime.send_text(text)
             reason = await relay.run(opened + config.max_duration)
-        except (ConnectionError, RuntimeError):  # the runtime went away while we sent the start
-            reason = "runtime_failed"
         finally:
             to_twilio, to_runtime = CLOSE_CODES.get(reason, (WSCloseCode.INTERNAL_ERROR,) * 2)  # type: ignore[arg-type]
             await asyncio.gather(_close(runtime, to_runtime), _close(twilio, to_twilio))
@@ -163,15 +160,11 @@ def _stopped(stopped: Stopped) -> Ended:
     return Ended(stopped.reason, CLOSE_CODES[stopped.reason][0], stopped.reason)
 
 
-async def _until_start(
-    twilio: web.WebSocketResponse, session: StreamSession, clock: Clock, early: list[str]
-) -> Inbound | None:
+async def _until_start(twilio: Side, session: StreamSession, clock: Clock, early: list[str]) -> Inbound | None:
     """Read until `start` (kept: `connected`); None if Twilio closed first."""
-    async for message in twilio:
-        if message.type is not WSMsgType.TEXT:
-            continue
+    while (text := await twilio.receive()) is not None:
         try:
-            inbound = session.from_twilio(message.data, clock())
+            inbound = session.from_twilio(text, clock())
         except MediaError:
             continue
         if inbound.event == "start":
@@ -180,15 +173,10 @@ async def _until_start(
     return None
 
 
-async def _close(socket: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, code: int) -> None:
-    """Close with `code`, waiting at most CLOSE_WITHIN: a side that reads nothing cannot even
-    take our close frame (aiohttp's close waits for the send), and is then cut (a cancelled
-    close drops the connection)."""
-    try:
-        async with asyncio.timeout(CLOSE_WITHIN):
-            await socket.close(code=code)
-    except TimeoutError:
-        log.info("a stream socket did not take its close frame within %.1fs: cut", CLOSE_WITHIN)
+async def _close(side: Side, code: int) -> None:
+    """Close with `code`, waiting at most CLOSE_WITHIN for the peer's close frame: a side that
+    reads nothing cannot even take ours, and is then cut."""
+    await side.close(code, CLOSE_WITHIN)
 
 
 async def _claim(services: Services, tenant: Tenant, call_sid: str, nonce: str) -> Lease | None:
@@ -254,11 +242,8 @@ async def _give_back(services: Services, lease: Lease) -> None:
         log.warning("tenant %s: a stream's slot not given back: %s", lease.tenant, error)
 
 
-async def _connect(
-    exchange: Exchange, tenant: Tenant, services: Services, url: str
-) -> aiohttp.ClientWebSocketResponse | None:
+async def _connect(exchange: Exchange, tenant: Tenant, services: Services, url: str) -> Side | None:
     """The runtime's WebSocket (the URL from the policy), signed anew for it; None if it failed."""
-    assert services.egress is not None, "the app's outbound session is open while serving"
     trace_id, sampled = exchange.trace()
     span_id = new_span_id()
     headers = {
@@ -270,9 +255,7 @@ async def _connect(
     clock = services.clock
     started = clock()
     try:
-        return await services.egress.websocket(
-            url, name=f"stream {tenant.id}", headers=headers, within=CONNECT_WITHIN, max_msg_size=MAX_MESSAGE
-        )
+        return await dial(url, headers, name=f"stream {tenant.id}", within=CONNECT_WITHIN, max_size=MAX_MESSAGE)
     except UpstreamError as error:
         exchange.error = f"runtime {error.reason}"
         log.warning("tenant %s: the stream's runtime could not be reached: %s", tenant.id, error)
@@ -282,7 +265,7 @@ async def _connect(
 
 
 async def _refuse(
-    twilio: web.WebSocketResponse,
+    twilio: Side,
     exchange: Exchange,
     tenant: Tenant,
     services: Services,

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway import responses
 from gateway.auth.twilio_signature import algorithm_from_settings, verify_form
-from gateway.bridge.lifecycle import bridge
+from gateway.bridge.handshake import accept, is_upgrade
+from gateway.bridge.lifecycle import CLOSE_WITHIN, bridge
 from gateway.exchange import Exchange
 from gateway.handlers.twilio import SIGNATURE, SIGNATURE_SETTINGS
 from gateway.keys import EXCHANGE, SERVICES
@@ -48,16 +49,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         log.warning("invalid Twilio signature for tenant %s on a stream upgrade", tenant.id)
         return responses.forbidden_signature()
     exchange.verified = True
-    # No compression (Twilio asks for none; audio would not shrink); a close not answered within
-    # 2 s is not waited for.
-    twilio = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, compress=False, timeout=2.0)
-    if not twilio.can_prepare(request).ok:
+    # No extension is taken (Twilio asks for none; audio would not shrink under deflate).
+    if not is_upgrade(request):
         exchange.decision = "malformed"
         return web.Response(status=426, text="Upgrade Required: a WebSocket\n", headers={"Upgrade": "websocket"})
-    await twilio.prepare(request)
+    response, twilio = await accept(request, MAX_MESSAGE)
     try:
         await bridge(twilio, exchange, tenant, services)
     finally:
-        if not twilio.closed:
-            await twilio.close()
-    return twilio
+        if not twilio.done:
+            await twilio.close(1000, CLOSE_WITHIN)
+    return response
