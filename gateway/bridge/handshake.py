@@ -77,8 +77,9 @@ class _Client(asyncio.Protocol):
         self._max_size = max_size
         self._transport: asyncio.Transport | None = None
         self._head = b""
+        self._early = bytearray()  # frames that came after the 101, before start(): kept, in order
         self.side: Side | None = None
-        self.answered: asyncio.Future[tuple[int, dict[str, str], bytes]] = asyncio.get_running_loop().create_future()
+        self.answered: asyncio.Future[tuple[int, dict[str, str]]] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # a TCP or TLS transport
@@ -88,6 +89,7 @@ class _Client(asyncio.Protocol):
             self.side.feed(data)
             return
         if self.answered.done():
+            self._early += data
             return
         self._head += data
         end = self._head.find(b"\r\n\r\n")
@@ -100,14 +102,16 @@ class _Client(asyncio.Protocol):
         except ValueError as exc:
             self.answered.set_exception(ConnectionError(str(exc)))
             return
-        self.answered.set_result((status, headers, self._head[end + 4 :]))
+        self._early += self._head[end + 4 :]
+        self.answered.set_result((status, headers))
 
-    def start(self, rest: bytes) -> Side:
-        """From now on the connection carries frames."""
+    def start(self) -> Side:
+        """From now on the connection carries frames (those that came already first)."""
         assert self._transport is not None
         self.side = Side("runtime", self._transport, client=True, max_size=self._max_size)
-        if rest:
-            self.side.feed(rest)
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.side.feed(early)
         return self.side
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -186,7 +190,7 @@ async def dial(url: str, headers: Mapping[str, str], *, name: str, within: float
                 raise UpstreamError(name, "connect", detail=type(exc).__name__) from None
             transport.write(request)
             try:
-                status, answer, rest = await client.answered
+                status, answer = await client.answered
             except ConnectionError as exc:
                 raise UpstreamError(name, "connection", detail=str(exc)) from None
     except TimeoutError:
@@ -209,4 +213,4 @@ async def dial(url: str, headers: Mapping[str, str], *, name: str, within: float
     ):
         transport.close()
         raise UpstreamError(name, "invalid", detail="not a WebSocket upgrade")
-    return client.start(rest)
+    return client.start()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from gateway.protocol.websocket import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
     OP_BINARY,
     OP_CLOSE,
@@ -126,7 +127,13 @@ class Side:
             return  # closing: what still comes is read only to reach the peer's close frame
         on_text = self.on_text
         if on_text is not None:
-            on_text(text, raw)
+            try:
+                on_text(text, raw)
+            except Exception:
+                # Called from the transport's data_received: let a bug end this stream, not the
+                # connection's protocol (nor go unlogged).
+                log.exception("a %s frame could not be relayed", self.name)
+                self._fail(CLOSE_INTERNAL_ERROR, "internal error")
             return
         self._queue.append((text, raw, len(payload)))
         self._queued += len(payload)

@@ -1,0 +1,142 @@
+"""A bridged stream's side, on an in-memory transport: what it answers by itself (pings, a bad
+frame's close code), how messages reach the relay (whole, with their bytes, or queued before it
+runs, reading paused past the queue's limit), and the closing handshake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.bridge.side import QUEUE_LIMIT, Side
+from gateway.protocol.websocket import (
+    CLOSE_INVALID_DATA,
+    CLOSE_PROTOCOL_ERROR,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    close_code,
+    close_payload,
+    frame,
+)
+
+
+@dataclass
+class MemoryTransport:
+    """What Side needs of a transport, kept in memory: written bytes, reading paused, closed."""
+
+    written: bytearray = field(default_factory=bytearray)
+    closing: bool = False
+    aborted: bool = False
+    paused: bool = False
+    unsent: int = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def frames(self, *, masked: bool) -> list[tuple[int, bytes]]:
+        return [(f.opcode, f.payload) for f in FrameReader(masked=masked, max_size=1 << 20).feed(bytes(self.written))]
+
+
+def _twilio() -> tuple[Side, MemoryTransport]:
+    transport = MemoryTransport()
+    return Side("twilio", transport, client=False, max_size=64 * 1024), transport
+
+
+def _runtime() -> tuple[Side, MemoryTransport]:
+    transport = MemoryTransport()
+    return Side("runtime", transport, client=True, max_size=64 * 1024), transport
+
+
+async def test_a_ping_is_answered_with_a_pong_framed_for_the_peer() -> None:
+    """Twilio's ping gets an unmasked pong; the runtime's a masked one (we are its client)."""
+    twilio, to_twilio = _twilio()
+    twilio.feed(frame(OP_PING, b"hi", masked=True))
+    assert to_twilio.frames(masked=False) == [(OP_PONG, b"hi")]
+    runtime, to_runtime = _runtime()
+    runtime.feed(frame(OP_PING, b"yo", masked=False))
+    assert to_runtime.frames(masked=True) == [(OP_PONG, b"yo")]
+
+
+async def test_the_relay_gets_each_message_with_its_frame_or_none_when_assembled() -> None:
+    """A whole text frame comes with its bytes (forwarded as they are); a fragmented one whole,
+    without (framed anew); a binary one as None text (refused by the relay)."""
+    runtime, _ = _runtime()
+    got: list[tuple[str | None, bytes | None]] = []
+    runtime.on_text = lambda text, raw: got.append((text, raw))
+    whole = frame(OP_TEXT, b'{"event":"clear"}', masked=False)
+    runtime.feed(whole + bytes([0x01, 0x02]) + b"ab" + bytes([0x80, 0x01]) + b"c")
+    runtime.feed(frame(OP_BINARY, b"\x00", masked=False))
+    assert got == [('{"event":"clear"}', whole), ("abc", None), (None, frame(OP_BINARY, b"\x00", masked=False))]
+
+
+async def test_text_that_is_not_utf8_fails_the_connection_with_1007() -> None:
+    """§8.1: invalid UTF-8 in a text message fails the connection (1007) and ends the side."""
+    twilio, transport = _twilio()
+    ended: list[str | None] = []
+    twilio.on_end = lambda side: ended.append(side.end)
+    twilio.feed(frame(OP_TEXT, b"\xff\xfe", masked=True))
+    ((opcode, payload),) = transport.frames(masked=False)
+    assert opcode == OP_CLOSE and close_code(payload) == CLOSE_INVALID_DATA
+    assert ended == ["failed"] and transport.closing
+
+
+async def test_an_unmasked_frame_from_twilio_fails_with_1002() -> None:
+    """A client's frames must be masked (§5.1): an unmasked one is a protocol error."""
+    twilio, transport = _twilio()
+    twilio.feed(frame(OP_TEXT, b"{}", masked=False))
+    ((_, payload),) = transport.frames(masked=False)
+    assert close_code(payload) == CLOSE_PROTOCOL_ERROR and twilio.end == "failed"
+
+
+async def test_before_the_relay_messages_queue_and_reading_pauses_past_the_limit() -> None:
+    """Until the relay runs, messages wait in order; past QUEUE_LIMIT bytes the socket's reading
+    pauses (the kernel holds the rest), and taking the queue resumes it."""
+    twilio, transport = _twilio()
+    text = "x" * 1000
+    n = QUEUE_LIMIT // 1000 + 2
+    for _ in range(n):
+        twilio.feed(frame(OP_TEXT, text.encode(), masked=True))
+    assert transport.paused
+    assert await twilio.receive() == text
+    queued = twilio.take_queued()
+    assert len(queued) == n - 1 and not transport.paused
+
+
+async def test_receive_returns_none_once_the_peer_closed() -> None:
+    """A peer's close frame ends the side: receive() drains what came before, then None."""
+    twilio, _ = _twilio()
+    twilio.feed(frame(OP_TEXT, b"a", masked=True) + frame(OP_CLOSE, close_payload(1000), masked=True))
+    assert twilio.end == "closed" and twilio.peer_code == 1000
+    assert await twilio.receive() == "a"
+    assert await twilio.receive() is None
+
+
+async def test_closing_after_the_peers_close_answers_it_and_closes_at_once() -> None:
+    """The peer closed first: our close frame answers it, and the connection is closed without
+    waiting for anything more."""
+    runtime, transport = _runtime()
+    runtime.feed(frame(OP_CLOSE, close_payload(1001), masked=False))
+    await runtime.close(1000, within=60)
+    ((opcode, payload),) = transport.frames(masked=True)
+    assert opcode == OP_CLOSE and close_code(payload) == 1000
+    assert transport.closing and not transport.aborted

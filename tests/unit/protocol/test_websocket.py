@@ -1,0 +1,181 @@
+"""RFC 6455 framing, sans-io: the RFC's own examples (§1.3, §5.7), frames split anywhere, the
+frame's bytes kept for verbatim forwarding, fragments put together, and every framing error
+with its close code. No sockets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.protocol.websocket import (
+    CLOSE_NO_STATUS,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    Assembler,
+    Frame,
+    FrameReader,
+    ProtocolError,
+    accept_key,
+    close_code,
+    close_payload,
+    frame,
+    unmask,
+    valid_key,
+)
+
+# RFC 6455 §5.7's examples.
+HELLO = bytes([0x81, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+HELLO_MASKED = bytes([0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+HEL, LO = bytes([0x01, 0x03, 0x48, 0x65, 0x6C]), bytes([0x80, 0x02, 0x6C, 0x6F])
+PING_HELLO = bytes([0x89, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+
+
+def test_accept_key_is_the_rfcs_example() -> None:
+    """§1.3: the server's answer to the sample nonce."""
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [
+        ("dGhlIHNhbXBsZSBub25jZQ==", True),
+        ("dGhlIHNhbXBsZSBub25jZQ", False),  # unpadded
+        ("dGhlIHNhbXBsZSBub25jZXg=", False),  # 17 bytes
+        ("!GhlIHNhbXBsZSBub25jZQ==", False),  # not base64
+        (None, False),
+        ("", False),
+    ],
+    ids=["rfc", "unpadded", "17-bytes", "not-base64", "missing", "empty"],
+)
+def test_only_a_base64_16_byte_key_is_valid(key: str | None, ok: bool) -> None:
+    """Sec-WebSocket-Key must be 16 random bytes in base64 (§4.1)."""
+    assert valid_key(key) is ok
+
+
+@pytest.mark.parametrize(
+    ("data", "masked", "expected"),
+    [
+        (HELLO, False, [(True, OP_TEXT, b"Hello")]),
+        (HELLO_MASKED, True, [(True, OP_TEXT, b"Hello")]),
+        (HEL + LO, False, [(False, OP_TEXT, b"Hel"), (True, OP_CONTINUATION, b"lo")]),
+        (PING_HELLO, False, [(True, OP_PING, b"Hello")]),
+        (bytes([0x82, 0x7E, 0x01, 0x00]) + bytes(256), False, [(True, OP_BINARY, bytes(256))]),
+        (bytes([0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]) + bytes(65536), False, [(True, OP_BINARY, bytes(65536))]),
+    ],
+    ids=["text", "masked-text", "fragments", "ping", "16-bit-length", "64-bit-length"],
+)
+def test_the_rfcs_example_frames_are_read(data: bytes, masked: bool, expected: list[tuple[bool, int, bytes]]) -> None:
+    """§5.7's frames, read whole: FIN, opcode and the unmasked payload."""
+    frames = FrameReader(masked=masked, max_size=1 << 20).feed(data)
+    assert [(f.fin, f.opcode, f.payload) for f in frames] == expected
+
+
+def test_each_frame_keeps_its_bytes_as_received() -> None:
+    """A frame's raw bytes are exactly what came in (what the relay forwards unchanged), masked
+    frames included, several frames in one read."""
+    masked = frame(OP_TEXT, b'{"event":"media"}', masked=True)
+    reader = FrameReader(masked=True, max_size=1024)
+    frames = reader.feed(HELLO_MASKED + masked)
+    assert [f.raw for f in frames] == [HELLO_MASKED, masked]
+    assert frames[1].payload == b'{"event":"media"}'
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.data())
+def test_frames_split_anywhere_read_the_same(payloads: list[bytes], data: st.DataObject) -> None:
+    """However the bytes are cut into reads, the same frames come out, none early."""
+    stream = b"".join(frame(OP_BINARY, p, masked=True) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    reader = FrameReader(masked=True, max_size=1024)
+    got: list[Frame] = []
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        got += reader.feed(stream[last:cut])
+        last = cut
+    assert [f.payload for f in got] == payloads
+    assert reader.buffered == 0
+
+
+def test_a_built_frame_masks_with_a_fresh_key_and_reads_back() -> None:
+    """A client's frames are masked (§5.3), each with its own key; a server's are not."""
+    payload = os.urandom(200)
+    one, two = frame(OP_TEXT, payload, masked=True), frame(OP_TEXT, payload, masked=True)
+    assert one[1] & 0x80 and one[2:6] != two[2:6]
+    assert FrameReader(masked=True, max_size=1024).feed(one)[0].payload == payload
+    plain = frame(OP_TEXT, payload, masked=False)
+    assert plain[1] == 126 and FrameReader(masked=False, max_size=1024).feed(plain)[0].payload == payload
+
+
+def test_unmask_is_its_own_inverse() -> None:
+    """XOR with the key twice gives the data back; a zero key leaves it as it is."""
+    data = os.urandom(381)
+    key = b"\x01\x02\x03\x04"
+    assert unmask(key, unmask(key, data)) == data != unmask(key, data)
+    assert unmask(b"\0\0\0\0", data) == data
+
+
+@pytest.mark.parametrize(
+    ("data", "masked", "code"),
+    [
+        (bytes([0xC1, 0x00]), False, CLOSE_PROTOCOL_ERROR),  # RSV1: no extension was negotiated
+        (HELLO_MASKED, False, CLOSE_PROTOCOL_ERROR),  # a server must not mask
+        (HELLO, True, CLOSE_PROTOCOL_ERROR),  # a client must mask
+        (bytes([0x83, 0x00]), False, CLOSE_PROTOCOL_ERROR),  # reserved data opcode
+        (bytes([0x8B, 0x00]), False, CLOSE_PROTOCOL_ERROR),  # reserved control opcode
+        (bytes([0x89, 0x7E, 0x00, 0x7E]) + bytes(126), False, CLOSE_PROTOCOL_ERROR),  # control over 125
+        (bytes([0x09, 0x00]), False, CLOSE_PROTOCOL_ERROR),  # a fragmented control frame
+        (bytes([0x81, 0x7E, 0x04, 0x01]), False, CLOSE_TOO_BIG),  # 1025 > max_size, refused from its header
+    ],
+    ids=["rsv", "server-masks", "client-unmasked", "opcode-3", "opcode-11", "long-ping", "fragmented-ping", "too-big"],
+)
+def test_framing_errors_carry_their_close_code(data: bytes, masked: bool, code: int) -> None:
+    """Each way of breaking §5 raises ProtocolError with the code to fail the connection with."""
+    with pytest.raises(ProtocolError) as raised:
+        FrameReader(masked=masked, max_size=1024).feed(data)
+    assert raised.value.code == code
+
+
+def test_fragments_are_put_together() -> None:
+    """A message in fragments comes out whole, with no frame bytes (it must be framed anew); a
+    message in one frame keeps its frame."""
+    assembler = Assembler(max_size=1024)
+    frames = FrameReader(masked=False, max_size=1024).feed(HEL + LO + HELLO)
+    assert assembler.add(frames[0]) is None
+    assert assembler.add(frames[1]) == (OP_TEXT, b"Hello", None)
+    assert assembler.add(frames[2]) == (OP_TEXT, b"Hello", HELLO)
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([LO], CLOSE_PROTOCOL_ERROR),  # a continuation with no message begun
+        ([HEL, HELLO], CLOSE_PROTOCOL_ERROR),  # a new message before the last one ended
+        ([HEL, bytes([0x00, 0x7E, 0x03, 0xFE]) + bytes(1022)], CLOSE_TOO_BIG),  # 3 + 1022 > 1024
+    ],
+    ids=["orphan-continuation", "interleaved", "too-big-in-fragments"],
+)
+def test_bad_fragments_are_protocol_errors(frames: list[bytes], code: int) -> None:
+    """Fragments out of order, or adding up past the limit, fail the connection."""
+    reader, assembler = FrameReader(masked=False, max_size=1024), Assembler(max_size=1024)
+    read = [f for data in frames for f in reader.feed(data)]
+    for f in read[:-1]:
+        assembler.add(f)
+    with pytest.raises(ProtocolError) as raised:
+        assembler.add(read[-1])
+    assert raised.value.code == code
+
+
+def test_a_close_frame_carries_its_code() -> None:
+    """A close payload is the code in network order, then a reason; none reads as 1005."""
+    (closing,) = FrameReader(masked=False, max_size=1024).feed(
+        frame(OP_CLOSE, close_payload(1001, "bye"), masked=False)
+    )
+    assert close_code(closing.payload) == 1001 and closing.payload[2:] == b"bye"
+    assert close_code(b"") == CLOSE_NO_STATUS
