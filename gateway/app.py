@@ -69,7 +69,7 @@ def create_app(
         raise ValueError(f"{ADMIN_TOKEN_VARIABLE} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (a random secret)")
     app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin))
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
-    app.on_shutdown.append(_close_streams)
+    app.on_shutdown.append(close_streams)
     for kind in ("voice", "sms", "status"):
         handler = webhook(kind)
         app.router.add_post(f"/twilio/{kind}", handler)
@@ -165,9 +165,11 @@ async def _budget_gauges(services: Services) -> None:
         await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 
 
-async def _close_streams(app: web.Application) -> None:
+async def close_streams(app: web.Application) -> None:
     """At shutdown (after the drain's grace period): open Media Streams are closed with 1001,
-    so Twilio moves on to the fallback after </Connect>, and their minutes are booked."""
+    so Twilio moves on to the fallback after </Connect>, and their minutes are booked. The
+    server calls it before aiohttp's cleanup, which stops reading every connection first (and
+    a closing handshake needs Twilio's answer); on_shutdown's call then finds none open."""
     services = app.get(SERVICES)
     if services is not None and len(services.streams):
         log.info("closing %d open stream(s)", len(services.streams))

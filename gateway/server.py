@@ -225,6 +225,7 @@ def _install_server_defaults() -> None:
 
 
 async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> int:
+    from gateway.app import close_streams
     from gateway.keys import LIFECYCLE
     from gateway.telemetry import accesslog
 
@@ -266,6 +267,7 @@ async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> 
             print(f"switchyard pid {os.getpid()}: serving on {site.name}", file=sys.stderr)
             _freeze_startup_objects()
         await _drain(runner, app[LIFECYCLE], settings.grace_period, signal.Signals(await stop).name)
+        await close_streams(app)
     finally:
         await runner.cleanup()  # closes idle connections, cuts what is left, then the app's cleanup_ctx
         accesslog.flush()

@@ -61,11 +61,13 @@ async def accept(request: web.Request, max_size: int) -> tuple[web.StreamRespons
         status=101,
         headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept_key(key)},
     )
+    # The connection ends with the stream: aiohttp must not wait for another request on it
+    # after the handler returns (it would take its keep-alive from the response, not from us).
+    response.force_close()
     await response.prepare(request)
     transport, protocol = request.transport, request.protocol
     assert transport is not None, "a request being answered has its connection"
     side = Side("twilio", transport, client=False, max_size=max_size)
-    protocol.keep_alive(False)
     protocol.set_parser(_Feed(side))  # type: ignore[arg-type]  # a WebSocketReader's two methods
     return response, side
 
@@ -78,6 +80,7 @@ class _Client(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._head = b""
         self._early = bytearray()  # frames that came after the 101, before start(): kept, in order
+        self._lost: tuple[Exception | None] | None = None  # the connection went before start()
         self.side: Side | None = None
         self.answered: asyncio.Future[tuple[int, dict[str, str]]] = asyncio.get_running_loop().create_future()
 
@@ -112,6 +115,8 @@ class _Client(asyncio.Protocol):
         if self._early:
             early, self._early = bytes(self._early), bytearray()
             self.side.feed(early)
+        if self._lost is not None:
+            self.side.lost(self._lost[0])
         return self.side
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -119,6 +124,8 @@ class _Client(asyncio.Protocol):
             self.side.lost(exc)
         elif not self.answered.done():
             self.answered.set_exception(ConnectionError("closed before the upgrade's answer"))
+        else:
+            self._lost = (exc,)  # after the 101, before start(): the side begins ended
 
     def eof_received(self) -> bool | None:
         return None  # close our end too: connection_lost follows

@@ -1,9 +1,12 @@
 """Frames both ways between Twilio's WebSocket and the runtime's, through one StreamSession.
 
 Each frame is handled in the callback that read it (bridge/side.py): the session checks and
-meters it, and it is written on at once, as the bytes that came in unless the session rewrote
-it (only `start` is, before the relay began). No task, queue or future per frame: through
-aiohttp's WebSocket objects those cost more than the socket calls themselves.
+meters it, and it is written on at once, its text never decoded into JSON and encoded again
+(only `start` is rewritten, before the relay began): the runtime's frames go to Twilio as the
+bytes that came in (a server's frames are unmasked), Twilio's go to the runtime with the same
+payload masked with a key of ours (a client must choose its own, RFC 6455 §5.3). No task, queue
+or future per frame: through aiohttp's WebSocket objects those cost more than the socket calls
+themselves.
 
 Back-pressure: when the side a direction writes to holds more than HIGH_WATER bytes its kernel
 has not taken (its peer stopped reading), reading from the other side pauses until it drains
@@ -101,10 +104,12 @@ class Relay:
         twilio.on_end = runtime.on_end = self._side_ended
         try:
             # What came before the relay began goes first, in order; then each frame as it comes.
-            for text, raw in twilio.take_queued():
-                self._from_twilio(text, raw)
-            for text, raw in runtime.take_queued():
-                self._from_runtime(text, raw)
+            for text, payload, raw in twilio.take_queued():
+                if self._reason is None:
+                    self._from_twilio(text, payload, raw)
+            for text, payload, raw in runtime.take_queued():
+                if self._reason is None:
+                    self._from_runtime(text, payload, raw)
             if self._reason is None:
                 twilio.on_text, runtime.on_text = self._from_twilio, self._from_runtime
             for side in (twilio, runtime):
@@ -137,7 +142,7 @@ class Relay:
         else:
             self._end("runtime_closed" if side.end == "closed" else "runtime_failed")
 
-    def _from_twilio(self, text: str | None, raw: bytes | None) -> None:
+    def _from_twilio(self, text: str | None, payload: bytes, raw: bytes | None) -> None:
         self._heard = now = self._clock()
         if text is None:
             self._refuse("inbound")
@@ -148,8 +153,8 @@ class Relay:
             self._refuse("inbound", error)
             return
         runtime = self._runtime
-        if raw is not None and inbound.forward is text:
-            runtime.write(raw)  # Twilio's masked frame is a valid client frame as it is
+        if inbound.forward is text:
+            runtime.send_utf8(payload)  # the same bytes, masked with a key of ours
         else:
             runtime.send_text(inbound.forward)
         if runtime.buffered() > HIGH_WATER:
@@ -160,21 +165,21 @@ class Relay:
         if inbound.event == "stop":
             self._end("stop")
 
-    def _from_runtime(self, text: str | None, raw: bytes | None) -> None:
+    def _from_runtime(self, text: str | None, payload: bytes, raw: bytes | None) -> None:
         now = self._clock()
         if text is None:
             self._refuse("outbound")
             return
         try:
-            outbound = self._session.from_runtime(text, now)
+            self._session.from_runtime(text, now)  # forwarded unchanged: only checked and metered
         except MediaError as error:
             self._refuse("outbound", error)
             return
         twilio = self._twilio
         if raw is not None:
-            twilio.write(raw)  # the runtime's frame is unmasked: a valid server frame as it is
+            twilio.write(raw)  # a server's frame (unmasked): Twilio may be sent it as it came
         else:
-            twilio.send_text(outbound.forward)
+            twilio.send_utf8(payload)  # assembled from fragments: one frame of ours
         if twilio.buffered() > HIGH_WATER:
             self._hold("outbound", now)
         n = self._frames["outbound"] = self._frames["outbound"] + 1

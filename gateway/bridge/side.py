@@ -20,6 +20,7 @@ from gateway.protocol.websocket import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     Assembler,
     FrameReader,
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 
 End = Literal["closed", "lost", "failed"]  # a close frame came; the connection dropped; bad framing
 QUEUE_LIMIT = 256 * 1024  # bytes of messages held before the relay runs; past it, reading pauses
+PONG_LIMIT = 64 * 1024  # bytes unsent to a peer past which its pings go unanswered (§5.5.2 allows it)
 
-# A text message (None: not text) and its frame's bytes as received (None: assembled from
-# fragments, so it must be framed anew to be sent on).
-OnText = Callable[[str | None, bytes | None], None]
+# A message: its text (None: not text), its payload, and its frame's bytes as received (None:
+# assembled from fragments, so it must be framed anew to be sent on).
+OnText = Callable[[str | None, bytes, bytes | None], None]
 
 
 class Transport(Protocol):
@@ -67,7 +69,7 @@ class Side:
         self._client = client
         self._reader = FrameReader(masked=not client, max_size=max_size)
         self._assembler = Assembler(max_size)
-        self._queue: deque[tuple[str | None, bytes | None, int]] = deque()
+        self._queue: deque[tuple[str | None, bytes, bytes | None]] = deque()
         self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -86,15 +88,12 @@ class Side:
     def feed(self, data: bytes) -> None:
         if self.end is not None:
             return
-        try:
-            frames = self._reader.feed(data)
-        except ProtocolError as error:
-            self._fail(error.code, error.reason)
-            return
-        for f in frames:
-            if f.opcode == OP_TEXT and f.fin:  # nearly every frame: a whole text message
+        reader = self._reader
+        for f in reader.feed(data):
+            opcode = f.opcode
+            if opcode == OP_TEXT and f.fin and not self._assembler.open:  # nearly every frame
                 self._message(OP_TEXT, f.payload, f.raw)
-            elif f.opcode < OP_CLOSE:
+            elif opcode < OP_CLOSE:
                 try:
                     whole = self._assembler.add(f)
                 except ProtocolError as error:
@@ -102,16 +101,25 @@ class Side:
                     return
                 if whole is not None:
                     self._message(*whole)
-            elif f.opcode == OP_PING:
-                self.write(frame(0xA, f.payload, masked=self._client))
-            elif f.opcode == OP_CLOSE:
-                self.peer_code = close_code(f.payload)
+            elif opcode == OP_PING:
+                # A peer that pings and never reads would grow our buffer with pongs: past
+                # PONG_LIMIT unsent, its pings go unanswered.
+                if self.buffered() <= PONG_LIMIT:
+                    self.write(frame(OP_PONG, f.payload, masked=self._client))
+            elif opcode == OP_CLOSE:
+                try:
+                    self.peer_code = close_code(f.payload)
+                except ProtocolError as error:
+                    self._fail(error.code, error.reason)
+                    return
                 self._ended("closed")
                 if self._closing is not None and not self._closing.done():
                     self._closing.set_result(None)
             # a pong: nothing to do (we send no pings: silence is watched by the relay instead)
             if self.end is not None:
                 return
+        if reader.error is not None:
+            self._fail(reader.error.code, reader.error.reason)
 
     def _message(self, opcode: int, payload: bytes, raw: bytes | None) -> None:
         text: str | None = None
@@ -128,14 +136,14 @@ class Side:
         on_text = self.on_text
         if on_text is not None:
             try:
-                on_text(text, raw)
+                on_text(text, payload, raw)
             except Exception:
                 # Called from the transport's data_received: let a bug end this stream, not the
                 # connection's protocol (nor go unlogged).
                 log.exception("a %s frame could not be relayed", self.name)
                 self._fail(CLOSE_INTERNAL_ERROR, "internal error")
             return
-        self._queue.append((text, raw, len(payload)))
+        self._queue.append((text, payload, raw))
         self._queued += len(payload)
         if self._queued > QUEUE_LIMIT and not self._held_by_queue:
             self._held_by_queue = True
@@ -175,10 +183,10 @@ class Side:
         """The next text message (other messages are skipped); None once the side has ended."""
         while True:
             while self._queue:
-                text, _, size = self._queue.popleft()
-                self._queued -= size
+                text, payload, _ = self._queue.popleft()
+                self._queued -= len(payload)
+                self._release_queue()
                 if text is not None:
-                    self._release_queue()
                     return text
             if self.end is not None:
                 return None
@@ -188,9 +196,9 @@ class Side:
             finally:
                 self._waiter = None
 
-    def take_queued(self) -> list[tuple[str | None, bytes | None]]:
+    def take_queued(self) -> list[tuple[str | None, bytes, bytes | None]]:
         """What came before the relay began, in order (the relay handles it first)."""
-        queued = [(text, raw) for text, raw, _ in self._queue]
+        queued = list(self._queue)
         self._queue.clear()
         self._queued = 0
         self._release_queue()
@@ -205,6 +213,12 @@ class Side:
 
     def send_text(self, text: str) -> None:
         self.write(frame(OP_TEXT, text.encode("utf-8"), masked=self._client))
+
+    def send_utf8(self, payload: bytes) -> None:
+        """A text message already encoded (a payload read from the other side), framed for this
+        peer: masked with a key of our own when we are its client (§5.3), never the key the
+        other side's sender chose."""
+        self.write(frame(OP_TEXT, payload, masked=self._client))
 
     def write(self, data: bytes) -> None:
         """Bytes onto the connection; nothing once it is closing (its end is noticed by then)."""
@@ -236,17 +250,17 @@ class Side:
             self.write(frame(OP_CLOSE, close_payload(code), masked=self._client))
 
     async def close(self, code: int, within: float) -> None:
-        """The closing handshake (§7.1.2): our close frame with `code`, the peer's close frame
-        (waited for at most `within`: a peer that reads nothing cannot even take ours), then the
-        connection closed; cut at once if the wait ran out."""
+        """The closing handshake (§7.1.2): our close frame with `code`, the peer's close frame,
+        then the connection closed and gone, all within `within` seconds: a peer that reads
+        nothing cannot even take our close frame, and is then cut."""
         self.on_text = None
         if self._gone.done():
             return
         self._send_close(code)
-        if self.peer_code is None and not self._transport.is_closing():
+        if self.peer_code is None and self.end is None:
             self._queue.clear()
             self._held_by_queue = False
-            self.resume_reading()  # the peer's close frame must be read, whatever the relay paused
+            self.resume_reading()  # the peer's close frame must be read, whatever was paused
             self._closing = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(within):
@@ -255,4 +269,13 @@ class Side:
                 log.info("a %s socket did not answer our close frame within %.1fs: cut", self.name, within)
                 self._transport.abort()
                 return
+        # close() sends what is still buffered first: a peer that reads nothing would keep the
+        # connection open for ever, so it is cut if it has not gone within the bound.
         self._transport.close()
+        if not self._gone.done():
+            asyncio.get_running_loop().call_later(within, self._cut)
+
+    def _cut(self) -> None:
+        if not self._gone.done():
+            log.info("a %s socket was still sending after its close: cut", self.name)
+            self._transport.abort()

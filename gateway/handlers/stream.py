@@ -56,6 +56,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     response, twilio = await accept(request, MAX_MESSAGE)
     try:
         await bridge(twilio, exchange, tenant, services)
+    except Exception:
+        # After the 101 aiohttp can send no error reply, and would drop the request's record:
+        # the stream ends here (1011), logged, and its access line and span still come.
+        log.exception("tenant %s: a stream failed", tenant.id)
+        exchange.decision = "error"
+        await twilio.close(1011, CLOSE_WITHIN)
     finally:
         if not twilio.done:
             await twilio.close(1000, CLOSE_WITHIN)

@@ -4,10 +4,9 @@ between two sockets it frames itself (no extensions are ever negotiated, so RSV 
 Why not aiohttp's WebSocket objects for the relay: through them every frame is a message object,
 a queue, a future and a task switch on each side (measured: the bridge spent more of its time
 in aiohttp's per-message machinery than in the socket calls). Framed here, a frame read is
-checked and written on in the same callback, and a frame whose text is not changed is written
-on as the very bytes that came in: Twilio's frames are masked (a client's) and go to the runtime
-as a client's frame, masked with Twilio's own random key; the runtime's are unmasked (a
-server's) and go to Twilio as a server's frame.
+checked and written on in the same callback, its payload never re-encoded: the runtime's
+frames (a server's, unmasked) go to Twilio as the very bytes that came in; Twilio's (a
+client's, masked) go to the runtime with the same payload masked with a key of ours.
 """
 
 from __future__ import annotations
@@ -89,6 +88,27 @@ def unmask(key: bytes, data: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
 
 
+class _Keys:
+    """Masking keys from the OS's strong entropy (§5.3 asks for it), drawn 4 KB at a time: one
+    getrandom call per 1024 frames instead of one per frame."""
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        self._at = at + 4
+        return self._pool[at : at + 4]
+
+
+_keys = _Keys()
+
+
 def frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
     """One final frame; masked with a fresh random key when a client sends it (§5.3)."""
     n = len(payload)
@@ -102,7 +122,7 @@ def frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
         head = _LEN8.pack(first, bit | 127, n)
     if not masked:
         return head + payload
-    key = os.urandom(4)
+    key = _keys.next()
     return head + key + unmask(key, payload)
 
 
@@ -111,73 +131,113 @@ def close_payload(code: int, reason: str = "") -> bytes:
 
 
 def close_code(payload: bytes) -> int:
-    """The code of a close frame's payload (1005 if it has none)."""
-    if len(payload) < 2:
+    """The code of a close frame's payload (1005 if it has none); ProtocolError for a payload
+    §5.5.1 and §7.4 do not allow: one byte, a code no endpoint may send, a reason not UTF-8."""
+    if not payload:
         return CLOSE_NO_STATUS
-    return int(_CLOSE.unpack_from(payload)[0])
+    if len(payload) == 1:
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "a close frame of one byte")
+    code = int(_CLOSE.unpack_from(payload)[0])
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "a close code no endpoint may send")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(CLOSE_INVALID_DATA, "a close reason not UTF-8") from None
+    return code
 
 
 class FrameReader:
     """Frames out of a byte stream, fed as it arrives; a partial frame waits for the rest.
 
     `masked`: whether the peer must mask (a client) or must not (a server), §5.1. Frames over
-    `max_size` bytes, RSV bits, unknown opcodes and malformed control frames raise
-    ProtocolError; fragments are returned as they are (the reader of frames puts them
-    together, see Assembler)."""
+    `max_size` bytes, RSV bits, unknown opcodes and malformed control frames break the stream:
+    `feed` returns the frames before the fault and sets `error` (the ProtocolError to fail the
+    connection with), and reads nothing more. Fragments are returned as they are (Assembler
+    puts them together)."""
 
-    __slots__ = ("_buffer", "_masked", "_max_size")
+    __slots__ = ("_have", "_masked", "_max_size", "_need", "_parts", "error")
 
     def __init__(self, *, masked: bool, max_size: int) -> None:
         self._masked = masked
         self._max_size = max_size
-        self._buffer = b""
+        # A partial frame's bytes so far, and how many it needs before parsing is worth trying:
+        # a large frame trickling in is joined once, not copied again on every read.
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self.error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._have
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buffer + data if self._buffer else data
+        if self.error is not None:
+            return []
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._parts)
+            self._parts, self._have = [], 0
+        else:
+            buf = data
         frames: list[Frame] = []
         pos, end = 0, len(buf)
-        while end - pos >= 2:
-            first, second = buf[pos], buf[pos + 1]
-            if first & 0x70:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "RSV bits set: no extension was negotiated")
-            opcode = first & 0x0F
-            masked = second & 0x80
-            if bool(masked) != self._masked:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "masked frame from a server" if masked else "unmasked frame")
-            n, head = second & 0x7F, 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            if opcode >= OP_CLOSE:
-                if opcode > OP_PONG:
+        need = 2
+        try:
+            while end - pos >= 2:
+                first, second = buf[pos], buf[pos + 1]
+                if first & 0x70:
+                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "RSV bits set: no extension was negotiated")
+                opcode = first & 0x0F
+                masked = second & 0x80
+                if bool(masked) != self._masked:
+                    raise ProtocolError(
+                        CLOSE_PROTOCOL_ERROR, "masked frame from a server" if masked else "unmasked frame"
+                    )
+                n, head = second & 0x7F, 2
+                if n == 126:
+                    if end - pos < 4:
+                        need = 4
+                        break
+                    n, head = (buf[pos + 2] << 8) | buf[pos + 3], 4
+                elif n == 127:
+                    if end - pos < 10:
+                        need = 10
+                        break
+                    n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+                    if n >> 63:
+                        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "a 64-bit length with its top bit set")
+                if opcode >= OP_CLOSE:
+                    if opcode > OP_PONG:
+                        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "unknown opcode")
+                    if n > _MAX_CONTROL or not first & 0x80:
+                        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "malformed control frame")
+                elif opcode > OP_BINARY:
                     raise ProtocolError(CLOSE_PROTOCOL_ERROR, "unknown opcode")
-                if n > _MAX_CONTROL or not first & 0x80:
-                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "malformed control frame")
-            elif opcode > OP_BINARY:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "unknown opcode")
-            if n > self._max_size:
-                raise ProtocolError(CLOSE_TOO_BIG, "frame over the size limit")
-            if masked:
-                head += 4
-            total = head + n
-            if end - pos < total:
-                break
-            payload = buf[pos + head : pos + total]
-            if masked:
-                payload = unmask(buf[pos + head - 4 : pos + head], payload)
-            raw = buf if pos == 0 and total == end else buf[pos : pos + total]
-            frames.append(Frame(bool(first & 0x80), opcode, payload, raw))
-            pos += total
-        self._buffer = buf[pos:] if pos < end else b""
+                if n > self._max_size:
+                    raise ProtocolError(CLOSE_TOO_BIG, "frame over the size limit")
+                if masked:
+                    head += 4
+                total = head + n
+                if end - pos < total:
+                    need = total
+                    break
+                payload = buf[pos + head : pos + total]
+                if masked:
+                    payload = unmask(buf[pos + head - 4 : pos + head], payload)
+                raw = buf if pos == 0 and total == end else buf[pos : pos + total]
+                frames.append(Frame(bool(first & 0x80), opcode, payload, raw))
+                pos += total
+        except ProtocolError as error:
+            self.error = error
+            return frames
+        if pos < end:
+            rest = buf[pos:]
+            self._parts, self._have, self._need = [rest], len(rest), need
         return frames
 
 
@@ -190,9 +250,14 @@ class Assembler:
 
     def __init__(self, max_size: int) -> None:
         self._max_size = max_size
-        self._opcode: int | None = None
+        self._opcode: int | None = None  # the opcode of a fragmented message under way
         self._parts: list[bytes] = []
         self._size = 0
+
+    @property
+    def open(self) -> bool:
+        """A fragmented message is under way (a whole data frame now is a protocol error)."""
+        return self._opcode is not None
 
     def add(self, f: Frame) -> tuple[int, bytes, bytes | None] | None:
         if f.opcode == OP_CONTINUATION:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.bridge.side import QUEUE_LIMIT, Side
+from gateway.bridge.side import PONG_LIMIT, QUEUE_LIMIT, Side
 from gateway.protocol.websocket import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
@@ -27,6 +27,7 @@ class MemoryTransport:
     """What Side needs of a transport, kept in memory: written bytes, reading paused, closed."""
 
     written: bytearray = field(default_factory=bytearray)
+    side: Side | None = None  # told the connection is gone when it is closed
     closing: bool = False
     aborted: bool = False
     paused: bool = False
@@ -40,9 +41,13 @@ class MemoryTransport:
 
     def close(self) -> None:
         self.closing = True
+        if self.side is not None and not self.unsent:
+            self.side.lost(None)  # nothing left to send: the connection goes at once
 
     def abort(self) -> None:
         self.closing = self.aborted = True
+        if self.side is not None:
+            self.side.lost(None)
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -57,14 +62,18 @@ class MemoryTransport:
         return [(f.opcode, f.payload) for f in FrameReader(masked=masked, max_size=1 << 20).feed(bytes(self.written))]
 
 
-def _twilio() -> tuple[Side, MemoryTransport]:
+def _side(name: str, *, client: bool) -> tuple[Side, MemoryTransport]:
     transport = MemoryTransport()
-    return Side("twilio", transport, client=False, max_size=64 * 1024), transport
+    side = transport.side = Side(name, transport, client=client, max_size=64 * 1024)
+    return side, transport
+
+
+def _twilio() -> tuple[Side, MemoryTransport]:
+    return _side("twilio", client=False)
 
 
 def _runtime() -> tuple[Side, MemoryTransport]:
-    transport = MemoryTransport()
-    return Side("runtime", transport, client=True, max_size=64 * 1024), transport
+    return _side("runtime", client=True)
 
 
 async def test_a_ping_is_answered_with_a_pong_framed_for_the_peer() -> None:
@@ -77,12 +86,40 @@ async def test_a_ping_is_answered_with_a_pong_framed_for_the_peer() -> None:
     assert to_runtime.frames(masked=True) == [(OP_PONG, b"yo")]
 
 
+async def test_pings_from_a_peer_that_does_not_read_go_unanswered() -> None:
+    """A peer that pings and never reads cannot grow our buffer with pongs: past PONG_LIMIT
+    unsent bytes, its pings get none."""
+    runtime, transport = _runtime()
+    transport.unsent = PONG_LIMIT + 1
+    runtime.feed(frame(OP_PING, b"x", masked=False) * 3)
+    assert transport.written == b""
+
+
+async def test_a_whole_message_inside_a_fragmented_one_fails_with_1002() -> None:
+    """§5.4: a new data message may not start before a fragmented one ends, even as one frame."""
+    runtime, transport = _runtime()
+    got: list[str | None] = []
+    runtime.on_text = lambda text, _payload, _raw: got.append(text)
+    runtime.feed(bytes([0x01, 0x01]) + b"a" + frame(OP_TEXT, b"b", masked=False))
+    ((_, payload),) = transport.frames(masked=True)
+    assert close_code(payload) == CLOSE_PROTOCOL_ERROR and got == [] and runtime.end == "failed"
+
+
+async def test_a_payload_sent_on_is_masked_with_a_key_of_ours() -> None:
+    """Twilio's payload goes to the runtime masked with a fresh key (§5.3), not Twilio's."""
+    runtime, transport = _runtime()
+    twilio_frame = frame(OP_TEXT, b'{"event":"media"}', masked=True)
+    runtime.send_utf8(b'{"event":"media"}')
+    assert transport.frames(masked=True) == [(OP_TEXT, b'{"event":"media"}')]
+    assert bytes(transport.written[2:6]) != twilio_frame[2:6]
+
+
 async def test_the_relay_gets_each_message_with_its_frame_or_none_when_assembled() -> None:
     """A whole text frame comes with its bytes (forwarded as they are); a fragmented one whole,
     without (framed anew); a binary one as None text (refused by the relay)."""
     runtime, _ = _runtime()
     got: list[tuple[str | None, bytes | None]] = []
-    runtime.on_text = lambda text, raw: got.append((text, raw))
+    runtime.on_text = lambda text, _payload, raw: got.append((text, raw))
     whole = frame(OP_TEXT, b'{"event":"clear"}', masked=False)
     runtime.feed(whole + bytes([0x01, 0x02]) + b"ab" + bytes([0x80, 0x01]) + b"c")
     runtime.feed(frame(OP_BINARY, b"\x00", masked=False))
@@ -136,7 +173,7 @@ async def test_closing_after_the_peers_close_answers_it_and_closes_at_once() -> 
     waiting for anything more."""
     runtime, transport = _runtime()
     runtime.feed(frame(OP_CLOSE, close_payload(1001), masked=False))
-    await runtime.close(1000, within=60)
+    await runtime.close(1000, within=60)  # returns at once: nothing to wait for
     ((opcode, payload),) = transport.frames(masked=True)
     assert opcode == OP_CLOSE and close_code(payload) == 1000
     assert transport.closing and not transport.aborted

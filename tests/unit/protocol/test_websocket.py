@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.protocol.websocket import (
+    CLOSE_INVALID_DATA,
     CLOSE_NO_STATUS,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,
@@ -136,10 +137,38 @@ def test_unmask_is_its_own_inverse() -> None:
     ids=["rsv", "server-masks", "client-unmasked", "opcode-3", "opcode-11", "long-ping", "fragmented-ping", "too-big"],
 )
 def test_framing_errors_carry_their_close_code(data: bytes, masked: bool, code: int) -> None:
-    """Each way of breaking §5 raises ProtocolError with the code to fail the connection with."""
-    with pytest.raises(ProtocolError) as raised:
-        FrameReader(masked=masked, max_size=1024).feed(data)
-    assert raised.value.code == code
+    """Each way of breaking §5 sets the reader's error, with the code to fail the connection with."""
+    reader = FrameReader(masked=masked, max_size=1024)
+    assert reader.feed(data) == []
+    assert reader.error is not None and reader.error.code == code
+
+
+def test_the_frames_before_a_fault_are_kept_and_nothing_after() -> None:
+    """A good frame read in the same chunk as a bad one still comes out; the stream is then
+    broken: later reads give nothing."""
+    reader = FrameReader(masked=False, max_size=1024)
+    (good,) = reader.feed(HELLO + bytes([0xC1, 0x00]))
+    assert good.payload == b"Hello" and reader.error is not None
+    assert reader.feed(HELLO) == []
+
+
+def test_a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() -> None:
+    """§5.2: the most significant bit of a 64-bit length must be 0."""
+    reader = FrameReader(masked=False, max_size=1 << 20)
+    reader.feed(bytes([0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 1]))
+    assert reader.error is not None and reader.error.code == CLOSE_PROTOCOL_ERROR
+
+
+def test_a_large_frame_trickling_in_is_joined_once() -> None:
+    """A frame arriving a few bytes at a time is not parsed (nor copied whole) on every read:
+    the reader waits until the bytes its header asked for are there."""
+    data = frame(OP_BINARY, bytes(60_000), masked=False)
+    reader = FrameReader(masked=False, max_size=64 * 1024)
+    got: list[Frame] = []
+    for at in range(0, len(data), 100):
+        got += reader.feed(data[at : at + 100])
+        assert reader.buffered == (0 if got else min(at + 100, len(data)))
+    assert [len(f.payload) for f in got] == [60_000]
 
 
 def test_fragments_are_put_together() -> None:
@@ -169,6 +198,25 @@ def test_bad_fragments_are_protocol_errors(frames: list[bytes], code: int) -> No
         assembler.add(f)
     with pytest.raises(ProtocolError) as raised:
         assembler.add(read[-1])
+    assert raised.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", CLOSE_PROTOCOL_ERROR),  # one byte
+        (close_payload(1005), CLOSE_PROTOCOL_ERROR),  # "no status": never sent in a frame
+        (close_payload(999), CLOSE_PROTOCOL_ERROR),
+        (close_payload(2999), CLOSE_PROTOCOL_ERROR),
+        (close_payload(5000), CLOSE_PROTOCOL_ERROR),
+        (b"\x03\xe8\xff", CLOSE_INVALID_DATA),  # a reason not UTF-8
+    ],
+    ids=["one-byte", "1005", "999", "2999", "5000", "reason-not-utf8"],
+)
+def test_a_close_frame_no_endpoint_may_send_is_an_error(payload: bytes, code: int) -> None:
+    """§5.5.1 and §7.4: a close payload of one byte, a reserved code, or a reason not UTF-8."""
+    with pytest.raises(ProtocolError) as raised:
+        close_code(payload)
     assert raised.value.code == code
 
 
