@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 OP_CONTINUATION = 0x0
@@ -79,8 +80,13 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
+Xor = Callable[[bytes, bytes], bytes]
+"""Masking (§5.3): the data XORed with the 4-byte key repeated. The pure one is `unmask`; the
+I/O side passes a faster one in (bridge/side.py)."""
+
+
 def unmask(key: bytes, data: bytes) -> bytes:
-    """XOR with the 4-byte key, as one big integer: ~1 µs for a media frame's 380 bytes."""
+    """XOR with the 4-byte key, as one big integer: ~1.6 µs for a media frame's 380 bytes."""
     n = len(data)
     if n == 0 or key == b"\0\0\0\0":
         return data
@@ -109,7 +115,7 @@ class _Keys:
 _keys = _Keys()
 
 
-def frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
+def frame(opcode: int, payload: bytes, *, masked: bool, xor: Xor = unmask) -> bytes:
     """One final frame; masked with a fresh random key when a client sends it (§5.3)."""
     n = len(payload)
     bit = 0x80 if masked else 0
@@ -123,7 +129,7 @@ def frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
     if not masked:
         return head + payload
     key = _keys.next()
-    return head + key + unmask(key, payload)
+    return head + key + xor(key, payload)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -156,10 +162,11 @@ class FrameReader:
     connection with), and reads nothing more. Fragments are returned as they are (Assembler
     puts them together)."""
 
-    __slots__ = ("_have", "_masked", "_max_size", "_need", "_parts", "error")
+    __slots__ = ("_have", "_masked", "_max_size", "_need", "_parts", "_xor", "error")
 
-    def __init__(self, *, masked: bool, max_size: int) -> None:
+    def __init__(self, *, masked: bool, max_size: int, xor: Xor = unmask) -> None:
         self._masked = masked
+        self._xor = xor
         self._max_size = max_size
         # A partial frame's bytes so far, and how many it needs before parsing is worth trying:
         # a large frame trickling in is joined once, not copied again on every read.
@@ -228,7 +235,7 @@ class FrameReader:
                     break
                 payload = buf[pos + head : pos + total]
                 if masked:
-                    payload = unmask(buf[pos + head - 4 : pos + head], payload)
+                    payload = self._xor(buf[pos + head - 4 : pos + head], payload)
                 raw = buf if pos == 0 and total == end else buf[pos : pos + total]
                 frames.append(Frame(bool(first & 0x80), opcode, payload, raw))
                 pos += total

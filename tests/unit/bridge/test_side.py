@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.bridge.side import PONG_LIMIT, QUEUE_LIMIT, Side
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.bridge.side import PONG_LIMIT, QUEUE_LIMIT, Side, xor
 from gateway.protocol.websocket import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
@@ -19,6 +22,7 @@ from gateway.protocol.websocket import (
     close_code,
     close_payload,
     frame,
+    unmask,
 )
 
 
@@ -177,3 +181,9 @@ async def test_closing_after_the_peers_close_answers_it_and_closes_at_once() -> 
     ((opcode, payload),) = transport.frames(masked=True)
     assert opcode == OP_CLOSE and close_code(payload) == 1000
     assert transport.closing and not transport.aborted
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(max_size=1000))
+def test_the_fast_masking_is_the_pure_one(key: bytes, data: bytes) -> None:
+    """aiohttp's C loop, used on the sockets, masks exactly as protocol/websocket.py's XOR."""
+    assert xor(key, data) == unmask(key, data)
