@@ -41,6 +41,14 @@ class SignatureError(SwitchyardError):
         super().__init__(reason)
 
 
+class ScopeError(SwitchyardError):
+    """A valid API token without the scope an endpoint needs (403, RFC 6750 insufficient_scope)."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        super().__init__(f"the token lacks scope {scope}")
+
+
 class Refused(SwitchyardError):
     """A tenant's limit refused the request."""
 

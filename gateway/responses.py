@@ -42,14 +42,21 @@ def forbidden_signature() -> web.Response:
     return web.Response(status=403, text="Forbidden: invalid signature\n")
 
 
-def unauthorized(credentials_given: bool = True) -> web.Response:
-    """RFC 6750 §3: the challenge names the scheme; `error` only when credentials were sent
-    (§3.1: a request without any "SHOULD NOT" get an error code). The body says no more."""
-    if not credentials_given:
+def unauthorized(why: str | None = None) -> web.Response:
+    """401 with RFC 6750's challenge; `why` (a token was sent, and what is wrong with it, in
+    our words) becomes error="invalid_token" and its error_description. §3.1: a request
+    without credentials "SHOULD NOT" get an error code."""
+    if why is None:
         challenge = {"WWW-Authenticate": 'Bearer realm="switchyard"'}
-        return json({"error": "unauthorized"}, status=401, headers=challenge)
-    challenge = {"WWW-Authenticate": 'Bearer realm="switchyard", error="invalid_token"'}
-    return json({"error": "invalid_token"}, status=401, headers=challenge)
+        return problem(401, "Unauthorized", "send Authorization: Bearer <token>", headers=challenge)
+    challenge = {"WWW-Authenticate": f'Bearer realm="switchyard", error="invalid_token", error_description="{why}"'}
+    return problem(401, "Invalid token", why, headers=challenge)
+
+
+def insufficient_scope(scope: str) -> web.Response:
+    """403: a valid token without the scope an endpoint needs (RFC 6750 §3.1)."""
+    challenge = {"WWW-Authenticate": f'Bearer realm="switchyard", error="insufficient_scope", scope="{scope}"'}
+    return problem(403, "Insufficient scope", f"this endpoint needs the scope {scope}", headers=challenge)
 
 
 def too_many(error: Refused) -> web.Response:

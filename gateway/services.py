@@ -7,10 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.actions.base import Tools
+from gateway.auth.jwks import MAX_JWKS_BYTES, Fetch, JwksCache
 from gateway.auth.public_url import PublicUrl
 from gateway.bridge.streams import Streams
 from gateway.clock import Clock, monotonic
+from gateway.deadline import Deadline
 from gateway.egress import Egress
+from gateway.errors import UpstreamError
 from gateway.limits.answers import AnswerStore
 from gateway.limits.base import Limiter
 from gateway.limits.budget_failover import FailoverLedger
@@ -36,6 +39,8 @@ class Services:
     wall: Callable[[], float] = time.time  # the UTC day a spend belongs to
     egress: Egress | None = None  # None only in tests that build Services by hand
     admin_token: bytes | None = field(default=None, repr=False)  # SWITCHYARD_ADMIN_TOKEN
+    # Tenants' JWKS for API tokens (auth/jwks.py), fetched through the egress; None without one.
+    jwks: JwksCache | None = field(init=False, default=None)
     # What actions that call out use (actions/base.py Tools); None without an egress session.
     tools: Tools | None = field(init=False, default=None)
     # The Media Streams being relayed (bridge/streams.py).
@@ -45,3 +50,24 @@ class Services:
         self.streams = Streams(self.metrics)
         if self.egress is not None:
             self.tools = Tools(self.egress, self.ledger, self.limits, self.leases, self.wall)
+            self.jwks = JwksCache(_jwks_fetch(self.egress, self.clock), self.clock)
+
+
+JWKS_WITHIN = 3.0  # s for a tenant's identity provider to answer with its key set
+
+
+def _jwks_fetch(egress: Egress, clock: Clock) -> Fetch:
+    async def fetch(url: str) -> bytes:
+        reply = await egress.request(
+            "GET",
+            url,
+            target="jwks",
+            deadline=Deadline.after(JWKS_WITHIN, clock),
+            headers={"Accept": "application/json"},
+            max_body=MAX_JWKS_BYTES,
+        )
+        if reply.status != 200:
+            raise UpstreamError("jwks", "status", reply.status)
+        return reply.body
+
+    return fetch

@@ -10,7 +10,9 @@ from aiohttp import web
 
 from gateway import responses
 from gateway.auth import jwt
-from gateway.errors import BackendError, Refused, SignatureError
+from gateway.auth.jwks import JwksUnavailable
+from gateway.auth.jwt import Grant
+from gateway.errors import BackendError, Refused, ScopeError, SignatureError
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.base import Decision
@@ -24,9 +26,10 @@ async def limits(request: web.Request) -> web.Response:
     """GET /api/v1/limits: the tenant's configured buckets, with RateLimit headers."""
     services = request.app[SERVICES]
     exchange = _exchange(request, services)
-    tenant = _tenant(request, exchange)
-    if tenant is None:
-        return _unauthorized(request)
+    grant = await _grant(request, exchange, services, scope=None)
+    if isinstance(grant, web.Response):
+        return grant
+    tenant = grant.tenant
     decision = await _charge(services, exchange, tenant)
     if decision is not None and not decision.allowed:
         return responses.too_many(Refused(decision))
@@ -49,9 +52,10 @@ async def cost(request: web.Request) -> web.Response:
     in parts, with its budget; for the tenant of the bearer token."""
     services = request.app[SERVICES]
     exchange = _exchange(request, services)
-    tenant = _tenant(request, exchange)
-    if tenant is None:
-        return _unauthorized(request)
+    grant = await _grant(request, exchange, services, scope="cost:read")
+    if isinstance(grant, web.Response):
+        return grant
+    tenant = grant.tenant
     decision = await _charge(services, exchange, tenant)  # a ledger read each: the `api` bucket
     if decision is not None and not decision.allowed:
         return responses.too_many(Refused(decision))
@@ -80,7 +84,7 @@ async def admin_cost(request: web.Request) -> web.Response:
         given = b""
     if expected is None or not given or not hmac.compare_digest(given, expected):
         exchange.decision = "unauthorized"
-        return _unauthorized(request)
+        return responses.unauthorized("invalid token" if _bearer_sent(request) else None)
     day = _day(request, services.wall())
     if day is None:
         exchange.decision = "bad-request"
@@ -102,15 +106,29 @@ def _exchange(request: web.Request, services: Services) -> Exchange:
     return exchange
 
 
-def _tenant(request: web.Request, exchange: Exchange) -> Tenant | None:
-    """The tenant a valid bearer JWT speaks for (set on the exchange); None: unauthorized."""
+async def _grant(
+    request: web.Request, exchange: Exchange, services: Services, scope: str | None
+) -> Grant | web.Response:
+    """What a valid bearer JWT allows, its tenant set on the exchange; or the answer to give:
+    401 (no or a bad token), 403 (a good token without `scope`), 503 (the tenant's key set
+    could not be fetched). Nothing is charged before this passes."""
     try:
-        tenant = jwt.tenant_of(jwt.bearer(request.headers.get("Authorization")), exchange.policies.tenants)
-    except SignatureError:
+        grant = await jwt.verify(
+            jwt.bearer(request.headers.get("Authorization")), exchange.policies.tenants, services.jwks
+        )
+    except SignatureError as error:
         exchange.decision = "unauthorized"
-        return None
-    exchange.tenant = tenant
-    return tenant
+        return responses.unauthorized(error.reason if _bearer_sent(request) else None)
+    except JwksUnavailable:
+        exchange.decision = "error"
+        return responses.problem(503, "Key set unavailable", "the tenant's JWKS could not be fetched; try again")
+    exchange.tenant = grant.tenant
+    try:
+        grant.require(scope)
+    except ScopeError as error:
+        exchange.decision = "forbidden"
+        return responses.insufficient_scope(error.scope)
+    return grant
 
 
 async def _charge(services: Services, exchange: Exchange, tenant: Tenant) -> Decision | None:
@@ -128,11 +146,10 @@ async def _charge(services: Services, exchange: Exchange, tenant: Tenant) -> Dec
     return decision
 
 
-def _unauthorized(request: web.Request) -> web.Response:
+def _bearer_sent(request: web.Request) -> bool:
     # RFC 6750 §3.1: no credentials, or another scheme than Bearer, is "lacks any authentication
     # information": the challenge then carries no error code.
-    scheme = (request.headers.get("Authorization") or "").partition(" ")[0]
-    return responses.unauthorized(credentials_given=scheme.lower() == "bearer")
+    return (request.headers.get("Authorization") or "").partition(" ")[0].lower() == "bearer"
 
 
 def _day(request: web.Request, now: float) -> str | None:

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.actions import CompileContext, compile_action
+from gateway.auth.keys import public_key
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.base import Rule
 from gateway.policy import model
-from gateway.policy.tenant import ApiAuth, CompiledRoute, Kind, Tenant
+from gateway.policy.tenant import ApiAuth, ApiKey, CompiledRoute, Kind, Tenant
 from gateway.protocol import twiml
 from gateway.telemetry import cost
 
@@ -91,8 +92,9 @@ def _prices(prices: model.Prices) -> cost.Prices:
 class _Compiler:
     """Turns one validated Policy into a Tenant, collecting every problem rather than the first."""
 
-    def __init__(self, file: str, tenant_id: str, context: LoadContext) -> None:
+    def __init__(self, file: str, tenant_id: str, context: LoadContext, directory: Path = Path()) -> None:
         self.file, self.tenant_id, self.context = file, tenant_id, context
+        self.directory = directory
         self.problems: list[PolicyProblem] = []
         self.signing_key: bytes | None = None  # the auth token, once read: `upstream` signs with it
 
@@ -147,6 +149,52 @@ class _Compiler:
             body=re.compile(route.match.body) if route.match.body else None,
         )
 
+    def api(self, api: model.Api) -> ApiAuth:
+        keys: list[ApiKey] = []
+        if api.jwt_secret_env is not None:
+            secret = self.hs256_secret("api.jwt_secret_env", api.jwt_secret_env)
+            keys.append(ApiKey(None, "HS256", secret))
+        for i, key in enumerate(api.keys):
+            where = f"api.keys.{i}"
+            if key.secret_env is not None:
+                keys.append(ApiKey(key.kid, key.alg, self.hs256_secret(f"{where}.secret_env", key.secret_env)))
+                continue
+            if key.public_key_env is not None:
+                where, pem = f"{where}.public_key_env", self.secret(f"{where}.public_key_env", key.public_key_env)
+            else:
+                assert key.public_key_file is not None
+                where = f"{where}.public_key_file"
+                pem = self.file_bytes(where, key.public_key_file)
+            if pem is not None:
+                try:
+                    keys.append(ApiKey(key.kid, key.alg, public_key(key.alg, pem)))
+                except ValueError as exc:
+                    self.problem(where, str(exc))
+        return ApiAuth(
+            keys=tuple(keys),
+            audience=api.audience,
+            issuer=api.issuer,
+            jwks_url=api.jwks_url,
+            jwks_refresh=float(api.jwks_refresh_s),
+            require_scopes=api.require_scopes,
+        )
+
+    def hs256_secret(self, key: str, variable: str) -> bytes:
+        secret = self.secret(key, variable)
+        if secret is not None and len(secret) < MIN_JWT_SECRET_BYTES:
+            needed = f"HS256 needs at least {MIN_JWT_SECRET_BYTES}"
+            self.problem(key, f"{variable} holds {len(secret)} bytes; {needed}")
+        return secret or b""
+
+    def file_bytes(self, key: str, name: str) -> bytes | None:
+        """A file a policy names, relative to the policies directory."""
+        path = Path(name) if Path(name).is_absolute() else self.directory / name
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            self.problem(key, f"cannot read {name}: {exc.strerror or type(exc).__name__}")
+            return None
+
     def note(self, key: str, message: str) -> None:
         if self.context.notes is not None:
             self.context.notes.append(PolicyProblem(self.file, key, message))
@@ -156,14 +204,7 @@ class _Compiler:
         primary = self.secret("twilio.auth_token_env", account.auth_token_env)
         self.signing_key = primary
         previous = self.secret("twilio.previous_auth_token_env", account.previous_auth_token_env)
-        api = None
-        if policy.api is not None:
-            api_secret = self.secret("api.jwt_secret_env", policy.api.jwt_secret_env)
-            if api_secret is not None and len(api_secret) < MIN_JWT_SECRET_BYTES:
-                size = len(api_secret)
-                needed = f"HS256 needs at least {MIN_JWT_SECRET_BYTES}"
-                self.problem("api.jwt_secret_env", f"{policy.api.jwt_secret_env} holds {size} bytes; {needed}")
-            api = ApiAuth(api_secret or b"", policy.api.audience, policy.api.issuer)
+        api = self.api(policy.api) if policy.api is not None else None
         fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
         refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
         # Over budget, the same defaults as over a rate limit: an unanswered call is not billed.
@@ -257,7 +298,7 @@ def load_file(path: Path, context: LoadContext) -> Tenant:
         policy = model.Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError(_problems(file, exc)) from None
-    compiler = _Compiler(file, tenant_id, context)
+    compiler = _Compiler(file, tenant_id, context, path.parent)
     tenant = compiler.tenant(policy)
     if compiler.problems:
         raise PolicyError(compiler.problems)

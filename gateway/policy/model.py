@@ -129,10 +129,51 @@ class ByKind(Strict):
     sms: str | None = None
 
 
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+
+
+class ApiKey(Strict):
+    """One key API tokens may be signed with; its algorithm is pinned (a token naming another
+    is refused), and `kid` is how a token picks it."""
+
+    kid: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    alg: JwtAlgorithm
+    secret_env: EnvName | None = None  # HS256: the shared secret, from the environment
+    public_key_env: EnvName | None = None  # RS256/ES256: a PEM public key, from the environment
+    public_key_file: Annotated[str, Field(min_length=1)] | None = None  # ... or a PEM file
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        given = [n for n in ("secret_env", "public_key_env", "public_key_file") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a key needs exactly one of secret_env, public_key_env, public_key_file (found: {given})")
+        if (self.alg == "HS256") != (given[0] == "secret_env"):
+            wants = "secret_env" if self.alg == "HS256" else "public_key_env or public_key_file"
+            raise ValueError(f"alg {self.alg} takes {wants}")
+        return self
+
+
 class Api(Strict):
-    jwt_secret_env: EnvName
+    jwt_secret_env: EnvName | None = None  # shorthand for one HS256 key with no kid
+    keys: list[ApiKey] = Field(default_factory=list)
+    # A JSON Web Key Set (RS256/ES256 keys by kid), fetched when first needed and again every
+    # jwks_refresh_s, or sooner (at most every 30 s) when a token names a kid it lacks.
+    jwks_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    jwks_refresh_s: Annotated[int, Field(ge=30, le=86_400, strict=True)] = 300
     audience: str = "switchyard"
     issuer: str | None = None
+    # With it, a token must carry the scope an endpoint needs; without it, a token with no
+    # scope claim may call every endpoint (one with a scope claim is held to it either way).
+    require_scopes: bool = False
+
+    @model_validator(mode="after")
+    def _some_key(self) -> Api:
+        if self.jwt_secret_env is None and not self.keys and self.jwks_url is None:
+            raise ValueError("api needs a key: jwt_secret_env, keys or jwks_url")
+        kids = [k.kid for k in self.keys if k.kid is not None]
+        if len(kids) != len(set(kids)):
+            raise ValueError("two keys have the same kid")
+        return self
 
 
 class ModelPrice(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.limits.base import FailureMode, Rule
 from gateway.protocol import twiml
@@ -47,10 +47,23 @@ def _first(params: Mapping[str, list[str]], name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key API tokens are verified with: an HS256 secret, or an RS256/ES256 public key (a
+    `cryptography` key object), its algorithm pinned."""
+
+    kid: str | None
+    algorithm: str
+    key: Any = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ApiAuth:
-    secret: bytes = field(repr=False)
+    keys: tuple[ApiKey, ...]
     audience: str
     issuer: str | None
+    jwks_url: str | None = None
+    jwks_refresh: float = 300.0
+    require_scopes: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.actions.stream import StreamAdmission
 from gateway.errors import PolicyError, PolicyProblem
@@ -196,6 +198,19 @@ FAILURES = [
         id="short-jwt-secret",
     ),
     pytest.param(
+        "api-key-alg-mismatch.yaml",
+        "api.keys.0",
+        "alg RS256 takes public_key_env or public_key_file",
+        id="api-key-alg-mismatch",
+    ),
+    pytest.param("api-no-key.yaml", "api", "api needs a key: jwt_secret_env, keys or jwks_url", id="api-no-key"),
+    pytest.param(
+        "api-key-file-missing.yaml",
+        "api.keys.0.public_key_file",
+        "cannot read keys/nowhere.pem: No such file or directory",
+        id="api-key-file-missing",
+    ),
+    pytest.param(
         "Bad_Name.yaml",
         "",
         "file name must be a tenant id matching ^[a-z0-9][a-z0-9_-]{0,62}$",
@@ -290,7 +305,7 @@ def test_jwt_secret_of_exactly_32_bytes_is_enough() -> None:
         FIXTURES / "short-jwt-secret.yaml", LoadContext(env={**ENV, "FIXTURE_SHORT_JWT_SECRET": "k" * 32})
     )
     assert tenant.api is not None
-    assert tenant.api.secret == b"k" * 32
+    assert [(k.kid, k.algorithm, k.key) for k in tenant.api.keys] == [(None, "HS256", b"k" * 32)]
 
 
 def test_jwt_secret_length_is_counted_in_bytes() -> None:
@@ -298,7 +313,7 @@ def test_jwt_secret_length_is_counted_in_bytes() -> None:
     tenant = load_file(
         FIXTURES / "short-jwt-secret.yaml", LoadContext(env={**ENV, "FIXTURE_SHORT_JWT_SECRET": "é" * 16})
     )
-    assert tenant.api is not None and len(tenant.api.secret) == 32
+    assert tenant.api is not None and len(tenant.api.keys[0].key) == 32
 
 
 def _stream(route: CompiledRoute) -> tuple[str, list[tuple[str, str]]]:
@@ -423,7 +438,7 @@ def test_overrides_of_a_full_policy() -> None:
     assert (alpha.concurrent_calls, alpha.concurrent_streams) == (2, 4)
     assert alpha.keys == (b"alpha-token", b"alpha-token-old")
     assert alpha.api is not None
-    assert (alpha.api.secret, alpha.api.audience, alpha.api.issuer) == (
+    assert (alpha.api.keys[0].key, alpha.api.audience, alpha.api.issuer) == (
         b"j" * 32,
         "switchyard",
         "alpha-backend",
@@ -582,3 +597,43 @@ def test_a_calls_hold_is_its_reserve_minutes_at_the_voice_price(tmp_path: Path) 
     path = tmp_path / "held.yaml"
     path.write_text(text.replace("daily_usd: 200", "daily_usd: 200\n  call_reserve_minutes: 0"))
     assert load_file(path, NO_PUBLIC_URL).call_reserve == 0
+
+
+KEYS_POLICY = """\
+twilio: {account_sid: AC0123456789abcdef0123456789abcdef, auth_token_env: FIXTURE_TWILIO_AUTH_TOKEN}
+api:
+  keys:
+    - {kid: rs-1, alg: RS256, public_key_env: FIXTURE_RS_PEM}
+    - {kid: es-1, alg: ES256, public_key_file: es-1.pem}
+"""
+
+
+def _public_pem(private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_public_keys_load_from_the_environment_and_from_files(tmp_path: Path) -> None:
+    """An RS256 key from a PEM in the environment and an ES256 key from a PEM file beside the
+    policies load under their kids, each pinned to its algorithm."""
+    rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "es-1.pem").write_bytes(_public_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "keys.yaml").write_text(KEYS_POLICY)
+    env = {**ENV, "FIXTURE_RS_PEM": _public_pem(rs).decode()}
+    tenant = load_file(tmp_path / "keys.yaml", LoadContext(env=env))
+    assert tenant.api is not None
+    assert [(k.kid, k.algorithm) for k in tenant.api.keys] == [("rs-1", "RS256"), ("es-1", "ES256")]
+    assert tenant.api.keys[0].key.public_numbers() == rs.public_key().public_numbers()
+
+
+def test_a_public_key_of_the_wrong_kind_names_its_key(tmp_path: Path) -> None:
+    """An EC key given for RS256 is refused at load, with the file and the key's path."""
+    (tmp_path / "es-1.pem").write_bytes(_public_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "keys.yaml").write_text(KEYS_POLICY)
+    env = {**ENV, "FIXTURE_RS_PEM": (tmp_path / "es-1.pem").read_text()}
+    with pytest.raises(PolicyError) as refused:
+        load_file(tmp_path / "keys.yaml", LoadContext(env=env))
+    assert refused.value.problems == [
+        PolicyProblem("keys.yaml", "api.keys.0.public_key_env", "an RS256 key must be an RSA public key")
+    ]
