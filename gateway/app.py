@@ -9,11 +9,12 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.auth.public_url import PublicUrl, parse_proxies
-from gateway.clock import Clock, monotonic
+from gateway.clock import Clock, Sleep, monotonic
 from gateway.egress import Egress, open_session
 from gateway.errors import BackendError
 from gateway.handlers import api, health, stream
@@ -44,6 +45,15 @@ MIN_ADMIN_TOKEN_BYTES = 32
 EXPORT_SHUTDOWN = 5.0
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+TWILIO_API_BASE_VARIABLE = "SWITCHYARD_TWILIO_API_BASE"  # Twilio's REST API elsewhere (a stand-in)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """How the outbound API waits (tests step a fake clock) and where Twilio's REST API is."""
+
+    sleep: Sleep
+    api_base: str | None
 
 
 def create_app(
@@ -51,6 +61,7 @@ def create_app(
     env: Mapping[str, str] | None = None,
     clock: Clock | None = None,
     wall: Callable[[], float] | None = None,
+    sleep: Sleep | None = None,
 ) -> web.Application:
     """Load and check everything that can be checked before serving; raise PolicyError/ValueError early.
 
@@ -67,7 +78,10 @@ def create_app(
     admin = env.get(ADMIN_TOKEN_VARIABLE) or None  # unset: no operator view
     if admin is not None and len(admin.encode()) < MIN_ADMIN_TOKEN_BYTES:
         raise ValueError(f"{ADMIN_TOKEN_VARIABLE} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (a random secret)")
-    app.cleanup_ctx.append(_stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin))
+    outbound = Outbound(sleep or asyncio.sleep, env.get(TWILIO_API_BASE_VARIABLE) or None)
+    app.cleanup_ctx.append(
+        _stores(settings, registry, public_url, metrics, tracing, clock, wall or time.time, admin, outbound)
+    )
     app.cleanup_ctx.append(_policy_watch(registry, settings.reload_interval, metrics))
     app.on_shutdown.append(close_streams)
     for kind in ("voice", "sms", "status"):
@@ -81,6 +95,7 @@ def create_app(
     app.router.add_get("/api/v1/limits", api.limits)
     app.router.add_get("/api/v1/cost", api.cost)
     app.router.add_get("/api/v1/admin/cost", api.admin_cost)
+    app.router.add_post("/api/v1/calls", api.calls)
     return app
 
 
@@ -93,6 +108,7 @@ def _stores(
     clock: Clock | None,
     wall: Callable[[], float],
     admin_token: str | None,
+    outbound: Outbound,
 ) -> CleanupCtx:
     """The limit and spend stores, and what records each request at its end (spans, metrics,
     the ledger): opened before the first request, closed after the last one's record."""
@@ -128,6 +144,8 @@ def _stores(
             wall=wall,
             egress=app[EGRESS],
             admin_token=admin_token.encode() if admin_token else None,
+            sleep=outbound.sleep,
+            twilio_api_base=outbound.api_base,
         )
         gauges = asyncio.create_task(_budget_gauges(services))
         try:

@@ -77,9 +77,11 @@ def with_limits(response: web.Response, decision: Decision | None) -> web.Respon
     return response
 
 
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
-    """RFC 9457 problem details; the text is ours, never the request's."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+) -> web.Response:
+    """RFC 9457 problem details (`extra`: extension members); the text is ours, never the request's."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return web.Response(
         body=orjson.dumps(body),
         status=status,

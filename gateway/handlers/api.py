@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import math
 
 from aiohttp import web
 
@@ -17,6 +18,8 @@ from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.base import Decision
 from gateway.limits.budget import utc_day
+from gateway.outbound import calls as outbound_calls
+from gateway.outbound.calls import CallRefused
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
 from gateway.telemetry.cost import PARTS, to_usd
@@ -97,6 +100,42 @@ async def admin_cost(request: web.Request) -> web.Response:
     exchange.decision = "answered"
     total = sum(t["spent_usd"] for t in tenants)  # type: ignore[misc]
     return responses.json({"day": day, "currency": "USD", "spent_usd": round(total, 6), "tenants": tenants})
+
+
+MAX_CALL_BODY = 16 * 1024
+
+
+async def calls(request: web.Request) -> web.Response:
+    """POST /api/v1/calls: place a call for the token's tenant (scope calls:write): 201 with its
+    SID and status; problem JSON otherwise (400 a bad request, 403 not allowed by the policy,
+    429 with Retry-After over concurrent_calls or the account's CPS, 502 Twilio's refusal with
+    its code, 503 Twilio or the store unreachable)."""
+    services = request.app[SERVICES]
+    exchange = _exchange(request, services)
+    grant = await _grant(request, exchange, services, scope="calls:write")
+    if isinstance(grant, web.Response):
+        return grant
+    tenant = grant.tenant
+    decision = await _charge(services, exchange, tenant)
+    if decision is not None and not decision.allowed:
+        return responses.too_many(Refused(decision))
+    try:
+        if request.content_length is not None and request.content_length > MAX_CALL_BODY:
+            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+        params = outbound_calls.parse(await request.content.read(MAX_CALL_BODY + 1), tenant)
+        public = services.public_url.first
+        if public is None or services.calls is None:
+            raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
+        placed = await services.calls.place(tenant, params, f"{public}/t/{tenant.id}/status")
+    except CallRefused as refused:
+        exchange.decision = "refused"
+        exchange.error = refused.title
+        headers = {"Retry-After": str(max(1, math.ceil(refused.retry_after)))} if refused.retry_after else None
+        extra = {"twilio_code": refused.code} if refused.code is not None else {}
+        return responses.problem(refused.status, refused.title, refused.detail, headers=headers, **extra)
+    exchange.decision = "placed"
+    exchange.sid = placed.sid
+    return responses.json({"sid": placed.sid, "status": placed.status, "tenant": tenant.id}, status=201)
 
 
 def _exchange(request: web.Request, services: Services) -> Exchange:

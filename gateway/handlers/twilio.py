@@ -30,6 +30,7 @@ from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
 from gateway.limits.budget import Reservation, utc_day
+from gateway.outbound.calls import call_lease
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
@@ -132,8 +133,11 @@ def webhook(kind: WebhookKind) -> Handler:
 
             if kind == "status":
                 exchange.decision = "recorded"
-                if tenant.daily_budget is not None and _first(params, "CallStatus") in FINAL_CALL_STATUSES:
-                    await _release_call(exchange, tenant, services)
+                if _first(params, "CallStatus") in FINAL_CALL_STATUSES:
+                    if tenant.daily_budget is not None:
+                        await _release_call(exchange, tenant, services)
+                    if _first(params, "Direction") == "outbound-api":
+                        await _release_call_slot(exchange, tenant, services)
                 return responses.no_content()
 
             rules = tenant.rules[kind]
@@ -343,6 +347,17 @@ async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) 
         await services.ledger.release(held)
     if services.ledger.shared:
         exchange.timed("budget.release", clock() - sent, sent)
+
+
+async def _release_call_slot(exchange: Exchange, tenant: Tenant, services: Services) -> None:
+    """A call placed through the outbound API ended: its concurrent_calls slot is free again."""
+    lease = call_lease(tenant, exchange.sid[:64]) if exchange.sid else None
+    if lease is None:
+        return
+    try:
+        await services.leases.release(lease)
+    except BackendError as error:  # it lapses with its lease
+        log.warning("tenant %s: an ended call's slot not given back: %s", tenant.id, error)
 
 
 def _call_hold(sid: str) -> str:

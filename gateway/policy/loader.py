@@ -17,7 +17,7 @@ from gateway.auth.keys import public_key
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.limits.base import Rule
 from gateway.policy import model
-from gateway.policy.tenant import ApiAuth, ApiKey, CompiledRoute, Kind, Tenant
+from gateway.policy.tenant import ApiAuth, ApiKey, CompiledRoute, Kind, OutboundCalls, Tenant
 from gateway.protocol import twiml
 from gateway.telemetry import cost
 
@@ -205,6 +205,20 @@ class _Compiler:
         self.signing_key = primary
         previous = self.secret("twilio.previous_auth_token_env", account.previous_auth_token_env)
         api = self.api(policy.api) if policy.api is not None else None
+        outbound = None
+        if policy.outbound is not None:
+            out = policy.outbound
+            outbound = OutboundCalls(
+                cps=out.cps,
+                to_allow=tuple(out.to_allow),
+                to_deny=tuple(out.to_deny),
+                urls=frozenset(out.urls),
+                allow_twiml=out.allow_twiml,
+                queue_max=out.queue_max,
+                queue_timeout=out.queue_timeout_ms / 1000,
+                ring_timeout=out.ring_timeout_s,
+                time_limit=out.time_limit_s,
+            )
         fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
         refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
         # Over budget, the same defaults as over a rate limit: an unanswered call is not billed.
@@ -248,6 +262,7 @@ class _Compiler:
             concurrent_calls=limits.concurrent_calls,
             concurrent_streams=limits.concurrent_streams,
             api=api,
+            outbound=outbound,
             prices=prices,
             daily_budget=daily_budget,
             call_reserve=call_reserve,

@@ -176,6 +176,28 @@ class Api(Strict):
         return self
 
 
+E164_PREFIX = r"^\+[0-9]{1,15}$"
+
+
+class Outbound(Strict):
+    """Calls placed for the tenant through the outbound API (POST /api/v1/calls)."""
+
+    # The account's calls per second: Twilio's default is 1; over it Twilio queues the calls.
+    cps: PositiveRate = 1.0
+    # E.164 prefixes a call may go to (empty: any) and may not (checked after to_allow).
+    to_allow: list[Annotated[str, Field(pattern=E164_PREFIX)]] = Field(default_factory=list)
+    to_deny: list[Annotated[str, Field(pattern=E164_PREFIX)]] = Field(default_factory=list)
+    # TwiML URLs a call may be given; a call may also name one of the tenant's voice routes
+    # with a static answer (its TwiML is sent inline). Arbitrary TwiML only with allow_twiml.
+    urls: list[Annotated[str, Field(pattern=r"^https?://[^\s]+$")]] = Field(default_factory=list)
+    allow_twiml: bool = False
+    # Over concurrent_calls: at most queue_max requests wait, each at most queue_timeout_ms.
+    queue_max: Annotated[int, Field(ge=0, le=10_000, strict=True)] = 10
+    queue_timeout_ms: Annotated[int, Field(ge=0, le=60_000, strict=True)] = 10_000
+    ring_timeout_s: Annotated[int, Field(ge=1, le=600, strict=True)] = 60  # Twilio's `timeout`
+    time_limit_s: Annotated[int, Field(ge=1, le=14_400, strict=True)] = 14_400  # Twilio's `time_limit`
+
+
 class ModelPrice(Strict):
     input_per_1m: Usd = 0.0
     output_per_1m: Usd = 0.0
@@ -207,6 +229,7 @@ class Policy(Strict):
     fallback: ByKind = Field(default_factory=ByKind)
     refusal: ByKind = Field(default_factory=ByKind)
     api: Api | None = None
+    outbound: Outbound | None = None
     prices: Prices = Field(default_factory=Prices)
     budget: Budget | None = None
 

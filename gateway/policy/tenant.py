@@ -67,6 +67,19 @@ class ApiAuth:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundCalls:
+    cps: float
+    to_allow: tuple[str, ...]
+    to_deny: tuple[str, ...]
+    urls: frozenset[str]
+    allow_twiml: bool
+    queue_max: int
+    queue_timeout: float
+    ring_timeout: int
+    time_limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     """One tenant, ready to serve. Secrets are excluded from repr so they never reach a log."""
 
@@ -83,6 +96,7 @@ class Tenant:
     concurrent_calls: int | None = None
     concurrent_streams: int | None = None
     api: ApiAuth | None = None
+    outbound: OutboundCalls | None = None  # None: the tenant places no calls through the API
     prices: Prices = field(default_factory=Prices)  # µ$; all 0 (free) unless the policy prices something
     daily_budget: int | None = None  # µ$ per UTC day; None: no cap
     webhook_timeout: float = 15.0  # seconds: Twilio's total time (twilio.webhook_timeout_ms)

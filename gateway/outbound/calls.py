@@ -1,0 +1,211 @@
+"""Placing a call for a tenant (POST /api/v1/calls): the request checked against its policy,
+a `concurrent_calls` slot taken (queued a while when none is free), the account's calls per
+second paced, `calls.create` sent, and the slot kept under the call's SID until its final
+status callback (handlers/twilio.py gives it back), or until its lease expires.
+
+The slot is a lease (limits/leases.py, exact across instances with Redis): taken under a
+pending id, then claimed under the CallSid Twilio answers, with a TTL that outlasts the longest
+call (ring timeout + time limit + a minute), so a lost callback costs the slot only that long.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.clock import Clock, Sleep
+from gateway.errors import BackendError, SwitchyardError
+from gateway.limits.base import Limiter, Rule
+from gateway.limits.leases import Lease, LeaseStore
+from gateway.outbound.client import RestError, TwilioRest
+from gateway.policy.tenant import Tenant
+
+log = logging.getLogger(__name__)
+
+CALLS = "calls"  # the lease kind of concurrent_calls
+PENDING_TTL = 60.0  # s a slot is held under its pending id, before the CallSid names it
+POLL = 0.25  # s between tries for a slot while a request waits in the queue
+E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+MAX_TWIML = 4000  # characters: Twilio's limit on the `Twiml` parameter
+
+
+class CallRefused(SwitchyardError):
+    """The call was not placed: an HTTP status and problem text for the API client."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, retry_after: float | None = None, code: int | None = None
+    ) -> None:
+        self.status, self.title, self.detail, self.retry_after, self.code = status, title, detail, retry_after, code
+        super().__init__(f"{status} {title}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    sid: str
+    status: str
+
+
+def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
+    """calls.create's parameters for a request body, checked against the tenant's policy:
+    `from` one of its numbers, `to` E.164 and allowed, the TwiML from a named static voice
+    route, an allowed URL, or (only when the policy allows it) inline. CallRefused(400/403)."""
+    outbound = tenant.outbound
+    if outbound is None:
+        raise CallRefused(403, "No outbound calls", f"tenant {tenant.id} has no outbound: block in its policy")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise CallRefused(400, "Bad request", "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise CallRefused(400, "Bad request", "the body must be a JSON object")
+    to, from_ = data.get("to"), data.get("from")
+    if not isinstance(to, str) or E164.fullmatch(to) is None:
+        raise CallRefused(400, "Bad request", "`to` must be an E.164 number (+15551230000)")
+    if not isinstance(from_, str) or from_ not in tenant.numbers:
+        raise CallRefused(400, "Bad request", "`from` must be one of the tenant's numbers")
+    if (outbound.to_allow and not to.startswith(outbound.to_allow)) or to.startswith(outbound.to_deny):
+        raise CallRefused(403, "Destination not allowed", "the tenant's policy does not allow calls to that number")
+    params: dict[str, Any] = {"to": to, "from_": from_, "time_limit": outbound.time_limit}
+    sources = [k for k in ("route", "url", "twiml") if data.get(k) is not None]
+    if len(sources) != 1:
+        raise CallRefused(400, "Bad request", "give exactly one of `route`, `url`, `twiml`")
+    value = data[sources[0]]
+    if not isinstance(value, str):
+        raise CallRefused(400, "Bad request", f"`{sources[0]}` must be a string")
+    if sources[0] == "route":
+        route = next((r for r in tenant.routes if r.name == value and r.kind == "voice"), None)
+        if route is None or route.call is not None or not route.reply:
+            raise CallRefused(
+                400, "Bad request", "`route` must name one of the tenant's voice routes with static TwiML"
+            )
+        params["twiml"] = route.reply.decode()
+    elif sources[0] == "url":
+        if value not in outbound.urls:
+            raise CallRefused(403, "URL not allowed", "`url` must be one of the policy's outbound.urls")
+        params["url"] = value
+    else:
+        if not outbound.allow_twiml:
+            raise CallRefused(403, "TwiML not allowed", "the tenant's policy does not allow inline `twiml`")
+        if len(value) > MAX_TWIML:
+            raise CallRefused(400, "Bad request", f"`twiml` is over {MAX_TWIML} characters")
+        params["twiml"] = value
+    timeout = data.get("timeout", outbound.ring_timeout)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= outbound.ring_timeout:
+        raise CallRefused(400, "Bad request", f"`timeout` must be 1 to {outbound.ring_timeout} seconds")
+    params["timeout"] = timeout
+    return params
+
+
+def lease_ttl(tenant: Tenant) -> float:
+    """How long a placed call's slot is held without its final status: the longest call."""
+    assert tenant.outbound is not None
+    return float(tenant.outbound.ring_timeout + tenant.outbound.time_limit + 60)
+
+
+def call_lease(tenant: Tenant, call_sid: str) -> Lease | None:
+    """The slot a placed call holds (to give back at its final status); None without a limit."""
+    if tenant.concurrent_calls is None or tenant.outbound is None:
+        return None
+    return Lease(tenant.id, CALLS, call_sid, tenant.concurrent_calls, lease_ttl(tenant))
+
+
+class Calls:
+    def __init__(self, rest: TwilioRest, leases: LeaseStore, limits: Limiter, clock: Clock, sleep: Sleep) -> None:
+        self._rest = rest
+        self._leases = leases
+        self._limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._queued: Counter[str] = Counter()  # requests waiting for a slot, per tenant, here
+
+    async def place(self, tenant: Tenant, params: dict[str, Any], status_callback: str) -> Placed:
+        """The call placed, its slot held under its SID; CallRefused otherwise."""
+        assert tenant.outbound is not None
+        until = self._clock() + tenant.outbound.queue_timeout
+        pending = await self._slot(tenant, until)
+        try:
+            await self._pace(tenant, until)
+            client = self._rest.client(tenant)
+            call = await self._rest.call(
+                lambda: client.calls.create_async(status_callback=status_callback, **params),
+                until + 10.0,  # retries of 20429 may run a little past the queue's wait
+            )
+        except RestError as error:
+            await self._give_back(pending)
+            if error.status == 0:
+                raise CallRefused(503, "Twilio unreachable", f"the call was not placed: {error.message}") from None
+            if error.status == 429 or error.code == 20429:
+                raise CallRefused(429, "Twilio is busy", "Twilio refused the call for now", 1.0, error.code) from None
+            raise CallRefused(502, "Twilio refused the call", error.message, code=error.code) from None
+        except BaseException:
+            await self._give_back(pending)
+            raise
+        sid, status = str(call.sid), str(call.status)
+        if pending is not None:
+            await self._claim(tenant, pending, sid)
+        return Placed(sid, status)
+
+    async def _slot(self, tenant: Tenant, until: float) -> Lease | None:
+        limit = tenant.concurrent_calls
+        if limit is None:
+            return None
+        outbound = tenant.outbound
+        assert outbound is not None
+        lease = await self._acquire(tenant, limit)
+        if lease is not None:
+            return lease
+        if self._queued[tenant.id] >= outbound.queue_max:
+            raise CallRefused(429, "Too many calls", f"{limit} calls are live and the queue is full", POLL * 4)
+        self._queued[tenant.id] += 1
+        try:
+            while lease is None:
+                left = until - self._clock()
+                if left <= 0:
+                    raise CallRefused(429, "Too many calls", f"{limit} calls are live; none ended in time", POLL * 4)
+                await self._sleep(min(POLL, left))
+                lease = await self._acquire(tenant, limit)
+        finally:
+            self._queued[tenant.id] -= 1
+        return lease
+
+    async def _acquire(self, tenant: Tenant, limit: int) -> Lease | None:
+        try:
+            return await self._leases.acquire(tenant.id, CALLS, limit, PENDING_TTL)
+        except BackendError:
+            raise CallRefused(503, "Limits unavailable", "the shared store is not answering; try again", 1.0) from None
+
+    async def _pace(self, tenant: Tenant, until: float) -> None:
+        """Wait for the account's next calls-per-second slot (shared across instances with
+        Redis), so Twilio's own queue never grows; CallRefused(429) past `until`."""
+        assert tenant.outbound is not None
+        rules = (Rule("cps", tenant.outbound.cps, 1.0, 1),)
+        while True:
+            decision = self._limits.acquire_now(tenant.id, rules) or await self._limits.acquire(
+                tenant.id, rules, mode=tenant.on_store_failure
+            )
+            if decision.allowed:
+                return
+            wait = decision.retry_after
+            if self._clock() + wait > until:
+                raise CallRefused(429, "Too many calls", "the account's calls per second are taken", wait)
+            await self._sleep(wait)
+
+    async def _claim(self, tenant: Tenant, pending: Lease, sid: str) -> None:
+        try:
+            if await self._leases.claim(pending, sid, lease_ttl(tenant), PENDING_TTL) is None:
+                log.warning("tenant %s: a placed call's slot had lapsed; it runs over the limit", tenant.id)
+        except BackendError as error:
+            log.warning("tenant %s: a placed call's slot not claimed: %s", tenant.id, error)
+
+    async def _give_back(self, lease: Lease | None) -> None:
+        if lease is None:
+            return
+        try:
+            await self._leases.release(lease)
+        except BackendError as error:  # it lapses at PENDING_TTL
+            log.warning("tenant %s: a call's slot not given back: %s", lease.tenant, error)

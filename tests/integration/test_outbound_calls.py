@@ -1,0 +1,257 @@
+"""POST /api/v1/calls against a Twilio REST stand-in on 127.0.0.1, through twilio-python on the
+gateway's seam: what Twilio is sent, what the policy refuses, concurrent_calls held until the
+final status callback (signed by twilio's RequestValidator), the account's CPS paced, 20429
+retried and other errors surfaced. Waits go through a sleep that steps the fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.clock import Sleep
+from gateway.keys import SERVICES
+from gateway.settings import Settings
+from tests.support.clock import FakeClock
+from tests.support.gateway import PUBLIC, post
+from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
+from tests.support.twilio_rest import TwilioRestStandIn
+
+Client = TestClient[web.Request, web.Application]
+SECRET = "outbound-test-jwt-secret-of-32-bytes-at-least"
+NUMBER = "+15550001111"
+POLICY = """\
+twilio: {{account_sid: {sid}, auth_token_env: ACME_TWILIO_AUTH_TOKEN}}
+numbers: ["{number}"]
+limits: {{concurrent_calls: {concurrent}}}
+api: {{jwt_secret_env: OUTBOUND_JWT}}
+outbound:
+  cps: {cps}
+  to_allow: ["+1"]
+  to_deny: ["+1900"]
+  urls: ["https://runtime.acme.example/outbound.xml"]
+  queue_max: {queue_max}
+  queue_timeout_ms: 2000
+  ring_timeout_s: 120
+routes:
+  - name: greeting
+    match: {{kind: voice}}
+    say: {{text: "Hello from Acme."}}
+"""
+
+
+@pytest.fixture
+async def twilio(clock: FakeClock) -> AsyncIterator[TwilioRestStandIn]:
+    stand_in = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
+    await stand_in.start()
+    yield stand_in
+    await stand_in.stop()
+
+
+async def _client(
+    aiohttp_client: Any,
+    clock: FakeClock,
+    tmp_path: Path,
+    twilio: TwilioRestStandIn,
+    *,
+    concurrent: int = 5,
+    cps: float = 100.0,
+    queue_max: int = 0,
+    sleep: Sleep | None = None,
+) -> Client:
+    (tmp_path / "acme.yaml").write_text(
+        POLICY.format(sid=ACME_SID, number=NUMBER, concurrent=concurrent, cps=cps, queue_max=queue_max)
+    )
+
+    async def stepping(seconds: float) -> None:  # time passes only on the fake clock
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    sleep = sleep or stepping
+
+    env = {**ENV, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
+    settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
+    client: Client = await aiohttp_client(create_app(settings, env=env, clock=clock, sleep=sleep))
+    return client
+
+
+def _auth(scope: str | None = "calls:write") -> dict[str, str]:
+    claims: dict[str, object] = {"tenant": "acme", "aud": "switchyard", "exp": int(time.time()) + 300}
+    if scope is not None:
+        claims["scope"] = scope
+    return {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
+
+
+async def _place(client: Client, **body: object) -> tuple[int, dict[str, Any], dict[str, str]]:
+    request = {"to": "+15557654321", "from": NUMBER, "route": "greeting", **body}
+    response = await client.post("/api/v1/calls", json=request, headers=_auth())
+    kind = response.content_type
+    return response.status, await response.json(content_type=kind), dict(response.headers)
+
+
+async def _ended(client: Client, call_sid: str, status: str = "completed") -> None:
+    """Twilio's final status callback for a placed call, signed as Twilio signs it."""
+    form = {"AccountSid": ACME_SID, "CallSid": call_sid, "CallStatus": status, "Direction": "outbound-api"}
+    code, _ = await post(client, "/t/acme/status", form, ACME_TOKEN)
+    assert code == 204
+
+
+async def test_a_call_is_placed_with_the_policys_twiml_and_our_status_callback(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """201 with the SID; Twilio got Basic auth with the tenant's account, To/From, the named
+    route's TwiML inline, our status callback URL, the ring timeout and the time limit."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    status, body, _ = await _place(client, timeout=30)
+    assert status == 201 and body["sid"].startswith("CA") and body["status"] == "queued"
+    (sent,) = twilio.calls()
+    assert sent["To"] == "+15557654321" and sent["From"] == NUMBER
+    assert "<Say>Hello from Acme.</Say>" in sent["Twiml"]
+    assert sent["StatusCallback"] == f"{PUBLIC}/t/acme/status"
+    assert (sent["Timeout"], sent["TimeLimit"]) == ("30", "14400")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"from": "+15559999999"}, 400),  # not the tenant's number
+        ({"to": "5557654321"}, 400),  # not E.164
+        ({"to": "+19005550000"}, 403),  # denied prefix
+        ({"to": "+445557654321"}, 403),  # not an allowed prefix
+        ({"route": None, "url": "https://evil.example/x.xml"}, 403),  # a URL the policy does not list
+        ({"route": None, "twiml": "<Response/>"}, 403),  # inline TwiML, not allowed
+        ({"route": "nope"}, 400),
+        ({"timeout": 601}, 400),  # over the policy's ring_timeout_s
+    ],
+    ids=["from", "to-not-e164", "to-denied", "to-not-allowed", "url", "twiml", "unknown-route", "timeout"],
+)
+async def test_what_the_policy_does_not_allow_is_refused_before_twilio(
+    aiohttp_client: Any,
+    clock: FakeClock,
+    tmp_path: Path,
+    twilio: TwilioRestStandIn,
+    body: dict[str, object],
+    status: int,
+) -> None:
+    """Each refusal is problem JSON, and Twilio is never called."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    got, problem, _ = await _place(client, **body)
+    assert got == status and problem["status"] == status and problem["title"]
+    assert twilio.calls() == []
+
+
+async def test_a_policy_url_is_passed_as_the_calls_url(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """A URL the policy lists is given to Twilio as the call's TwiML URL."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    status, _, _ = await _place(client, route=None, url="https://runtime.acme.example/outbound.xml")
+    assert status == 201 and twilio.calls()[0]["Url"] == "https://runtime.acme.example/outbound.xml"
+
+
+async def test_a_token_without_calls_write_is_403(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """Placing a call needs the calls:write scope when the token states scopes."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    request = {"to": "+15557654321", "from": NUMBER, "route": "greeting"}
+    response = await client.post("/api/v1/calls", json=request, headers=_auth("cost:read"))
+    assert response.status == 403 and twilio.calls() == []
+
+
+async def test_concurrent_calls_are_held_until_the_final_status_callback(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """concurrent_calls 2, no queue: the third call gets 429 with Retry-After; the first call's
+    final status callback gives its slot back, and the next call is placed."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, concurrent=2)
+    first, _, _ = await _place(client)
+    second, body, _ = await _place(client)
+    assert (first, second) == (201, 201)
+    third, problem, headers = await _place(client)
+    assert third == 429 and problem["title"] == "Too many calls" and int(headers["Retry-After"]) >= 1
+    assert await client.app[SERVICES].leases.count("acme", "calls") == 2
+    await _ended(client, body["sid"], "no-answer")
+    assert await client.app[SERVICES].leases.count("acme", "calls") == 1
+    fourth, _, _ = await _place(client)
+    assert fourth == 201 and len(twilio.calls()) == 3
+
+
+async def test_a_queued_call_goes_when_a_slot_frees(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """With a queue, a call over the limit waits (up to queue_timeout_ms) for a slot, and is
+    placed once a live call ends."""
+    asleep, wake = asyncio.Event(), asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the queued request waits until the test says
+        clock.advance(seconds)
+        asleep.set()
+        await wake.wait()
+
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, concurrent=1, queue_max=1, sleep=sleep)
+    status, body, _ = await _place(client)
+    assert status == 201
+    waiting = asyncio.create_task(_place(client))
+    await asyncio.wait_for(asleep.wait(), 5)  # queued: no slot
+    assert len(twilio.calls()) == 1
+    await _ended(client, body["sid"])
+    wake.set()
+    status, _, _ = await asyncio.wait_for(waiting, 5)
+    assert status == 201 and len(twilio.calls()) == 2
+
+
+async def test_the_accounts_calls_per_second_are_paced(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """cps 1: calls reach Twilio at least a second apart on the clock, none refused."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, cps=1.0)
+    for _ in range(3):
+        status, problem, _ = await _place(client)
+        assert status == 201, problem
+    times = [a.at for a in twilio.arrivals]
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(times))
+
+
+async def test_20429_is_retried_and_the_call_placed(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """Twilio's 429 / 20429 (not processed) twice: retried with backoff, then placed."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    twilio.fail = [(429, 20429), (429, 20429)]
+    status, body, _ = await _place(client)
+    assert status == 201 and body["sid"].startswith("CA")
+    assert len(twilio.arrivals) == 3
+
+
+async def test_other_twilio_errors_are_surfaced_with_their_code_and_free_the_slot(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """A 400 with Twilio's code 21211 (invalid To) is not retried: 502 problem JSON carrying
+    twilio_code, and the slot taken for it is given back."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, concurrent=1)
+    twilio.fail = [(400, 21211)]
+    status, problem, _ = await _place(client)
+    assert status == 502 and problem["twilio_code"] == 21211
+    assert len(twilio.arrivals) == 1
+    assert await client.app[SERVICES].leases.count("acme", "calls") == 0
+
+
+async def test_twilio_unreachable_is_503(aiohttp_client: Any, clock: FakeClock, tmp_path: Path) -> None:
+    """Nothing listening where Twilio's API should be: 503, and no slot kept."""
+    closed = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
+    await closed.start()
+    await closed.stop()  # its port is now closed
+    client = await _client(aiohttp_client, clock, tmp_path, closed, concurrent=1)
+    status, problem, _ = await _place(client)
+    assert status == 503 and problem["title"] == "Twilio unreachable"
+    assert await client.app[SERVICES].leases.count("acme", "calls") == 0
