@@ -126,7 +126,7 @@ async def calls(request: web.Request) -> web.Response:
         public = services.public_url.first
         if public is None or services.calls is None:
             raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
-        placed = await services.calls.place(tenant, params, f"{public}/t/{tenant.id}/status")
+        placed = await services.calls.place(tenant, params, f"{public}/t/{tenant.id}/status", exchange)
     except CallRefused as refused:
         exchange.decision = "refused"
         exchange.error = refused.title

@@ -17,12 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 from gateway.clock import Sleep
 from gateway.keys import SERVICES
-from gateway.settings import Settings
+from gateway.telemetry import accesslog
 from tests.support.clock import FakeClock
-from tests.support.gateway import PUBLIC, post
+from tests.support.gateway import PUBLIC, post, start_gateway
+from tests.support.otlp import OtlpHttpReceiver
+from tests.support.servers import running
 from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
 from tests.support.twilio_rest import TwilioRestStandIn
 
@@ -67,6 +68,7 @@ async def _client(
     cps: float = 100.0,
     queue_max: int = 0,
     sleep: Sleep | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Client:
     (tmp_path / "acme.yaml").write_text(
         POLICY.format(sid=ACME_SID, number=NUMBER, concurrent=concurrent, cps=cps, queue_max=queue_max)
@@ -78,10 +80,8 @@ async def _client(
 
     sleep = sleep or stepping
 
-    env = {**ENV, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
-    settings = Settings(policies_dir=tmp_path, public_urls=(PUBLIC,), reload_interval=0)
-    client: Client = await aiohttp_client(create_app(settings, env=env, clock=clock, sleep=sleep))
-    return client
+    env = {**ENV, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url, **(extra_env or {})}
+    return await start_gateway(aiohttp_client, tmp_path, env, clock, sleep=sleep)
 
 
 def _auth(scope: str | None = "calls:write") -> dict[str, str]:
@@ -255,3 +255,23 @@ async def test_twilio_unreachable_is_503(aiohttp_client: Any, clock: FakeClock, 
     status, problem, _ = await _place(client)
     assert status == 503 and problem["title"] == "Twilio unreachable"
     assert await client.app[SERVICES].leases.count("acme", "calls") == 0
+
+
+async def test_a_placed_call_is_a_span_with_its_twilio_call_as_a_child(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """The API request's span carries the call's SID and decision, with the REST call to Twilio
+    as a CLIENT child span; no phone number is in either."""
+    async with running(OtlpHttpReceiver()) as receiver:
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"}
+        client = await _client(aiohttp_client, clock, tmp_path, twilio, extra_env=otel)
+        status, body, _ = await _place(client)
+        assert status == 201
+        accesslog.flush()
+        spans = {span.span.name: span for span in await receiver.wait_for(2)}
+    api, rest = spans["api POST /api/v1/calls"], spans["twilio POST Calls"]
+    assert rest.span.parent_span_id == api.span.span_id
+    assert api.attributes["switchyard.decision"] == "placed"
+    assert rest.attributes["twilio.call_sid"] == body["sid"]
+    for span in (api, rest):
+        assert not any("+1555" in str(value) for value in span.attributes.values())

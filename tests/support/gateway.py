@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
 from gateway.app import create_app
-from gateway.clock import Clock
+from gateway.clock import Clock, Sleep
 from gateway.settings import Settings
 from gateway.telemetry.accesslog import JsonAccessLogger
 from tests.support.twilio import signed_form
@@ -45,12 +45,13 @@ async def start_gateway(
     env: Mapping[str, str],
     clock: Clock,
     wall: Callable[[], float] | None = None,
+    sleep: Sleep | None = None,
     **settings: Any,
 ) -> Client:
     """A gateway app on `policies` (public URL PUBLIC, no reloading, then `settings`), served by a
     GatewayServer with the JSON access logger; the test client `aiohttp_client` makes for it."""
     options: dict[str, Any] = {"policies_dir": policies, "public_urls": (PUBLIC,), "reload_interval": 0}
-    app = create_app(Settings(**{**options, **settings}), env=env, clock=clock, wall=wall)
+    app = create_app(Settings(**{**options, **settings}), env=env, clock=clock, wall=wall, sleep=sleep)
     server = GatewayServer(app, host="127.0.0.1")
     # TestServer passes only start_server()'s kwargs to its runner: start it here with our logger.
     await server.start_server(access_log_class=JsonAccessLogger)
