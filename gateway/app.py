@@ -27,7 +27,7 @@ from gateway.policy.loader import LoadContext
 from gateway.policy.registry import Registry
 from gateway.server import Lifecycle
 from gateway.services import Services
-from gateway.settings import ADMIN_TOKEN_VARIABLE, Settings
+from gateway.settings import ADMIN_TOKEN_VARIABLE, TWILIO_API_BASE_VARIABLE, Settings
 from gateway.telemetry import accesslog
 from gateway.telemetry.cost import MICRO
 from gateway.telemetry.metrics import Metrics
@@ -45,7 +45,6 @@ MIN_ADMIN_TOKEN_BYTES = 32
 EXPORT_SHUTDOWN = 5.0
 
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
-TWILIO_API_BASE_VARIABLE = "SWITCHYARD_TWILIO_API_BASE"  # Twilio's REST API elsewhere (a stand-in)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 # Secrets are read where they are used, from the environment only, never kept in Settings.
 ADMIN_TOKEN_VARIABLE = ENV_PREFIX + "ADMIN_TOKEN"  # the operators' bearer token for /api/v1/admin/cost
-VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values()) | {ADMIN_TOKEN_VARIABLE}
+TWILIO_API_BASE_VARIABLE = ENV_PREFIX + "TWILIO_API_BASE"  # Twilio's REST API elsewhere (a stand-in, a proxy)
+VARIABLES = frozenset(ENV_PREFIX + name for name, _ in _VARIABLES.values()) | {
+    ADMIN_TOKEN_VARIABLE,
+    TWILIO_API_BASE_VARIABLE,
+}
 PUBLIC_URL_VARIABLE = ENV_PREFIX + _VARIABLES["public_urls"][0]
 
 

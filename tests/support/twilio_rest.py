@@ -30,6 +30,8 @@ class TwilioRestStandIn:
     arrivals: list[Arrival] = field(default_factory=list)
     fail: list[tuple[int, int]] = field(default_factory=list)  # (status, code) answered next, in order
     hold: asyncio.Event | None = None  # while set and not released, creates wait (a slow Twilio)
+    ended: int = 0  # calls the test has ended (sent their final status for)
+    live: list[int] = field(default_factory=list)  # calls live as each create arrived: arrivals - ended
     port: int = 0
     _runner: web.AppRunner | None = None
     _count: int = 0
@@ -56,6 +58,7 @@ class TwilioRestStandIn:
             return _error(401, 20003, "Authenticate")
         params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         self.arrivals.append(Arrival(sid, params, self.clock()))
+        self.live.append(len(self.arrivals) - self.ended)
         if self.hold is not None:
             await self.hold.wait()
         if self.fail:
