@@ -137,6 +137,7 @@ def _stores(
             ledger=stores.ledger,
             recorder=recorder,
             answers=stores.answers,
+            idempotent=stores.idempotent,
             leases=stores.leases,
             metrics=metrics,
             clock=clock or monotonic,

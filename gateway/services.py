@@ -37,6 +37,7 @@ class Services:
     recorder: Recorder
     answers: AnswerStore
     leases: LeaseStore
+    idempotent: AnswerStore  # API clients' Idempotency-Key answers (outbound/idempotency.py)
     metrics: Metrics = field(default_factory=Metrics)
     clock: Clock = monotonic
     wall: Callable[[], float] = time.time  # the UTC day a spend belongs to

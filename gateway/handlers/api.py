@@ -19,6 +19,7 @@ from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.base import Decision
 from gateway.limits.budget import utc_day
 from gateway.outbound import calls as outbound_calls
+from gateway.outbound import idempotency
 from gateway.outbound.calls import CallRefused
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
@@ -119,10 +120,23 @@ async def calls(request: web.Request) -> web.Response:
     decision = await _charge(services, exchange, tenant)
     if decision is not None and not decision.allowed:
         return responses.too_many(Refused(decision))
+    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
+        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+    body = await request.content.read(MAX_CALL_BODY + 1)
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return await _place_call(services, exchange, tenant, body)
+    digest = idempotency.fingerprint(request.method, request.path, body)
+    return await idempotency.once(
+        services.idempotent, tenant.id, key, digest, lambda: _place_call(services, exchange, tenant, body)
+    )
+
+
+async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
     try:
-        if request.content_length is not None and request.content_length > MAX_CALL_BODY:
+        if len(body) > MAX_CALL_BODY:
             raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
-        params = outbound_calls.parse(await request.content.read(MAX_CALL_BODY + 1), tenant)
+        params = outbound_calls.parse(body, tenant)
         public = services.public_url.first
         if public is None or services.calls is None:
             raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")

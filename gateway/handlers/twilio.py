@@ -137,7 +137,7 @@ def webhook(kind: WebhookKind) -> Handler:
                     if tenant.daily_budget is not None:
                         await _release_call(exchange, tenant, services)
                     if _first(params, "Direction") == "outbound-api":
-                        await _release_call_slot(exchange, tenant, services)
+                        await _release_call_slot(request, tenant, services)
                 return responses.no_content()
 
             rules = tenant.rules[kind]
@@ -349,9 +349,10 @@ async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) 
         exchange.timed("budget.release", clock() - sent, sent)
 
 
-async def _release_call_slot(exchange: Exchange, tenant: Tenant, services: Services) -> None:
-    """A call placed through the outbound API ended: its concurrent_calls slot is free again."""
-    lease = call_lease(tenant, exchange.sid[:64]) if exchange.sid else None
+async def _release_call_slot(request: web.Request, tenant: Tenant, services: Services) -> None:
+    """A call placed through the outbound API ended: its concurrent_calls slot (named in the
+    callback's URL, which the signature covers) is free again."""
+    lease = call_lease(tenant, slot) if (slot := request.query.get("slot")) else None
     if lease is None:
         return
     try:

@@ -51,6 +51,10 @@ class AnswerStore(Protocol):
         """The first request's answer (None: it had none; waiters then get None at once)."""
         ...
 
+    async def forget(self, tenant: str, retry: RetryKey) -> None:
+        """Drop the token's claim or answer: the next request with it runs again."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -108,6 +112,13 @@ class MemoryAnswers:
         if not future.done():
             future.set_result(answer)
 
+    async def forget(self, tenant: str, retry: RetryKey) -> None:
+        key = f"{tenant}\x00{retry.token}\x00{retry.binding}"
+        self._answers.pop(key, None)
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
     def __len__(self) -> int:
         """Tokens remembered (in flight or answered)."""
         return len(self._pending) + len(self._answers)
@@ -158,6 +169,10 @@ class RedisAnswers:
     async def settle(self, tenant: str, retry: RetryKey, answer: bytes | None) -> None:
         async with guard("answer store", self._deadline):
             await self._client.set(answer_key(tenant, retry), answer or b"", px=int(self._ttl * 1000))
+
+    async def forget(self, tenant: str, retry: RetryKey) -> None:
+        async with guard("answer forget", self._deadline):
+            await self._client.delete(answer_key(tenant, retry))
 
     async def close(self) -> None:
         """Nothing to release: the client belongs to whoever made it."""

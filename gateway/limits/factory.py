@@ -20,6 +20,11 @@ from gateway.limits.memory import MemoryBuckets
 from gateway.limits.redis import RedisBuckets
 from gateway.limits.redis_client import RedisClient, connect
 
+# An API client's Idempotency-Key is remembered a day (as Stripe's are): long enough for any
+# client's retries; at most this many in one process (each answer is a few hundred bytes).
+IDEMPOTENCY_TTL = 24 * 3600.0
+IDEMPOTENCY_KEPT = 100_000
+
 # The spend ledger's deadline per Redis call (the buckets' is 50 ms): still far inside Twilio's 15 s.
 LEDGER_DEADLINE = 0.5
 
@@ -58,6 +63,8 @@ class Stores:
     client: RedisClient | None
     ledger: FailoverLedger
     answers: AnswerStore
+    # API clients' Idempotency-Key answers (outbound/idempotency.py): the same stores, kept a day.
+    idempotent: AnswerStore
 
     async def start(self) -> None:
         """Start the instance heartbeat (Redis only); call inside the running loop."""
@@ -71,6 +78,7 @@ class Stores:
         await self.leases.close()
         await self.ledger.close()
         await self.answers.close()
+        await self.idempotent.close()
         if self.client is not None:
             await self.client.aclose()
 
@@ -103,6 +111,7 @@ def stores_from_url(
             None,
             ledger,
             MemoryAnswers(clock or monotonic),
+            MemoryAnswers(clock or monotonic, ttl=IDEMPOTENCY_TTL, limit=IDEMPOTENCY_KEPT),
         )
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
@@ -125,4 +134,5 @@ def stores_from_url(
         FailoverLedger(redis_ledger, MemoryLedger(clock or monotonic), registry.live_instances),
         # A claim is one small round trip; the ledger's longer deadline suits it (a retry waits).
         RedisAnswers(client, deadline=max(deadline, LEDGER_DEADLINE)),
+        RedisAnswers(client, ttl=IDEMPOTENCY_TTL, deadline=max(deadline, LEDGER_DEADLINE)),
     )

@@ -3,9 +3,11 @@ a `concurrent_calls` slot taken (queued a while when none is free), the account'
 second paced, `calls.create` sent, and the slot kept under the call's SID until its final
 status callback (handlers/twilio.py gives it back), or until its lease expires.
 
-The slot is a lease (limits/leases.py, exact across instances with Redis): taken under a
-pending id, then claimed under the CallSid Twilio answers, with a TTL that outlasts the longest
-call (ring timeout + time limit + a minute), so a lost callback costs the slot only that long.
+The slot is a lease (limits/leases.py, exact across instances with Redis) with a TTL that
+outlasts the longest call (ring timeout + time limit + a minute), so a lost callback costs the
+slot only that long. Its id travels in the status callback's URL (`?slot=<id>`, inside what
+Twilio signs), so whichever instance gets the final status gives back exactly that slot, even
+when the callback comes before Twilio's answer to the create has (an immediate `failed`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from gateway.policy.tenant import Tenant
 log = logging.getLogger(__name__)
 
 CALLS = "calls"  # the lease kind of concurrent_calls
-PENDING_TTL = 60.0  # s a slot is held under its pending id, before the CallSid names it
 POLL = 0.25  # s between tries for a slot while a request waits in the queue
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 MAX_TWIML = 4000  # characters: Twilio's limit on the `Twiml` parameter
@@ -108,11 +109,19 @@ def lease_ttl(tenant: Tenant) -> float:
     return float(tenant.outbound.ring_timeout + tenant.outbound.time_limit + 60)
 
 
-def call_lease(tenant: Tenant, call_sid: str) -> Lease | None:
-    """The slot a placed call holds (to give back at its final status); None without a limit."""
-    if tenant.concurrent_calls is None or tenant.outbound is None:
+SLOT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def call_lease(tenant: Tenant, slot: str) -> Lease | None:
+    """The slot a placed call holds, named by its status callback's `slot` (to give back at
+    its final status); None without a limit or for a slot id not of ours."""
+    if tenant.concurrent_calls is None or tenant.outbound is None or SLOT_ID.fullmatch(slot) is None:
         return None
-    return Lease(tenant.id, CALLS, call_sid, tenant.concurrent_calls, lease_ttl(tenant))
+    return Lease(tenant.id, CALLS, slot, tenant.concurrent_calls, lease_ttl(tenant))
+
+
+def with_slot(status_callback: str, lease: Lease | None) -> str:
+    return status_callback if lease is None else f"{status_callback}?slot={lease.id}"
 
 
 class Calls:
@@ -133,7 +142,8 @@ class Calls:
         clock = self._clock
         began = clock()
         until = began + tenant.outbound.queue_timeout
-        pending = await self._slot(tenant, until)
+        slot = await self._slot(tenant, until)
+        status_callback = with_slot(status_callback, slot)
         try:
             paced = clock()
             await self._pace(tenant, until)
@@ -155,19 +165,16 @@ class Calls:
             if exchange is not None:
                 exchange.timed("twilio POST Calls", clock() - sent, sent, attributes={"twilio.call_sid": str(call.sid)})
         except RestError as error:
-            await self._give_back(pending)
+            await self._give_back(slot)
             if error.status == 0:
                 raise CallRefused(503, "Twilio unreachable", f"the call was not placed: {error.message}") from None
             if error.status == 429 or error.code == 20429:
                 raise CallRefused(429, "Twilio is busy", "Twilio refused the call for now", 1.0, error.code) from None
             raise CallRefused(502, "Twilio refused the call", error.message, code=error.code) from None
         except BaseException:
-            await self._give_back(pending)
+            await self._give_back(slot)
             raise
-        sid, status = str(call.sid), str(call.status)
-        if pending is not None:
-            await self._claim(tenant, pending, sid)
-        return Placed(sid, status)
+        return Placed(str(call.sid), str(call.status))
 
     async def _slot(self, tenant: Tenant, until: float) -> Lease | None:
         limit = tenant.concurrent_calls
@@ -194,7 +201,7 @@ class Calls:
 
     async def _acquire(self, tenant: Tenant, limit: int) -> Lease | None:
         try:
-            return await self._leases.acquire(tenant.id, CALLS, limit, PENDING_TTL)
+            return await self._leases.acquire(tenant.id, CALLS, limit, lease_ttl(tenant))
         except BackendError:
             raise CallRefused(503, "Limits unavailable", "the shared store is not answering; try again", 1.0) from None
 
@@ -214,17 +221,10 @@ class Calls:
                 raise CallRefused(429, "Too many calls", "the account's calls per second are taken", wait)
             await self._sleep(wait)
 
-    async def _claim(self, tenant: Tenant, pending: Lease, sid: str) -> None:
-        try:
-            if await self._leases.claim(pending, sid, lease_ttl(tenant), PENDING_TTL) is None:
-                log.warning("tenant %s: a placed call's slot had lapsed; it runs over the limit", tenant.id)
-        except BackendError as error:
-            log.warning("tenant %s: a placed call's slot not claimed: %s", tenant.id, error)
-
     async def _give_back(self, lease: Lease | None) -> None:
         if lease is None:
             return
         try:
             await self._leases.release(lease)
-        except BackendError as error:  # it lapses at PENDING_TTL
+        except BackendError as error:  # it lapses with its lease
             log.warning("tenant %s: a call's slot not given back: %s", lease.tenant, error)

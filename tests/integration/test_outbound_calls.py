@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.support.otlp import OtlpHttpReceiver
 from tests.support.servers import running
 from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
 from tests.support.twilio_rest import TwilioRestStandIn
+from tests.support.waiting import until
 
 Client = TestClient[web.Request, web.Application]
 SECRET = "outbound-test-jwt-secret-of-32-bytes-at-least"
@@ -98,10 +100,12 @@ async def _place(client: Client, **body: object) -> tuple[int, dict[str, Any], d
     return response.status, await response.json(content_type=kind), dict(response.headers)
 
 
-async def _ended(client: Client, call_sid: str, status: str = "completed") -> None:
-    """Twilio's final status callback for a placed call, signed as Twilio signs it."""
+async def _ended(client: Client, twilio: TwilioRestStandIn, call_sid: str, status: str = "completed") -> None:
+    """Twilio's final status callback for a placed call, to the StatusCallback URL it was given
+    (the slot's id in its query), signed as Twilio signs it."""
+    (sent,) = [a.params for a in twilio.arrivals if a.params.get("_sid") == call_sid]
     form = {"AccountSid": ACME_SID, "CallSid": call_sid, "CallStatus": status, "Direction": "outbound-api"}
-    code, _ = await post(client, "/t/acme/status", form, ACME_TOKEN)
+    code, _ = await post(client, sent["StatusCallback"].removeprefix(PUBLIC), form, ACME_TOKEN)
     assert code == 204
 
 
@@ -116,7 +120,7 @@ async def test_a_call_is_placed_with_the_policys_twiml_and_our_status_callback(
     (sent,) = twilio.calls()
     assert sent["To"] == "+15557654321" and sent["From"] == NUMBER
     assert "<Say>Hello from Acme.</Say>" in sent["Twiml"]
-    assert sent["StatusCallback"] == f"{PUBLIC}/t/acme/status"
+    assert re.fullmatch(f"{PUBLIC}/t/acme/status\\?slot=[0-9a-f]{{32}}", sent["StatusCallback"])
     assert (sent["Timeout"], sent["TimeLimit"]) == ("30", "14400")
 
 
@@ -180,7 +184,7 @@ async def test_concurrent_calls_are_held_until_the_final_status_callback(
     third, problem, headers = await _place(client)
     assert third == 429 and problem["title"] == "Too many calls" and int(headers["Retry-After"]) >= 1
     assert await client.app[SERVICES].leases.count("acme", "calls") == 2
-    await _ended(client, body["sid"], "no-answer")
+    await _ended(client, twilio, body["sid"], "no-answer")
     assert await client.app[SERVICES].leases.count("acme", "calls") == 1
     fourth, _, _ = await _place(client)
     assert fourth == 201 and len(twilio.calls()) == 3
@@ -204,7 +208,7 @@ async def test_a_queued_call_goes_when_a_slot_frees(
     waiting = asyncio.create_task(_place(client))
     await asyncio.wait_for(asleep.wait(), 5)  # queued: no slot
     assert len(twilio.calls()) == 1
-    await _ended(client, body["sid"])
+    await _ended(client, twilio, body["sid"])
     wake.set()
     status, _, _ = await asyncio.wait_for(waiting, 5)
     assert status == 201 and len(twilio.calls()) == 2
@@ -275,3 +279,77 @@ async def test_a_placed_call_is_a_span_with_its_twilio_call_as_a_child(
     assert rest.attributes["twilio.call_sid"] == body["sid"]
     for span in (api, rest):
         assert not any("+1555" in str(value) for value in span.attributes.values())
+
+
+async def _place_keyed(client: Client, key: str, **body: object) -> tuple[int, dict[str, Any], dict[str, str]]:
+    request = {"to": "+15557654321", "from": NUMBER, "route": "greeting", **body}
+    response = await client.post("/api/v1/calls", json=request, headers={**_auth(), "Idempotency-Key": key})
+    return response.status, await response.json(content_type=response.content_type), dict(response.headers)
+
+
+async def test_an_idempotency_key_replays_the_first_answer(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """A POST retried with the same Idempotency-Key places no second call: the first answer
+    comes back (same SID), marked Idempotent-Replayed."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    first, body, _ = await _place_keyed(client, "order-4471")
+    again, replayed, headers = await _place_keyed(client, "order-4471")
+    assert (first, again) == (201, 201) and replayed == body
+    assert headers["Idempotent-Replayed"] == "true"
+    assert len(twilio.calls()) == 1
+
+
+async def test_an_idempotency_key_reused_with_another_request_is_422(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """The same key with another body is a client's mistake, not a retry: 422, no call."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    assert (await _place_keyed(client, "k-1"))[0] == 201
+    status, problem, _ = await _place_keyed(client, "k-1", to="+15550000000")
+    assert status == 422 and problem["title"] == "Idempotency-Key reused"
+    assert len(twilio.calls()) == 1
+
+
+async def test_a_key_whose_answer_said_retry_runs_again(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """A 429 (over concurrent_calls) is not kept: once a slot frees, the same key places the call."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, concurrent=1)
+    _, live, _ = await _place(client)
+    assert (await _place_keyed(client, "k-2"))[0] == 429
+    await _ended(client, twilio, live["sid"])
+    status, _, headers = await _place_keyed(client, "k-2")
+    assert status == 201 and "Idempotent-Replayed" not in headers
+    assert len(twilio.calls()) == 2
+
+
+async def test_a_key_still_running_is_409(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """While the first request with a key is still placing its call, the same key gets 409."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    twilio.hold = asyncio.Event()
+    first = asyncio.create_task(_place_keyed(client, "k-3"))
+    await until(lambda: len(twilio.arrivals) == 1)
+    status, problem, _ = await _place_keyed(client, "k-3")
+    assert status == 409 and problem["title"] == "Request in progress"
+    twilio.hold.set()
+    assert (await first)[0] == 201
+
+
+async def test_a_final_status_before_twilios_answer_still_frees_the_slot(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
+) -> None:
+    """A call that fails at once: its final status callback can come before Twilio's answer to
+    the create; the slot it names is given back all the same, not held until its TTL."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, concurrent=1)
+    twilio.hold = asyncio.Event()
+    placing = asyncio.create_task(_place(client))
+    await until(lambda: len(twilio.arrivals) == 1)
+    callback = twilio.arrivals[0].params["StatusCallback"].removeprefix(PUBLIC)
+    form = {"AccountSid": ACME_SID, "CallSid": "CA" + "f" * 32, "CallStatus": "failed", "Direction": "outbound-api"}
+    assert (await post(client, callback, form, ACME_TOKEN))[0] == 204
+    twilio.hold.set()
+    assert (await placing)[0] == 201
+    assert await client.app[SERVICES].leases.count("acme", "calls") == 0

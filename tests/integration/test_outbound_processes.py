@@ -51,11 +51,13 @@ async def _place(session: aiohttp.ClientSession, base: str) -> int:
         return response.status
 
 
-async def _end(session: aiohttp.ClientSession, base: str, call_sid: str) -> None:
-    """Twilio's final status callback for a call, signed for the process it is sent to."""
+async def _end(session: aiohttp.ClientSession, twilio: TwilioRestStandIn, call_sid: str) -> None:
+    """Twilio's final status callback for a call, to the StatusCallback URL it was given (the
+    instance that placed it, the slot's id in its query), signed for that URL."""
+    (url,) = [a.params["StatusCallback"] for a in twilio.arrivals if a.params.get("_sid") == call_sid]
     form = {"AccountSid": ACCOUNT, "CallSid": call_sid, "CallStatus": "completed", "Direction": "outbound-api"}
-    head, body = signed_form(TOKEN, base + "/t/shared/status", form)
-    async with session.post(base + "/t/shared/status", data=body, headers=head) as response:
+    head, body = signed_form(TOKEN, url, form)
+    async with session.post(url, data=body, headers=head) as response:
         assert response.status == 204
 
 
@@ -77,11 +79,42 @@ async def test_one_concurrent_calls_limit_across_two_processes(
         async with aiohttp.ClientSession() as session:
             placing = [asyncio.create_task(_place(session, p.base)) for p in (a, b) * 5]
             await until(lambda: len(twilio.arrivals) >= LIMIT, within=10)
-            sids = [f"CA{n:032x}" for n in (1, 2)]
-            for sid, process in zip(sids, (a, b), strict=True):
+            for sid in (f"CA{n:032x}" for n in (1, 2)):
                 twilio.ended += 1  # before its callback: a call placed after it may count it ended
-                await _end(session, process.base, sid)
+                await _end(session, twilio, sid)
             statuses = sorted(await asyncio.gather(*placing))
     assert statuses == [201] * (LIMIT + 2) + [429] * 3
     assert len(twilio.arrivals) == LIMIT + 2
     assert max(twilio.live) <= LIMIT
+
+
+async def test_an_idempotency_key_holds_across_processes(
+    tmp_path: Path, redis_url: str, started: list[GatewayProcess]
+) -> None:
+    """A POST retried on another instance with the same Idempotency-Key gets the first answer
+    (kept in Redis) and places no second call."""
+    async with running(TwilioRestStandIn({ACCOUNT: TOKEN}, time.monotonic)) as twilio:
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        (policies / "shared.yaml").write_text(POLICY)
+        env = {"OUTBOUND_TOKEN": TOKEN, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
+        for _ in range(2):
+            started.append(GatewayProcess(policies, env, ["--limiter", redis_url]))
+        for process in started:
+            process.wait_ready()
+        claims = {"tenant": "shared", "aud": "switchyard", "exp": int(time.time()) + 300}
+        headers = {
+            "Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}",
+            "Idempotency-Key": "campaign-7/lead-19",
+        }
+        body = {"to": "+15551112222", "from": NUMBER, "url": "https://runtime.example/call.xml"}
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for process in started:
+                async with session.post(process.base + "/api/v1/calls", json=body, headers=headers) as response:
+                    answers.append(
+                        (response.status, await response.json(), response.headers.get("Idempotent-Replayed"))
+                    )
+    assert [a[0] for a in answers] == [201, 201]
+    assert answers[0][1] == answers[1][1] and answers[1][2] == "true"
+    assert len(twilio.arrivals) == 1

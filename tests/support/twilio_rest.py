@@ -66,6 +66,7 @@ class TwilioRestStandIn:
             return _error(status, code, "Too Many Requests" if code == 20429 else "Invalid parameter")
         self._count += 1
         call_sid = f"CA{self._count:032x}"
+        params["_sid"] = call_sid  # (not Twilio's: which call this create became, for tests)
         return web.json_response(
             {
                 "sid": call_sid,

@@ -80,3 +80,18 @@ async def test_a_settle_after_expiry_keeps_nothing(clock: FakeClock) -> None:
     assert (await answers.claim("other", RETRY, wait=0)).first  # prunes the expired claim
     await answers.settle("acme", RETRY, b"<Response/>")
     assert len(answers) == 1
+
+
+async def test_a_forgotten_token_claims_anew(clock: FakeClock) -> None:
+    """forget() drops a claim in flight (its waiters get None) or a settled answer: the next
+    claim of the token is first again."""
+    answers = MemoryAnswers(clock)
+    assert (await answers.claim("acme", RETRY, wait=0)).first
+    waiter = asyncio.create_task(answers.claim("acme", RETRY, wait=5))
+    await asyncio.sleep(0)  # a scheduling step: the waiter is waiting
+    await answers.forget("acme", RETRY)
+    assert (await waiter).answer is None
+    assert (await answers.claim("acme", RETRY, wait=0)).first
+    await answers.settle("acme", RETRY, b"kept")
+    await answers.forget("acme", RETRY)
+    assert (await answers.claim("acme", RETRY, wait=0)).first
