@@ -95,6 +95,7 @@ def create_app(
     app.router.add_get("/api/v1/cost", api.cost)
     app.router.add_get("/api/v1/admin/cost", api.admin_cost)
     app.router.add_post("/api/v1/calls", api.calls)
+    app.router.add_post("/api/v1/messages", api.messages)
     return app
 
 

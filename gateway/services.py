@@ -21,6 +21,7 @@ from gateway.limits.budget_failover import FailoverLedger
 from gateway.limits.leases import LeaseStore
 from gateway.outbound.calls import Calls
 from gateway.outbound.client import TwilioRest
+from gateway.outbound.messages import Messages
 from gateway.policy.registry import Registry
 from gateway.settings import Settings
 from gateway.telemetry.metrics import Metrics
@@ -49,6 +50,8 @@ class Services:
     jwks: JwksCache | None = field(init=False, default=None)
     # Calls placed for tenants (outbound/calls.py); None without an egress session.
     calls: Calls | None = field(init=False, default=None)
+    # Texts sent for tenants (outbound/messages.py); None without an egress session.
+    messages: Messages | None = field(init=False, default=None)
     # What actions that call out use (actions/base.py Tools); None without an egress session.
     tools: Tools | None = field(init=False, default=None)
     # The Media Streams being relayed (bridge/streams.py).
@@ -61,6 +64,7 @@ class Services:
             self.jwks = JwksCache(_jwks_fetch(self.egress, self.clock), self.clock)
             rest = TwilioRest(self.egress, self.clock, self.sleep, self.twilio_api_base)
             self.calls = Calls(rest, self.leases, self.limits, self.clock, self.sleep)
+            self.messages = Messages(rest, self.limits, self.ledger, self.clock, self.wall)
 
 
 JWKS_WITHIN = 3.0  # s for a tenant's identity provider to answer with its key set

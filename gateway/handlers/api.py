@@ -20,6 +20,7 @@ from gateway.limits.base import Decision
 from gateway.limits.budget import utc_day
 from gateway.outbound import calls as outbound_calls
 from gateway.outbound import idempotency
+from gateway.outbound import messages as outbound_messages
 from gateway.outbound.calls import CallRefused
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
@@ -142,14 +143,58 @@ async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, bo
             raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
         placed = await services.calls.place(tenant, params, f"{public}/t/{tenant.id}/status", exchange)
     except CallRefused as refused:
-        exchange.decision = "refused"
-        exchange.error = refused.title
-        headers = {"Retry-After": str(max(1, math.ceil(refused.retry_after)))} if refused.retry_after else None
-        extra = {"twilio_code": refused.code} if refused.code is not None else {}
-        return responses.problem(refused.status, refused.title, refused.detail, headers=headers, **extra)
+        return _refused(exchange, refused)
     exchange.decision = "placed"
     exchange.sid = placed.sid
     return responses.json({"sid": placed.sid, "status": placed.status, "tenant": tenant.id}, status=201)
+
+
+async def messages(request: web.Request) -> web.Response:
+    """POST /api/v1/messages: send a text for the token's tenant (scope messages:write):
+    `{"to", "from", "body"}`; 201 with its SID, status and segments; problem JSON otherwise."""
+    services = request.app[SERVICES]
+    exchange = _exchange(request, services)
+    grant = await _grant(request, exchange, services, scope="messages:write")
+    if isinstance(grant, web.Response):
+        return grant
+    tenant = grant.tenant
+    decision = await _charge(services, exchange, tenant)
+    if decision is not None and not decision.allowed:
+        return responses.too_many(Refused(decision))
+    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
+        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+    body = await request.content.read(MAX_CALL_BODY + 1)
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return await _send_message(services, exchange, tenant, body)
+    digest = idempotency.fingerprint(request.method, request.path, body)
+    return await idempotency.once(
+        services.idempotent, tenant.id, key, digest, lambda: _send_message(services, exchange, tenant, body)
+    )
+
+
+async def _send_message(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
+    try:
+        if len(body) > MAX_CALL_BODY:
+            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+        params = outbound_messages.parse(body, tenant)
+        if services.messages is None:
+            raise CallRefused(503, "No outbound session", "the gateway is not serving")
+        sent = await services.messages.send(tenant, params, exchange)
+    except CallRefused as refused:
+        return _refused(exchange, refused)
+    exchange.decision = "sent"
+    exchange.sid = sent.sid
+    answer = {"sid": sent.sid, "status": sent.status, "segments": sent.segments, "tenant": tenant.id}
+    return responses.json(answer, status=201)
+
+
+def _refused(exchange: Exchange, refused: CallRefused) -> web.Response:
+    exchange.decision = "refused"
+    exchange.error = refused.title
+    headers = {"Retry-After": str(max(1, math.ceil(refused.retry_after)))} if refused.retry_after else None
+    extra = {"twilio_code": refused.code} if refused.code is not None else {}
+    return responses.problem(refused.status, refused.title, refused.detail, headers=headers, **extra)
 
 
 def _exchange(request: web.Request, services: Services) -> Exchange:
@@ -176,6 +221,7 @@ async def _grant(
         exchange.decision = "error"
         return responses.problem(503, "Key set unavailable", "the tenant's JWKS could not be fetched; try again")
     exchange.tenant = grant.tenant
+    exchange.verified = True  # a valid token: what the request costs is the tenant's
     try:
         grant.require(scope)
     except ScopeError as error:

@@ -25,8 +25,8 @@ from gateway.errors import BackendError, SwitchyardError
 from gateway.exchange import Exchange
 from gateway.limits.base import Limiter, Rule
 from gateway.limits.leases import Lease, LeaseStore
-from gateway.outbound.client import RestError, TwilioRest
-from gateway.policy.tenant import Tenant
+from gateway.outbound.client import TOO_MANY, RestError, TwilioRest
+from gateway.policy.tenant import OutboundCalls, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +56,8 @@ def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
     """calls.create's parameters for a request body, checked against the tenant's policy:
     `from` one of its numbers, `to` E.164 and allowed, the TwiML from a named static voice
     route, an allowed URL, or (only when the policy allows it) inline. CallRefused(400/403)."""
-    outbound = tenant.outbound
-    if outbound is None:
-        raise CallRefused(403, "No outbound calls", f"tenant {tenant.id} has no outbound: block in its policy")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise CallRefused(400, "Bad request", "the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise CallRefused(400, "Bad request", "the body must be a JSON object")
-    to, from_ = data.get("to"), data.get("from")
-    if not isinstance(to, str) or E164.fullmatch(to) is None:
-        raise CallRefused(400, "Bad request", "`to` must be an E.164 number (+15551230000)")
-    if not isinstance(from_, str) or from_ not in tenant.numbers:
-        raise CallRefused(400, "Bad request", "`from` must be one of the tenant's numbers")
-    if (outbound.to_allow and not to.startswith(outbound.to_allow)) or to.startswith(outbound.to_deny):
-        raise CallRefused(403, "Destination not allowed", "the tenant's policy does not allow calls to that number")
+    outbound, data = request_of(body, tenant)
+    to, from_ = parties(data, tenant)
     params: dict[str, Any] = {"to": to, "from_": from_, "time_limit": outbound.time_limit}
     sources = [k for k in ("route", "url", "twiml") if data.get(k) is not None]
     if len(sources) != 1:
@@ -101,6 +87,44 @@ def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
         raise CallRefused(400, "Bad request", f"`timeout` must be 1 to {outbound.ring_timeout} seconds")
     params["timeout"] = timeout
     return params
+
+
+def refused_by_twilio(error: RestError, what: str) -> CallRefused:
+    """Twilio's error, as the API client's answer: 503 unreachable, 429 busy (20429, after our
+    own retries), 502 with Twilio's code for anything else (nothing is retried then)."""
+    if error.status == 0:
+        return CallRefused(503, "Twilio unreachable", f"the {what} was not sent: {error.message}")
+    if error.status == 429 or error.code == TOO_MANY:
+        return CallRefused(429, "Twilio is busy", f"Twilio refused the {what} for now", 1.0, error.code)
+    return CallRefused(502, f"Twilio refused the {what}", error.message, code=error.code)
+
+
+def request_of(body: bytes, tenant: Tenant) -> tuple[OutboundCalls, dict[str, Any]]:
+    """The tenant's outbound policy and the request's JSON object; CallRefused otherwise."""
+    outbound = tenant.outbound
+    if outbound is None:
+        raise CallRefused(403, "No outbound API", f"tenant {tenant.id} has no outbound: block in its policy")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise CallRefused(400, "Bad request", "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise CallRefused(400, "Bad request", "the body must be a JSON object")
+    return outbound, data
+
+
+def parties(data: dict[str, Any], tenant: Tenant) -> tuple[str, str]:
+    """`to` (E.164, allowed by the policy) and `from` (one of the tenant's numbers)."""
+    outbound = tenant.outbound
+    assert outbound is not None
+    to, from_ = data.get("to"), data.get("from")
+    if not isinstance(to, str) or E164.fullmatch(to) is None:
+        raise CallRefused(400, "Bad request", "`to` must be an E.164 number (+15551230000)")
+    if not isinstance(from_, str) or from_ not in tenant.numbers:
+        raise CallRefused(400, "Bad request", "`from` must be one of the tenant's numbers")
+    if (outbound.to_allow and not to.startswith(outbound.to_allow)) or to.startswith(outbound.to_deny):
+        raise CallRefused(403, "Destination not allowed", "the tenant's policy does not allow that number")
+    return to, from_
 
 
 def lease_ttl(tenant: Tenant) -> float:
@@ -166,11 +190,7 @@ class Calls:
                 exchange.timed("twilio POST Calls", clock() - sent, sent, attributes={"twilio.call_sid": str(call.sid)})
         except RestError as error:
             await self._give_back(slot)
-            if error.status == 0:
-                raise CallRefused(503, "Twilio unreachable", f"the call was not placed: {error.message}") from None
-            if error.status == 429 or error.code == 20429:
-                raise CallRefused(429, "Twilio is busy", "Twilio refused the call for now", 1.0, error.code) from None
-            raise CallRefused(502, "Twilio refused the call", error.message, code=error.code) from None
+            raise refused_by_twilio(error, "call") from None
         except BaseException:
             await self._give_back(slot)
             raise

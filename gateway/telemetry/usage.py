@@ -17,7 +17,7 @@ BILLING_FIELDS = ("NumSegments", "Body", "CallStatus", "CallDuration", "MessageS
 
 # The outcomes that cost the tenant: a verified request answered in any way. Refusals (over a
 # limit, over budget) and forged or unknown requests cost nothing.
-COSTED = frozenset({"answered", "fallback", "no-route", "recorded", "error", "streamed"})
+COSTED = frozenset({"answered", "fallback", "no-route", "recorded", "error", "streamed", "sent"})
 
 
 def cost_of(exchange: Exchange, prices: Prices) -> Cost:
@@ -27,7 +27,7 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
         return {}
     fields = exchange.fields or {}
     kind = exchange.kind
-    if kind == "stream":  # no webhook: its minutes, worked out by the bridge when it ended
+    if kind in ("stream", "api"):  # no webhook: what the bridge or the outbound API worked out
         return dict(exchange.call_cost or {})
     spent = cost.webhook_cost(prices)
     if kind == "sms":

@@ -1,5 +1,5 @@
 """Twilio's REST API for tests: a real aiohttp server on 127.0.0.1 speaking the API's shape for
-`POST /2010-04-01/Accounts/{sid}/Calls.json` (Basic auth with the account's SID and token, form
+`POST /2010-04-01/Accounts/{sid}/Calls.json` and `…/Messages.json` (Basic auth with the account's SID and token, form
 parameters, Twilio's JSON answers and error bodies). twilio-python is pointed at it the
 supported way: its Client's `http_client` (the gateway's, with SWITCHYARD_TWILIO_API_BASE).
 Errors and slowness can be injected; each arrival is timed on the clock the test gives."""
@@ -30,6 +30,8 @@ class TwilioRestStandIn:
     arrivals: list[Arrival] = field(default_factory=list)
     fail: list[tuple[int, int]] = field(default_factory=list)  # (status, code) answered next, in order
     hold: asyncio.Event | None = None  # while set and not released, creates wait (a slow Twilio)
+    segments: str = "1"  # the num_segments Twilio answers a message with
+    messages: list[Arrival] = field(default_factory=list)
     ended: int = 0  # calls the test has ended (sent their final status for)
     live: list[int] = field(default_factory=list)  # calls live as each create arrived: arrivals - ended
     port: int = 0
@@ -43,6 +45,7 @@ class TwilioRestStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", self._create_call)
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._create_message)
         self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
@@ -80,6 +83,30 @@ class TwilioRestStandIn:
             },
             status=201,
         )
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        sid = request.match_info["sid"]
+        if not self._authorized(request, sid):
+            return _error(401, 20003, "Authenticate")
+        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        self.messages.append(Arrival(sid, params, self.clock()))
+        if self.fail:
+            status, code = self.fail.pop(0)
+            return _error(status, code, "Too Many Requests" if code == 20429 else "Invalid parameter")
+        message_sid = f"SM{len(self.messages):032x}"
+        body = {
+            "sid": message_sid,
+            "account_sid": sid,
+            "to": params.get("To"),
+            "from": params.get("From"),
+            "body": params.get("Body"),
+            "status": "queued",
+            "num_segments": self.segments,
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "uri": f"/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
+        }
+        return web.json_response(body, status=201)
 
     def _authorized(self, request: web.Request, sid: str) -> bool:
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
