@@ -96,6 +96,7 @@ def create_app(
     app.router.add_get("/api/v1/admin/cost", api.admin_cost)
     app.router.add_post("/api/v1/calls", api.calls)
     app.router.add_post("/api/v1/messages", api.messages)
+    app.router.add_post("/api/v1/after-hours", api.after_hours)
     return app
 
 

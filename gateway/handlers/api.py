@@ -3,9 +3,11 @@ your spend; and the operators' view of every tenant's spend (an admin token)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hmac
 import math
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -187,6 +189,81 @@ async def _send_message(services: Services, exchange: Exchange, tenant: Tenant, 
     exchange.sid = sent.sid
     answer = {"sid": sent.sid, "status": sent.status, "segments": sent.segments, "tenant": tenant.id}
     return responses.json(answer, status=201)
+
+
+AFTER_HOURS_RING = 120  # s: the after-hours call rings this long (at most the policy's ring_timeout_s)
+
+
+async def after_hours(request: web.Request) -> web.Response:
+    """POST /api/v1/after-hours: the call and the text of the after-hours race, at once (scopes
+    calls:write and messages:write): `{"to", "from", "body", "route" | "url" | "twiml"}`. Each
+    leg goes through its own limits, pacing, budget and slot, and one failing never cancels the
+    other: 200 with `{"call": {...}, "message": {...}}`, each leg's answer (201) or problem."""
+    services = request.app[SERVICES]
+    exchange = _exchange(request, services)
+    grant = await _grant(request, exchange, services, scope="calls:write")
+    if isinstance(grant, web.Response):
+        return grant
+    try:
+        grant.require("messages:write")
+    except ScopeError as error:
+        exchange.decision = "forbidden"
+        return responses.insufficient_scope(error.scope)
+    tenant = grant.tenant
+    decision = await _charge(services, exchange, tenant)
+    if decision is not None and not decision.allowed:
+        return responses.too_many(Refused(decision))
+    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
+        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+    body = await request.content.read(MAX_CALL_BODY + 1)
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return await _race(services, exchange, tenant, body)
+    digest = idempotency.fingerprint(request.method, request.path, body)
+    return await idempotency.once(
+        services.idempotent, tenant.id, key, digest, lambda: _race(services, exchange, tenant, body)
+    )
+
+
+async def _race(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
+    try:
+        if len(body) > MAX_CALL_BODY:
+            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+        _, data = outbound_calls.request_of(body, tenant)
+        call = outbound_calls.parse_data({k: v for k, v in data.items() if k != "body"}, tenant, AFTER_HOURS_RING)
+        text = outbound_messages.parse_data({k: data.get(k) for k in ("to", "from", "body")}, tenant)
+        public = services.public_url.first
+        if public is None or services.calls is None or services.messages is None:
+            raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
+    except CallRefused as refused:
+        return _refused(exchange, refused)
+    calls, messages = services.calls, services.messages
+
+    async def call_leg() -> dict[str, object]:
+        placed = await calls.place(tenant, call, f"{public}/t/{tenant.id}/status", exchange)
+        return {"status": 201, "sid": placed.sid, "call_status": placed.status}
+
+    async def message_leg() -> dict[str, object]:
+        sent = await messages.send(tenant, text, exchange)
+        return {"status": 201, "sid": sent.sid, "message_status": sent.status, "segments": sent.segments}
+
+    legs = await asyncio.gather(_leg(call_leg()), _leg(message_leg()))
+    exchange.decision = "sent" if any(leg["status"] == 201 for leg in legs) else "refused"
+    return responses.json({"call": legs[0], "message": legs[1], "tenant": tenant.id})
+
+
+async def _leg(work: Awaitable[dict[str, object]]) -> dict[str, object]:
+    """One leg's answer, or its refusal as problem details: a leg that fails is reported, never
+    raised, so it cannot cancel the other."""
+    try:
+        return await work
+    except CallRefused as refused:
+        leg: dict[str, object] = {"status": refused.status, "title": refused.title, "detail": refused.detail}
+        if refused.code is not None:
+            leg["twilio_code"] = refused.code
+        if refused.retry_after:
+            leg["retry_after"] = max(1, math.ceil(refused.retry_after))
+        return leg
 
 
 def _refused(exchange: Exchange, refused: CallRefused) -> web.Response:

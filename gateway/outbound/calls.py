@@ -56,7 +56,15 @@ def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
     """calls.create's parameters for a request body, checked against the tenant's policy:
     `from` one of its numbers, `to` E.164 and allowed, the TwiML from a named static voice
     route, an allowed URL, or (only when the policy allows it) inline. CallRefused(400/403)."""
-    outbound, data = request_of(body, tenant)
+    _, data = request_of(body, tenant)
+    return parse_data(data, tenant)
+
+
+def parse_data(data: dict[str, Any], tenant: Tenant, default_timeout: int | None = None) -> dict[str, Any]:
+    """parse() of a request already read as a JSON object; `default_timeout`: the ring timeout
+    when the request gives none (at most the policy's; default the policy's)."""
+    outbound = tenant.outbound
+    assert outbound is not None
     to, from_ = parties(data, tenant)
     params: dict[str, Any] = {"to": to, "from_": from_, "time_limit": outbound.time_limit}
     sources = [k for k in ("route", "url", "twiml") if data.get(k) is not None]
@@ -82,7 +90,8 @@ def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
         if len(value) > MAX_TWIML:
             raise CallRefused(400, "Bad request", f"`twiml` is over {MAX_TWIML} characters")
         params["twiml"] = value
-    timeout = data.get("timeout", outbound.ring_timeout)
+    ring = outbound.ring_timeout if default_timeout is None else min(default_timeout, outbound.ring_timeout)
+    timeout = data.get("timeout", ring)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= outbound.ring_timeout:
         raise CallRefused(400, "Bad request", f"`timeout` must be 1 to {outbound.ring_timeout} seconds")
     params["timeout"] = timeout

@@ -36,6 +36,11 @@ class Sent:
 def parse(body: bytes, tenant: Tenant) -> dict[str, Any]:
     """messages.create's parameters: `to`, `from`, `body` (1 to 1600 characters)."""
     _, data = request_of(body, tenant)
+    return parse_data(data, tenant)
+
+
+def parse_data(data: dict[str, Any], tenant: Tenant) -> dict[str, Any]:
+    """parse() of a request already read as a JSON object."""
     to, from_ = parties(data, tenant)
     text = data.get("body")
     if not isinstance(text, str) or not 0 < len(text) <= MAX_BODY_CHARS:

@@ -105,7 +105,7 @@ async def test_a_twilio_error_releases_the_hold(
 ) -> None:
     """Twilio refusing the text (21211): 502 with its code, and the estimate no longer held."""
     client = await _client(aiohttp_client, clock, tmp_path, twilio)
-    twilio.fail = [(400, 21211)]
+    twilio.fail_messages = [(400, 21211)]
     status, problem = await _send(client, "hello")
     assert status == 502 and problem["twilio_code"] == 21211
     assert await _spent(client) == (0, 0)

@@ -28,7 +28,8 @@ class TwilioRestStandIn:
     accounts: dict[str, str]  # account SID -> auth token
     clock: Callable[[], float]
     arrivals: list[Arrival] = field(default_factory=list)
-    fail: list[tuple[int, int]] = field(default_factory=list)  # (status, code) answered next, in order
+    fail: list[tuple[int, int]] = field(default_factory=list)  # (status, code) the next creates of calls get
+    fail_messages: list[tuple[int, int]] = field(default_factory=list)  # ... and of messages
     hold: asyncio.Event | None = None  # while set and not released, creates wait (a slow Twilio)
     segments: str = "1"  # the num_segments Twilio answers a message with
     messages: list[Arrival] = field(default_factory=list)
@@ -90,8 +91,8 @@ class TwilioRestStandIn:
             return _error(401, 20003, "Authenticate")
         params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         self.messages.append(Arrival(sid, params, self.clock()))
-        if self.fail:
-            status, code = self.fail.pop(0)
+        if self.fail_messages:
+            status, code = self.fail_messages.pop(0)
             return _error(status, code, "Too Many Requests" if code == 20429 else "Invalid parameter")
         message_sid = f"SM{len(self.messages):032x}"
         body = {
