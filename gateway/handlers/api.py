@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import hmac
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -109,16 +109,31 @@ async def admin_cost(request: web.Request) -> web.Response:
 MAX_CALL_BODY = 16 * 1024
 
 
+Work = Callable[[Services, Exchange, Tenant, bytes], Awaitable[web.Response]]
+
+
 async def calls(request: web.Request) -> web.Response:
     """POST /api/v1/calls: place a call for the token's tenant (scope calls:write): 201 with its
     SID and status; problem JSON otherwise (400 a bad request, 403 not allowed by the policy,
     429 with Retry-After over concurrent_calls or the account's CPS, 502 Twilio's refusal with
     its code, 503 Twilio or the store unreachable)."""
+    return await _outbound(request, ("calls:write",), _place_call)
+
+
+async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -> web.Response:
+    """What every outbound POST does before its own work: the token and its scopes, the `api`
+    bucket, the body read (bounded), and an Idempotency-Key honoured."""
     services = request.app[SERVICES]
     exchange = _exchange(request, services)
-    grant = await _grant(request, exchange, services, scope="calls:write")
+    grant = await _grant(request, exchange, services, scope=scopes[0])
     if isinstance(grant, web.Response):
         return grant
+    try:
+        for scope in scopes[1:]:
+            grant.require(scope)
+    except ScopeError as error:
+        exchange.decision = "forbidden"
+        return responses.insufficient_scope(error.scope)
     tenant = grant.tenant
     decision = await _charge(services, exchange, tenant)
     if decision is not None and not decision.allowed:
@@ -128,10 +143,10 @@ async def calls(request: web.Request) -> web.Response:
     body = await request.content.read(MAX_CALL_BODY + 1)
     key = request.headers.get(idempotency.HEADER)
     if key is None:
-        return await _place_call(services, exchange, tenant, body)
+        return await work(services, exchange, tenant, body)
     digest = idempotency.fingerprint(request.method, request.path, body)
     return await idempotency.once(
-        services.idempotent, tenant.id, key, digest, lambda: _place_call(services, exchange, tenant, body)
+        services.idempotent, tenant.id, key, digest, lambda: work(services, exchange, tenant, body)
     )
 
 
@@ -154,25 +169,7 @@ async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, bo
 async def messages(request: web.Request) -> web.Response:
     """POST /api/v1/messages: send a text for the token's tenant (scope messages:write):
     `{"to", "from", "body"}`; 201 with its SID, status and segments; problem JSON otherwise."""
-    services = request.app[SERVICES]
-    exchange = _exchange(request, services)
-    grant = await _grant(request, exchange, services, scope="messages:write")
-    if isinstance(grant, web.Response):
-        return grant
-    tenant = grant.tenant
-    decision = await _charge(services, exchange, tenant)
-    if decision is not None and not decision.allowed:
-        return responses.too_many(Refused(decision))
-    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
-        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
-    body = await request.content.read(MAX_CALL_BODY + 1)
-    key = request.headers.get(idempotency.HEADER)
-    if key is None:
-        return await _send_message(services, exchange, tenant, body)
-    digest = idempotency.fingerprint(request.method, request.path, body)
-    return await idempotency.once(
-        services.idempotent, tenant.id, key, digest, lambda: _send_message(services, exchange, tenant, body)
-    )
+    return await _outbound(request, ("messages:write",), _send_message)
 
 
 async def _send_message(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
@@ -199,30 +196,7 @@ async def after_hours(request: web.Request) -> web.Response:
     calls:write and messages:write): `{"to", "from", "body", "route" | "url" | "twiml"}`. Each
     leg goes through its own limits, pacing, budget and slot, and one failing never cancels the
     other: 200 with `{"call": {...}, "message": {...}}`, each leg's answer (201) or problem."""
-    services = request.app[SERVICES]
-    exchange = _exchange(request, services)
-    grant = await _grant(request, exchange, services, scope="calls:write")
-    if isinstance(grant, web.Response):
-        return grant
-    try:
-        grant.require("messages:write")
-    except ScopeError as error:
-        exchange.decision = "forbidden"
-        return responses.insufficient_scope(error.scope)
-    tenant = grant.tenant
-    decision = await _charge(services, exchange, tenant)
-    if decision is not None and not decision.allowed:
-        return responses.too_many(Refused(decision))
-    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
-        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
-    body = await request.content.read(MAX_CALL_BODY + 1)
-    key = request.headers.get(idempotency.HEADER)
-    if key is None:
-        return await _race(services, exchange, tenant, body)
-    digest = idempotency.fingerprint(request.method, request.path, body)
-    return await idempotency.once(
-        services.idempotent, tenant.id, key, digest, lambda: _race(services, exchange, tenant, body)
-    )
+    return await _outbound(request, ("calls:write", "messages:write"), _race)
 
 
 async def _race(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:

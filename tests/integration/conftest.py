@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.gateway import POLICIES, Client, MakeClient, start_gateway
 from tests.support.gateway import GatewayServer as GatewayServer  # re-exported: tests import it from here
-from tests.support.twilio import ENV
+from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
+from tests.support.twilio_rest import TwilioRestStandIn
 
 
 @pytest.fixture
@@ -26,3 +28,12 @@ def make_gateway(aiohttp_client: Any, clock: FakeClock) -> MakeClient:
 @pytest.fixture
 async def gateway(make_gateway: MakeClient) -> Client:
     return await make_gateway()
+
+
+@pytest.fixture
+async def twilio(clock: FakeClock) -> AsyncIterator[TwilioRestStandIn]:
+    """Twilio's REST API stand-in on 127.0.0.1 for the acme account, timing arrivals on the test's clock."""
+    stand_in = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
+    await stand_in.start()
+    yield stand_in
+    await stand_in.stop()

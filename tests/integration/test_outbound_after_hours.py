@@ -3,20 +3,17 @@ REST stand-in; both legs' results in one answer, and one leg failing never cance
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import jwt
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, stepping
 from tests.support.gateway import start_gateway
-from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
+from tests.support.twilio import ACME_SID, ENV
 from tests.support.twilio_rest import TwilioRestStandIn
 
 Client = TestClient[web.Request, web.Application]
@@ -37,25 +34,12 @@ RACE = {
 }
 
 
-@pytest.fixture
-async def twilio(clock: FakeClock) -> AsyncIterator[TwilioRestStandIn]:
-    stand_in = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
-
-
 async def _race(
     aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn, concurrent: int = 5
 ) -> tuple[int, dict[str, Any]]:
     (tmp_path / "acme.yaml").write_text(POLICY.format(sid=ACME_SID, number=NUMBER, concurrent=concurrent))
     env = {**ENV, "AFTER_HOURS_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
-
-    async def sleep(seconds: float) -> None:  # waits pass on the fake clock only
-        clock.advance(seconds)
-        await asyncio.sleep(0)
-
-    client: Client = await start_gateway(aiohttp_client, tmp_path, env, clock, sleep=sleep)
+    client: Client = await start_gateway(aiohttp_client, tmp_path, env, clock, sleep=stepping(clock))
     claims = {"tenant": "acme", "aud": "switchyard", "exp": int(time.time()) + 300}
     headers = {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
     if concurrent == 1:  # the one slot taken by a call already live

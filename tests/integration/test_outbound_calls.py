@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from gateway.clock import Sleep
 from gateway.keys import SERVICES
 from gateway.telemetry import accesslog
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, stepping
 from tests.support.gateway import PUBLIC, post, start_gateway
 from tests.support.otlp import OtlpHttpReceiver
 from tests.support.servers import running
@@ -52,14 +51,6 @@ routes:
 """
 
 
-@pytest.fixture
-async def twilio(clock: FakeClock) -> AsyncIterator[TwilioRestStandIn]:
-    stand_in = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
-
-
 async def _client(
     aiohttp_client: Any,
     clock: FakeClock,
@@ -75,12 +66,7 @@ async def _client(
     (tmp_path / "acme.yaml").write_text(
         POLICY.format(sid=ACME_SID, number=NUMBER, concurrent=concurrent, cps=cps, queue_max=queue_max)
     )
-
-    async def stepping(seconds: float) -> None:  # time passes only on the fake clock
-        clock.advance(seconds)
-        await asyncio.sleep(0)
-
-    sleep = sleep or stepping
+    sleep = sleep or stepping(clock)  # time passes only on the fake clock
 
     env = {**ENV, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url, **(extra_env or {})}
     return await start_gateway(aiohttp_client, tmp_path, env, clock, sleep=sleep)

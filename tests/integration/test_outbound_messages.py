@@ -4,12 +4,10 @@ the segments' cost held on the budget before sending and booked from Twilio's ow
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import jwt
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -17,7 +15,7 @@ from gateway.keys import SERVICES
 from gateway.limits.budget import utc_day
 from tests.support.clock import FakeClock
 from tests.support.gateway import start_gateway
-from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
+from tests.support.twilio import ACME_SID, ENV
 from tests.support.twilio_rest import TwilioRestStandIn
 
 Client = TestClient[web.Request, web.Application]
@@ -33,14 +31,6 @@ outbound: {{to_allow: ["+1"]}}
 prices: {{sms_segment: 0.0079}}
 budget: {{daily_usd: {daily}}}
 """
-
-
-@pytest.fixture
-async def twilio(clock: FakeClock) -> AsyncIterator[TwilioRestStandIn]:
-    stand_in = TwilioRestStandIn({ACME_SID: ACME_TOKEN}, clock)
-    await stand_in.start()
-    yield stand_in
-    await stand_in.stop()
 
 
 async def _client(

@@ -43,6 +43,18 @@ def started() -> Iterator[list[GatewayProcess]]:
         yield processes
 
 
+def _start(tmp_path: Path, twilio: TwilioRestStandIn, redis_url: str, started: list[GatewayProcess]) -> None:
+    """Two gateway processes on one Redis, the shared tenant's REST calls going to `twilio`; both ready."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "shared.yaml").write_text(POLICY)
+    env = {"OUTBOUND_TOKEN": TOKEN, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
+    for _ in range(2):
+        started.append(GatewayProcess(policies, env, ["--limiter", redis_url]))
+    for process in started:
+        process.wait_ready()
+
+
 async def _place(session: aiohttp.ClientSession, base: str) -> int:
     claims = {"tenant": "shared", "aud": "switchyard", "exp": int(time.time()) + 300}
     headers = {"Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}"}
@@ -67,14 +79,7 @@ async def test_one_concurrent_calls_limit_across_two_processes(
     """Five of ten reach Twilio; each ended call lets exactly one queued call go; never more
     than five live; the calls left waiting get 429."""
     async with running(TwilioRestStandIn({ACCOUNT: TOKEN}, time.monotonic)) as twilio:
-        policies = tmp_path / "policies"
-        policies.mkdir()
-        (policies / "shared.yaml").write_text(POLICY)
-        env = {"OUTBOUND_TOKEN": TOKEN, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
-        for _ in range(2):
-            started.append(GatewayProcess(policies, env, ["--limiter", redis_url]))
-        for process in started:
-            process.wait_ready()
+        _start(tmp_path, twilio, redis_url, started)
         a, b = started
         async with aiohttp.ClientSession() as session:
             placing = [asyncio.create_task(_place(session, p.base)) for p in (a, b) * 5]
@@ -94,14 +99,7 @@ async def test_an_idempotency_key_holds_across_processes(
     """A POST retried on another instance with the same Idempotency-Key gets the first answer
     (kept in Redis) and places no second call."""
     async with running(TwilioRestStandIn({ACCOUNT: TOKEN}, time.monotonic)) as twilio:
-        policies = tmp_path / "policies"
-        policies.mkdir()
-        (policies / "shared.yaml").write_text(POLICY)
-        env = {"OUTBOUND_TOKEN": TOKEN, "OUTBOUND_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
-        for _ in range(2):
-            started.append(GatewayProcess(policies, env, ["--limiter", redis_url]))
-        for process in started:
-            process.wait_ready()
+        _start(tmp_path, twilio, redis_url, started)
         claims = {"tenant": "shared", "aud": "switchyard", "exp": int(time.time()) + 300}
         headers = {
             "Authorization": f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}",
