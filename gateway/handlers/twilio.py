@@ -30,7 +30,7 @@ from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
 from gateway.limits.budget import Reservation, utc_day
-from gateway.outbound.calls import call_lease
+from gateway.outbound.calls import call_lease, give_back
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
@@ -353,12 +353,8 @@ async def _release_call_slot(request: web.Request, tenant: Tenant, services: Ser
     """A call placed through the outbound API ended: its concurrent_calls slot (named in the
     callback's URL, which the signature covers) is free again."""
     lease = call_lease(tenant, slot) if (slot := request.query.get("slot")) else None
-    if lease is None:
-        return
-    try:
-        await services.leases.release(lease)
-    except BackendError as error:  # it lapses with its lease
-        log.warning("tenant %s: an ended call's slot not given back: %s", tenant.id, error)
+    if lease is not None:
+        await give_back(services.leases, lease)
 
 
 def _call_hold(sid: str) -> str:

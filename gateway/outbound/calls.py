@@ -251,9 +251,13 @@ class Calls:
             await self._sleep(wait)
 
     async def _give_back(self, lease: Lease | None) -> None:
-        if lease is None:
-            return
-        try:
-            await self._leases.release(lease)
-        except BackendError as error:  # it lapses with its lease
-            log.warning("tenant %s: a call's slot not given back: %s", lease.tenant, error)
+        if lease is not None:
+            await give_back(self._leases, lease)
+
+
+async def give_back(leases: LeaseStore, lease: Lease) -> None:
+    """A call's slot free again (its create failed, or its final status came)."""
+    try:
+        await leases.release(lease)
+    except BackendError as error:  # it lapses with its lease
+        log.warning("tenant %s: a call's slot not given back: %s", lease.tenant, error)
