@@ -69,13 +69,22 @@ class Egress:
     ) -> Answer:
         """One request (`head`: hop.request_head) to a route's runtime on the lean keep-alive
         client (hop.py), for the per-webhook hop where aiohttp's client costs too much; any
-        status is answered, every failure raises UpstreamError. name: as `request`'s target."""
+        status is answered, every failure raises UpstreamError (a connection that failed before
+        anything was sent is tried once more). name: as `request`'s target."""
         try:
             timeout = deadline.timeout(cap)
         except DeadlineExceeded as exc:
             raise UpstreamError(name, "deadline", detail=str(exc)) from None
         try:
             return await self._hop.exchange(target, head, body, timeout, max_body)
+        except HopFailure as failure:
+            if failure.reason != "connect":
+                raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
+        # The connection failed before anything was sent: the one failure safe to try again.
+        try:
+            return await self._hop.exchange(target, head, body, deadline.timeout(cap), max_body)
+        except DeadlineExceeded as exc:
+            raise UpstreamError(name, "deadline", detail=str(exc)) from None
         except HopFailure as failure:
             raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
 

@@ -9,7 +9,6 @@ open) raises UpstreamError, and the handler answers the route's fallback.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
@@ -18,16 +17,15 @@ from pydantic import Field
 
 from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming, Tools
 from gateway.actions.static import BOTH
-from gateway.auth.twilio_signature import compute
+from gateway.auth.twilio_signature import sign_for
 from gateway.errors import UpstreamError
-from gateway.hop import Answer, Target, request_head
+from gateway.hop import Target, request_head
 from gateway.limits.breaker import CircuitBreaker
 from gateway.policy.base import Strict
 from gateway.telemetry.tracing import new_span_id, traceparent
 
 if TYPE_CHECKING:
     from gateway.deadline import Deadline
-    from gateway.egress import Egress
     from gateway.exchange import Exchange
 
 DEFAULT_TIMEOUT_MS = 5000
@@ -74,7 +72,9 @@ class UpstreamCall:
         clock = exchange.clock
         started = clock()
         try:
-            answer = await self._send(head, body, deadline, tools.egress)
+            answer = await tools.egress.forward(
+                self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
+            )
         except UpstreamError:
             self.breaker.record_failure()
             raise
@@ -96,29 +96,10 @@ class UpstreamCall:
         headers.pop("tracestate", None)
         headers["Content-Type"] = incoming.content_type or "application/x-www-form-urlencoded"
         headers[TENANT_HEADER] = self.tenant
-        if incoming.content_type.startswith("application/json"):
-            # Twilio's JSON scheme: the body's SHA-256 in the query, the URL alone signed.
-            separator = "&" if urlsplit(url).query else "?"
-            url = f"{url}{separator}bodySHA256={hashlib.sha256(incoming.body).hexdigest()}"
-            headers[SIGNATURE] = compute(url, None, self.key)
-        else:
-            headers[SIGNATURE] = compute(url, incoming.params, self.key)
+        url, headers[SIGNATURE] = sign_for(url, incoming.params, incoming.body, incoming.content_type, self.key)
         trace_id, sampled = exchange.trace()
         headers["traceparent"] = traceparent(trace_id, span_id, sampled)
         return url, headers
-
-    async def _send(self, head: bytes, body: bytes, deadline: Deadline, egress: Egress) -> Answer:
-        try:
-            return await egress.forward(
-                self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
-            )
-        except UpstreamError as error:
-            if error.reason != "connect":
-                raise
-        # The connection failed before anything was sent: the one failure safe to try again.
-        return await egress.forward(
-            self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
-        )
 
 
 def is_twiml(body: bytes) -> bool:

@@ -61,6 +61,17 @@ def compute(url: str, params: Params | None, key: bytes, algorithm: str = HMAC_S
     return b64encode(mac.digest()).decode("ascii")
 
 
+def sign_for(url: str, params: Params, body: bytes, content_type: str, key: bytes) -> tuple[str, str]:
+    """The URL a request is sent to and its ``X-Twilio-Signature``, as Twilio would make them for
+    a webhook forwarded to ``url``: a JSON body's SHA-256 goes in the query and the URL alone is
+    signed; a form is signed with its parameters."""
+    if content_type.startswith("application/json"):
+        separator = "&" if urlsplit(url).query else "?"
+        url = f"{url}{separator}bodySHA256={sha256(body).hexdigest()}"
+        return url, compute(url, None, key)
+    return url, compute(url, params, key)
+
+
 def verify_form(
     url: str,
     params: Params,

@@ -24,6 +24,7 @@ from gateway.outbound import calls as outbound_calls
 from gateway.outbound import idempotency
 from gateway.outbound import messages as outbound_messages
 from gateway.outbound.calls import CallRefused
+from gateway.outbound.status import status_url
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
 from gateway.telemetry.cost import PARTS, to_usd
@@ -155,10 +156,9 @@ async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, bo
         if len(body) > MAX_CALL_BODY:
             raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
         params = outbound_calls.parse(body, tenant)
-        public = services.public_url.first
-        if public is None or services.calls is None:
-            raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
-        placed = await services.calls.place(tenant, params, f"{public}/t/{tenant.id}/status", exchange)
+        if services.calls is None:
+            raise CallRefused(503, "No outbound session", "the gateway is not serving")
+        placed = await services.calls.place(tenant, params, _status_url(services, tenant), exchange)
     except CallRefused as refused:
         return _refused(exchange, refused)
     exchange.decision = "placed"
@@ -179,6 +179,7 @@ async def _send_message(services: Services, exchange: Exchange, tenant: Tenant, 
         params = outbound_messages.parse(body, tenant)
         if services.messages is None:
             raise CallRefused(503, "No outbound session", "the gateway is not serving")
+        _message_status(services, tenant, params)
         sent = await services.messages.send(tenant, params, exchange)
     except CallRefused as refused:
         return _refused(exchange, refused)
@@ -206,15 +207,16 @@ async def _race(services: Services, exchange: Exchange, tenant: Tenant, body: by
         _, data = outbound_calls.request_of(body, tenant)
         call = outbound_calls.parse_data({k: v for k, v in data.items() if k != "body"}, tenant, AFTER_HOURS_RING)
         text = outbound_messages.parse_data({k: data.get(k) for k in ("to", "from", "body")}, tenant)
-        public = services.public_url.first
-        if public is None or services.calls is None or services.messages is None:
-            raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
+        if services.calls is None or services.messages is None:
+            raise CallRefused(503, "No outbound session", "the gateway is not serving")
+        status_callback = _status_url(services, tenant)
+        _message_status(services, tenant, text)
     except CallRefused as refused:
         return _refused(exchange, refused)
     calls, messages = services.calls, services.messages
 
     async def call_leg() -> dict[str, object]:
-        placed = await calls.place(tenant, call, f"{public}/t/{tenant.id}/status", exchange)
+        placed = await calls.place(tenant, call, status_callback, exchange)
         return {"status": 201, "sid": placed.sid, "call_status": placed.status}
 
     async def message_leg() -> dict[str, object]:
@@ -238,6 +240,21 @@ async def _leg(work: Awaitable[dict[str, object]]) -> dict[str, object]:
         if refused.retry_after:
             leg["retry_after"] = max(1, math.ceil(refused.retry_after))
         return leg
+
+
+def _status_url(services: Services, tenant: Tenant) -> str:
+    """The gateway's own status callback for what the API places (Twilio calls it back there)."""
+    public = services.public_url.first
+    if public is None:
+        raise CallRefused(503, "No public URL", "the gateway has no --public-url for Twilio's status callbacks")
+    return status_url(public, tenant)
+
+
+def _message_status(services: Services, tenant: Tenant, params: dict[str, object]) -> None:
+    """A text's statuses come to the gateway only to go on to the tenant's own status callback:
+    asked for only when its policy names one."""
+    if tenant.outbound is not None and tenant.outbound.status_callback is not None:
+        params["status_callback"] = _status_url(services, tenant)
 
 
 def _refused(exchange: Exchange, refused: CallRefused) -> web.Response:

@@ -30,6 +30,7 @@ from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
 from gateway.limits.budget import Reservation, utc_day
+from gateway.outbound import status as status_forward
 from gateway.outbound.calls import call_lease, give_back
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
@@ -138,6 +139,8 @@ def webhook(kind: WebhookKind) -> Handler:
                         await _release_call(exchange, tenant, services)
                     if _first(params, "Direction") == "outbound-api":
                         await _release_call_slot(request, tenant, services)
+                if status_forward.wanted(tenant, request.query):
+                    await _forward_status(exchange, tenant, services, request, params, body)
                 return responses.no_content()
 
             rules = tenant.rules[kind]
@@ -355,6 +358,32 @@ async def _release_call_slot(request: web.Request, tenant: Tenant, services: Ser
     lease = call_lease(tenant, slot) if (slot := request.query.get("slot")) else None
     if lease is not None:
         await give_back(services.leases, lease)
+
+
+async def _forward_status(
+    exchange: Exchange,
+    tenant: Tenant,
+    services: Services,
+    request: web.Request,
+    params: Mapping[str, list[str]],
+    body: bytes,
+) -> None:
+    """A status about a call or text the API placed, on to the tenant's own status callback.
+    Its failure is the tenant's to see in the log and its span; Twilio gets 204 either way."""
+    if services.egress is None:
+        return
+    headers = request.headers
+    forwarded = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
+    content_type = headers.get("Content-Type", "")
+    try:
+        status = await status_forward.forward(exchange, tenant, params, body, content_type, forwarded, services.egress)
+    except UpstreamError as error:
+        exchange.error = "status_forward"
+        log.warning("tenant %s: its status callback was not forwarded: %s", tenant.id, error)
+        return
+    if status >= 400:
+        exchange.error = "status_forward"
+        log.warning("tenant %s: its status callback answered %d", tenant.id, status)
 
 
 def _call_hold(sid: str) -> str:

@@ -95,6 +95,8 @@ def parse_data(data: dict[str, Any], tenant: Tenant, default_timeout: int | None
     if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= outbound.ring_timeout:
         raise CallRefused(400, "Bad request", f"`timeout` must be 1 to {outbound.ring_timeout} seconds")
     params["timeout"] = timeout
+    if outbound.status_events != ("completed",):  # Twilio's default; more for the tenant's own callback
+        params["status_callback_event"] = list(outbound.status_events)
     return params
 
 
@@ -154,7 +156,9 @@ def call_lease(tenant: Tenant, slot: str) -> Lease | None:
 
 
 def with_slot(status_callback: str, lease: Lease | None) -> str:
-    return status_callback if lease is None else f"{status_callback}?slot={lease.id}"
+    if lease is None:
+        return status_callback
+    return f"{status_callback}{'&' if '?' in status_callback else '?'}slot={lease.id}"
 
 
 class Calls:

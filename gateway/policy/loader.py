@@ -15,6 +15,7 @@ from pydantic_core import ErrorDetails
 from gateway.actions import CompileContext, compile_action
 from gateway.auth.keys import public_key
 from gateway.errors import PolicyError, PolicyProblem
+from gateway.hop import Target
 from gateway.limits.base import Rule
 from gateway.policy import model
 from gateway.policy.tenant import ApiAuth, ApiKey, CompiledRoute, Kind, OutboundCalls, Tenant
@@ -24,6 +25,7 @@ from gateway.telemetry import cost
 MIN_JWT_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SUFFIXES = (".yaml", ".yml")
+EVENTS = ("initiated", "ringing", "answered", "completed")  # a call's status events, in order
 
 # Which request kinds charge which named bucket (documented in policies/README.md); "llm" is
 # charged by the llm action itself, per call to the model, not by a webhook.
@@ -218,6 +220,10 @@ class _Compiler:
                 queue_timeout=out.queue_timeout_ms / 1000,
                 ring_timeout=out.ring_timeout_s,
                 time_limit=out.time_limit_s,
+                status_callback=out.status_callback,
+                status_target=Target.parse(out.status_callback) if out.status_callback else None,
+                # In Twilio's order; `completed` always (the final status frees the call's slot).
+                status_events=tuple(e for e in EVENTS if e in out.status_events or e == "completed"),
             )
         fallback: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.VOICE_FALLBACK, "sms": twiml.EMPTY}
         refusal: dict[Literal["voice", "sms"], bytes] = {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}

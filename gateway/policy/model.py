@@ -177,6 +177,7 @@ class Api(Strict):
 
 
 E164_PREFIX = r"^\+[0-9]{1,15}$"
+CallEvent = Literal["initiated", "ringing", "answered", "completed"]
 
 
 class Outbound(Strict):
@@ -196,6 +197,18 @@ class Outbound(Strict):
     queue_timeout_ms: Annotated[int, Field(ge=0, le=60_000, strict=True)] = 10_000
     ring_timeout_s: Annotated[int, Field(ge=1, le=600, strict=True)] = 60  # Twilio's `timeout`
     time_limit_s: Annotated[int, Field(ge=1, le=14_400, strict=True)] = 14_400  # Twilio's `time_limit`
+    # The tenant's own status callback: what Twilio tells the gateway about a call or text the
+    # API placed is forwarded there, signed anew for it. Only this URL, never one from a request.
+    status_callback: Annotated[str, Field(pattern=r"^https?://[^\s#]+$")] | None = None
+    # A call's events Twilio reports (besides `completed`, always asked for: the gateway needs
+    # the final status to free the call's slot).
+    status_events: list[CallEvent] = Field(default_factory=lambda: list[CallEvent](["completed"]))
+
+    @model_validator(mode="after")
+    def _events_go_somewhere(self) -> Outbound:
+        if self.status_callback is None and set(self.status_events) - {"completed"}:
+            raise ValueError("status_events other than completed need a status_callback to forward them to")
+        return self
 
 
 class ModelPrice(Strict):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from gateway.hop import Target
 from gateway.limits.base import FailureMode, Rule
 from gateway.protocol import twiml
 from gateway.telemetry.cost import Prices
@@ -77,6 +78,11 @@ class OutboundCalls:
     queue_timeout: float
     ring_timeout: int
     time_limit: int
+    # The tenant's own status callback (its URL, and parsed for the hop), and the call events
+    # asked of Twilio; `completed` always among them.
+    status_callback: str | None = None
+    status_target: Target | None = None
+    status_events: tuple[str, ...] = ("completed",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,7 @@ async def test_a_call_is_placed_with_the_policys_twiml_and_our_status_callback(
     (sent,) = twilio.calls()
     assert sent["To"] == "+15557654321" and sent["From"] == NUMBER
     assert "<Say>Hello from Acme.</Say>" in sent["Twiml"]
-    assert re.fullmatch(f"{PUBLIC}/t/acme/status\\?slot=[0-9a-f]{{32}}", sent["StatusCallback"])
+    assert re.fullmatch(f"{PUBLIC}/t/acme/status\\?via=api&slot=[0-9a-f]{{32}}", sent["StatusCallback"])
     assert (sent["Timeout"], sent["TimeLimit"]) == ("30", "14400")
 
 

@@ -19,8 +19,9 @@ from tests.support.servers import serve
 @dataclass
 class Arrival:
     account: str
-    params: dict[str, str]
+    params: dict[str, str]  # each name's last value
     at: float
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # every value, in order
 
 
 @dataclass
@@ -60,8 +61,9 @@ class TwilioRestStandIn:
         sid = request.match_info["sid"]
         if not self._authorized(request, sid):
             return _error(401, 20003, "Authenticate")
-        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        self.arrivals.append(Arrival(sid, params, self.clock()))
+        pairs = [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+        params = dict(pairs)
+        self.arrivals.append(Arrival(sid, params, self.clock(), pairs))
         self.live.append(len(self.arrivals) - self.ended)
         if self.hold is not None:
             await self.hold.wait()

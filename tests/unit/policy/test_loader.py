@@ -249,6 +249,18 @@ FAILURES = [
     ),
     pytest.param("budget-zero.yaml", "budget.daily_usd", "must be > 0", id="budget-zero"),
     pytest.param(
+        "status-events-nowhere.yaml",
+        "outbound",
+        "status_events other than completed need a status_callback to forward them to",
+        id="status-events-nowhere",
+    ),
+    pytest.param(
+        "status-callback-not-http.yaml",
+        "outbound.status_callback",
+        "'ftp://runtime.example/status' does not match ^https?://[^\\s#]+$",
+        id="status-callback-not-http",
+    ),
+    pytest.param(
         "bad-budget-refusal.yaml",
         "budget.refusal.sms",
         "TwiML must have <Response> as its root, not <Message>",
