@@ -5,13 +5,15 @@
     python3 dev.py check [switchyard check flags...]   # validate policies/ with the demo secrets
     python3 dev.py test  [pytest args...]              # lint, type-check and run every test
     python3 dev.py sign  [switchyard sign flags...]    # print a signed curl line for the demo
+    python3 dev.py token [switchyard token flags...]   # print an API token (JWT) for a demo tenant
 
-serve, check and sign read the demo secrets from policies/demo.env (variables
+serve, check, sign and token read the demo secrets from policies/demo.env (variables
 already set win); serve listens on and checks signatures against
 http://127.0.0.1:8080 (or the --port given; a --public-url given replaces it).
 serve also starts the switchyard DEMO runtime (python -m gateway.demo) on
 127.0.0.1:8090, where the example policies' `upstream` and `llm` routes point: a
-stand-in for a tenant's runtime and for OpenAI, so every example route answers
+stand-in for a tenant's runtime, for OpenAI and for Twilio's REST API (serve points
+SWITCHYARD_TWILIO_API_BASE at it), so every example route and the outbound API answer
 offline. Not for production; it stops when the gateway does. Leave it out with
 --no-demo or SWITCHYARD_DEMO=0; SWITCHYARD_DEMO_PORT moves it (the policies name
 8090). A port already taken is reported and the gateway starts without it.
@@ -140,18 +142,20 @@ def _policies_dir(rest: list[str]) -> str:
     return directory
 
 
-def _start_demo_runtime(port: int, policies: str, env: dict[str, str]) -> None:
-    """Start the demo runtime beside the gateway-to-be. Told our pid, it stops when that process
-    (this one, soon the gateway: execve keeps the pid) is gone; it is never waited for here."""
+def _start_demo_runtime(port: int, policies: str, env: dict[str, str]) -> bool:
+    """Start the demo runtime beside the gateway-to-be (whether it was). Told our pid, it stops
+    when that process (this one, soon the gateway: execve keeps the pid) is gone; it is never
+    waited for here."""
     if _port_taken(port):
         print(
             f"dev.py: 127.0.0.1:{port} is already in use: not starting the demo runtime (the example"
             " upstream and llm routes reach what listens there, or answer their fallbacks)",
             file=sys.stderr,
         )
-        return
+        return False
     argv = [str(BIN / "python"), "-m", "gateway.demo", "--port", str(port), "--policies", policies]
     subprocess.Popen([*argv, "--parent", str(os.getpid())], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+    return True
 
 
 def main(args: list[str]) -> int:
@@ -160,8 +164,9 @@ def main(args: list[str]) -> int:
         _ensure_venv("")
         env = _demo_env()
         port, rest = _demo_plan(rest, env)
-        if port is not None:
-            _start_demo_runtime(port, _policies_dir(rest), env)
+        if port is not None and _start_demo_runtime(port, _policies_dir(rest), env):
+            # The outbound API's calls and texts go to the demo's Twilio REST stand-in.
+            env.setdefault("SWITCHYARD_TWILIO_API_BASE", f"http://127.0.0.1:{port}")
         for name in DEMO_VARIABLES:
             env.pop(name, None)
         return _exec([str(BIN / "switchyard"), "serve", *_serve_flags(rest)], env)
@@ -170,9 +175,9 @@ def main(args: list[str]) -> int:
         # A directory given (`dev.py check my-policies`) replaces the default one.
         directory = [] if any(not arg.startswith("-") for arg in rest) else ["policies"]
         return _exec([str(BIN / "switchyard"), "check", *directory, *rest], _demo_env())
-    if command == "sign":
+    if command in ("sign", "token"):
         _ensure_venv("")
-        return _exec([str(BIN / "switchyard"), "sign", *rest], _demo_env())
+        return _exec([str(BIN / "switchyard"), command, *rest], _demo_env())
     if command == "test":
         _ensure_venv("dev")
         py = str(BIN / "python")

@@ -1,4 +1,4 @@
-"""`switchyard serve | check | sign | explain`: argument parsing, and the process model of `serve`."""
+"""`switchyard serve | check | sign | token | explain`: argument parsing, and the process model of `serve`."""
 
 from __future__ import annotations
 
@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--public-url", help="as for serve (default: the scheme and host of --url)")
     sign.add_argument("params", nargs="*", metavar="key=value")
 
+    token = commands.add_parser("token", help="print an API token (JWT) for a tenant with an HS256 key")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--policies", type=Path, default=Path("policies"))
+    token.add_argument(
+        "--scope", action="append", default=[], metavar="SCOPE",
+        help="a scope to grant: calls:write, messages:write, cost:read (repeatable; default: none)",
+    )  # fmt: skip
+    token.add_argument("--ttl", type=int, default=3600, help="seconds it is valid (default 3600)")
+
     explain = commands.add_parser(
         "explain", help="which route, action, deadline, buckets and budget a webhook gets; calls nothing"
     )
@@ -110,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args.directory, os.environ, ignore_env=args.ignore_env, public_urls=args.public_url or ())
     if args.command == "sign":
         return sign(args.tenant, args.url, args.params, args.policies, os.environ, args.public_url)
+    if args.command == "token":
+        return token(args.tenant, args.policies, os.environ, tuple(args.scope), args.ttl)
     if args.command == "explain":
         return explain(args.tenant, args.params, args.policies, os.environ, args.public_url, args.limiter)
     try:
@@ -269,6 +280,27 @@ def sign(
     data = " ".join(f"--data-urlencode {shlex.quote(f'{k}={v}')}" for k, v in sorted(params.items()))
     print(f"curl -sS -X POST {shlex.quote(url)} -H {shlex.quote('X-Twilio-Signature: ' + signature)} {data}")
     print(f"# form body: {urlencode(sorted(params.items()))}", file=sys.stderr)
+    return 0
+
+
+def token(tenant_id: str, directory: Path, env: Mapping[str, str], scopes: tuple[str, ...], ttl: int) -> int:
+    """Print a JWT the tenant's API accepts (its HS256 secret, audience and issuer)."""
+    import time
+
+    from gateway.auth.jwt import SCOPES, mint
+
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown or not 0 < ttl <= 86_400:
+        print(f"switchyard token: scopes are {', '.join(SCOPES)}; --ttl 1 to 86400", file=sys.stderr)
+        return EXIT_USAGE
+    found = _tenant_and_form("token", tenant_id, directory, env, "http://127.0.0.1:8080", ())
+    if isinstance(found, int):
+        return found
+    try:
+        print(mint(found[0], scopes, ttl, time.time()))
+    except ValueError as error:
+        print(f"switchyard token: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -120,3 +120,22 @@ def _scopes(claims: Mapping[str, object]) -> frozenset[str] | None:
     if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
         return frozenset(scope)
     raise SignatureError("malformed scope claim")
+
+
+def mint(tenant: Tenant, scopes: tuple[str, ...], ttl: float, now: float) -> str:
+    """A token the tenant's API would accept, signed with its HS256 secret: for trying the API
+    by hand and for load tests (`switchyard token`). ValueError when the tenant has no API or
+    only public keys (its tokens then come from its own identity provider)."""
+    api = tenant.api
+    if api is None:
+        raise ValueError(f"tenant {tenant.id} has no api: block in its policy")
+    key = next((k for k in api.keys if k.algorithm == "HS256"), None)
+    if key is None:
+        raise ValueError(f"tenant {tenant.id} has no HS256 key: its tokens come from its identity provider")
+    claims: dict[str, object] = {"tenant": tenant.id, "aud": api.audience, "iat": int(now), "exp": int(now + ttl)}
+    if api.issuer is not None:
+        claims["iss"] = api.issuer
+    if scopes:
+        claims["scope"] = " ".join(scopes)
+    headers = {"kid": key.kid} if key.kid is not None else None
+    return jwt.encode(claims, key.key, algorithm="HS256", headers=headers)

@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="demo-runtime: %(message)s", stream=sys.stderr)
     log = logging.getLogger("switchyard.demo")
-    tokens, notes = tokens_from_policies(args.policies, os.environ)
+    tokens, accounts, notes = tokens_from_policies(args.policies, os.environ)
     for note in notes:
         log.warning("%s", note)
     if chat.KEY_ENV not in os.environ:
         log.warning("%s is not set: the OpenAI stand-in refuses every key", chat.KEY_ENV)
-    app = create_app(tokens, os.environ.get(chat.KEY_ENV, ""))
+    app = create_app(tokens, os.environ.get(chat.KEY_ENV, ""), accounts)
     parent = args.parent if args.parent is not None else os.getppid()
     return asyncio.run(serve(app, args.host, args.port, parent))
 

@@ -59,8 +59,8 @@ async def serve(app: web.Application, host: str, port: int, parent: int | None) 
         return EXIT_CANNOT_LISTEN
     bound = runner.addresses[0][1]
     log.warning(
-        "%s: http://%s:%d (tenant runtimes: POST /<tenant>/voice|sms, echo agents: GET /<tenant>/stream (WebSocket); "
-        "OpenAI stand-in: POST /v1/chat/completions)",
+        "%s: http://%s:%d (tenant runtimes: POST /<tenant>/voice|sms|status, echo agents: GET /<tenant>/stream "
+        "(WebSocket); OpenAI stand-in: POST /v1/chat/completions; Twilio REST stand-in: /2010-04-01/Accounts/…)",
         BANNER, host, bound,
     )  # fmt: skip
     watcher = asyncio.create_task(watch_parent(parent, stop)) if parent is not None else None

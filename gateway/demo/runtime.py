@@ -27,6 +27,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.demo import agent, chat
+from gateway.demo.twilio_rest import TwilioApi
 
 log = logging.getLogger("switchyard.demo")
 
@@ -35,19 +36,23 @@ VALIDATORS = web.AppKey("demo_validators", dict[str, Any])  # tenant id → Requ
 SIGNATURE = "X-Twilio-Signature"
 # What of a text the answer quotes back: enough to show the body arrived, one SMS segment in all.
 QUOTE = 60
+CALL_SECONDS = 5.0  # how long a call placed through the REST stand-in lasts, answered to completed
 
 
-def tokens_from_policies(directory: Path, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Each tenant's auth token, by the variable its policy file names; and a note for each
-    tenant left out (unreadable file, no such variable set). The gateway's `check` judges the
-    files: this only needs one key of each."""
+def tokens_from_policies(directory: Path, env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Each tenant's auth token, by the variable its policy file names; each account's token,
+    by the SID the file names (for the Twilio REST stand-in); and a note for each tenant left
+    out (unreadable file, no such variable set). The gateway's `check` judges the files: this
+    only needs two keys of each."""
     found: dict[str, str] = {}
+    accounts: dict[str, str] = {}
     notes: list[str] = []
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
             variable = data["twilio"]["auth_token_env"]
-        except (OSError, yaml.YAMLError, TypeError, KeyError) as error:
+            account = str(data["twilio"].get("account_sid", ""))
+        except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError) as error:
             notes.append(f"{path.name}: no twilio.auth_token_env read ({type(error).__name__}); tenant left out")
             continue
         token = env.get(str(variable), "")
@@ -55,7 +60,9 @@ def tokens_from_policies(directory: Path, env: Mapping[str, str]) -> tuple[dict[
             notes.append(f"{path.name}: {variable} is not set; tenant {path.stem!r} left out")
             continue
         found[path.stem] = token
-    return found, notes
+        if account:
+            accounts[account] = token
+    return found, accounts, notes
 
 
 def _name(tenant: str) -> str:
@@ -120,6 +127,25 @@ async def tenant_runtime(request: web.Request) -> web.Response:
     return web.Response(text=twiml, content_type="text/xml")
 
 
+async def tenant_status(request: web.Request) -> web.Response:
+    """`POST /<tenant>/status`: the tenant's own status callback, where the gateway forwards
+    what Twilio reports about calls and texts its outbound API placed: 204 for a valid
+    signature (the status logged, the number not), 403 otherwise."""
+    tenant = request.match_info["tenant"]
+    validator = request.app[VALIDATORS].get(tenant)
+    if validator is None:
+        return web.Response(status=404, text="No such tenant in the switchyard demo runtime.\n")
+    if not await _signature_valid(request, validator):
+        log.info("%s/status: X-Twilio-Signature not valid for this URL: 403", tenant)
+        return web.Response(status=403, text="Invalid X-Twilio-Signature.\n")
+    form = await request.post()
+    sid = str(form.get("CallSid") or form.get("MessageSid") or "")
+    status = str(form.get("CallStatus") or form.get("MessageStatus") or "")
+    duration = f" after {str(form['CallDuration'])[:6]} s" if "CallDuration" in form else ""
+    log.info("%s/status: %s…%s %s%s (signature valid)", tenant, sid[:2], sid[-4:], status[:20], duration)
+    return web.Response(status=204)
+
+
 async def tenant_stream(request: web.Request) -> web.StreamResponse:
     """`GET /<tenant>/stream`: the tenant's DEMO echo agent (agent.py) behind a valid signature
     over this ws:// URL, 403 otherwise, 404 for a tenant not known here."""
@@ -134,14 +160,22 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "demo": True})
 
 
-def create_app(tokens: Mapping[str, str], api_key: str) -> web.Application:
-    """The demo runtime: a runtime for each tenant in `tokens` (tenant id → auth token), and the
-    chat completions stand-in that accepts `api_key` ("" accepts no key)."""
+def create_app(
+    tokens: Mapping[str, str],
+    api_key: str,
+    accounts: Mapping[str, str] | None = None,
+    call_seconds: float = CALL_SECONDS,
+) -> web.Application:
+    """The demo runtime: a runtime for each tenant in `tokens` (tenant id → auth token), the
+    chat completions stand-in that accepts `api_key` ("" accepts no key), and Twilio's REST API
+    for `accounts` (SID → auth token), whose calls last `call_seconds`."""
     app = web.Application()
     app[VALIDATORS] = {tenant: RequestValidator(token) for tenant, token in tokens.items()}
     app[chat.API_KEY] = api_key
     app.router.add_post("/v1/chat/completions", chat.handle)
+    TwilioApi(dict(accounts or {}), call_seconds=call_seconds, record=False).install(app)
     app.router.add_post("/{tenant}/{kind:voice|sms}", tenant_runtime)
+    app.router.add_post("/{tenant}/status", tenant_status)
     app.router.add_get("/{tenant}/stream", tenant_stream)
     app.router.add_get("/healthz", healthz)
     return app

@@ -1,4 +1,5 @@
-"""The CLI as a user runs it: `check`, `sign`'s curl line against a real gateway process, and dev.py."""
+"""The CLI as a user runs it: `check`, `sign`'s curl line and `token`'s JWT against a real gateway
+process, and dev.py."""
 
 from __future__ import annotations
 
@@ -87,6 +88,39 @@ def test_forged_curl_line_gets_403(gateway: GatewayProcess) -> None:
     line = result.stdout.strip().replace("X-Twilio-Signature: ", "X-Twilio-Signature: x")
     status, _ = run_curl(line)
     assert status == 403
+
+
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310 - http://127.0.0.1
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_token_prints_a_jwt_the_gateway_accepts(gateway: GatewayProcess) -> None:
+    """`switchyard token` for northwind (its HS256 secret, audience) reads its limits; the same
+    token with its signature altered is 401."""
+    result = switchyard("token", "--tenant", "northwind", "--scope", "cost:read", env=ENV)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert _get(gateway.base + "/api/v1/limits", token) == 200
+    assert _get(gateway.base + "/api/v1/limits", token[:-4] + "AAAA") == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (("--tenant", "bistro"), 1, "tenant bistro has no api: block"),
+        (("--tenant", "northwind", "--scope", "calls:read"), 2, "scopes are calls:write"),
+        (("--tenant", "nobody"), 1, "no tenant 'nobody'"),
+    ],
+)
+def test_token_says_why_it_cannot(args: tuple[str, ...], code: int, says: str) -> None:
+    """A tenant without an API, an unknown scope or tenant: a reason and a non-zero status."""
+    result = switchyard("token", *args, env=ENV)
+    assert result.returncode == code and says in result.stderr and result.stdout == ""
 
 
 def test_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:

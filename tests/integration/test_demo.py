@@ -4,6 +4,7 @@ policies answer through it end to end, and the process stops with its parent."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO
@@ -21,11 +23,13 @@ from typing import IO
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from gateway.demo.runtime import create_app
+from gateway.demo.twilio_rest import TwilioApi
 from tests.support.gateway import POLICIES, Client, MakeClient, post
-from tests.support.servers import serve
+from tests.support.servers import running, serve
 from tests.support.twilio import (
     BISTRO_NUMBER,
     BISTRO_TOKEN,
@@ -37,6 +41,7 @@ from tests.support.twilio import (
     sms_params,
     voice_params,
 )
+from tests.support.upstream import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"northwind": NORTHWIND_TOKEN, "bistro": BISTRO_TOKEN}
@@ -240,6 +245,37 @@ async def test_a_runtime_that_refuses_gets_the_routes_fallback(
     assert status == 200 and "Our phone system is down." in text
     status, text = await post(gateway, "/twilio/sms", _ask("ask anything"), BISTRO_TOKEN)
     assert status == 200 and "we cannot answer questions by text right now" in text
+
+
+async def test_the_rest_stand_in_plays_a_calls_statuses_back_signed(http: aiohttp.ClientSession) -> None:
+    """A call created on the demo's Twilio REST stand-in (Basic auth: the account's SID and
+    token; a wrong one is Twilio's 401/20003): the event asked for and the completion come to
+    its StatusCallback, signed with the account's token as twilio's RequestValidator checks."""
+    async with running(Runtime(NORTHWIND_TOKEN)) as runtime:
+        app = web.Application()
+        TwilioApi({NORTHWIND_SID: NORTHWIND_TOKEN}, call_seconds=0, ring=0, record=False).install(app)
+        runner, port = await serve(app)
+        try:
+            url = f"http://127.0.0.1:{port}/2010-04-01/Accounts/{NORTHWIND_SID}/Calls.json"
+            form = [
+                ("To", "+15557654321"), ("From", NORTHWIND_NUMBER), ("Url", f"{DEMO_IN_POLICIES}/northwind/voice"),
+                ("StatusCallback", runtime.url("/status")), ("StatusCallbackEvent", "answered"),
+            ]  # fmt: skip
+            wrong = {"Authorization": "Basic " + base64.b64encode(f"{NORTHWIND_SID}:wrong".encode()).decode()}
+            right = {
+                "Authorization": "Basic " + base64.b64encode(f"{NORTHWIND_SID}:{NORTHWIND_TOKEN}".encode()).decode()
+            }
+            async with http.post(url, data=form, headers=wrong) as answer:
+                assert answer.status == 401 and (await answer.json())["code"] == 20003
+            async with http.post(url, data=form, headers=right) as answer:
+                assert answer.status == 201
+                sid = (await answer.json())["sid"]
+            await runtime.wait_for(2)
+        finally:
+            await runner.cleanup()
+    forms = [urllib.parse.parse_qs(seen.body.decode()) for seen in runtime.seen]
+    assert [(f["CallSid"], f["CallStatus"]) for f in forms] == [([sid], ["in-progress"]), ([sid], ["completed"])]
+    assert all(seen.signature_valid for seen in runtime.seen)
 
 
 # The process: `python -m gateway.demo`.

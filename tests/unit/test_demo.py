@@ -115,18 +115,20 @@ def test_the_echo_agent_answers_nothing_not_for_its_stream() -> None:
 
 
 def test_tokens_come_from_the_variables_the_policies_name() -> None:
-    """Each example tenant's token is read from its policy's auth_token_env, nothing else."""
-    tokens, notes = tokens_from_policies(POLICIES, ENV)
+    """Each example tenant's token is read from its policy's auth_token_env, nothing else; its
+    account's SID names the same token (for the REST stand-in's Basic auth)."""
+    tokens, accounts, notes = tokens_from_policies(POLICIES, ENV)
     assert (tokens["bistro"], tokens["northwind"]) == (BISTRO_TOKEN, NORTHWIND_TOKEN)
     assert sorted(tokens) == ["acme-health", "bistro", "northwind"] and notes == []
+    assert accounts["AC00000000000000000000000000000003"] == NORTHWIND_TOKEN and len(accounts) == 3
 
 
 def test_a_tenant_without_its_token_is_left_out_with_a_note(tmp_path: Path) -> None:
     """An unset variable or an unreadable file leaves the tenant out and says why (not the token)."""
     (tmp_path / "shop.yaml").write_text("twilio: {auth_token_env: SHOP_TOKEN}\n")
     (tmp_path / "broken.yml").write_text("twilio: [\n")
-    tokens, notes = tokens_from_policies(tmp_path, {})
-    assert tokens == {}
+    tokens, accounts, notes = tokens_from_policies(tmp_path, {})
+    assert tokens == {} and accounts == {}
     assert notes == [
         "broken.yml: no twilio.auth_token_env read (ParserError); tenant left out",
         "shop.yaml: SHOP_TOKEN is not set; tenant 'shop' left out",
