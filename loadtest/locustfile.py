@@ -1,12 +1,13 @@
 """Exploratory load on a running gateway: signed voice and SMS webhooks for every demo tenant
-(TwilioWebhooks), and calls streamed over Media Streams (MediaStreamCaller).
+(TwilioWebhooks), calls streamed over Media Streams (MediaStreamCaller), and the outbound API's
+calls, texts and after-hours races with JWTs (OutboundApiClient; see its docstring).
 
 Needs locust and websocket-client (`pip install -e .[load]`). Start the gateway with a
 --public-url equal to the --host given here (the URL Twilio would have signed), then:
 
     python3 dev.py serve                                 # demo policies, http://127.0.0.1:8080
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 \
-        --headless -u 20 -r 5 -t 60s                     # both users; name one to run it alone:
+        --headless -u 20 -r 5 -t 60s                     # every user; name one to run it alone:
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 \
         --headless -u 10 -r 2 -t 60s --stream-seconds 10 MediaStreamCaller
 
@@ -36,6 +37,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +56,7 @@ import scenario
 from stream_call import FRAME, SILENCE, StreamAnswer, stream_of
 
 from gateway.actions.stream import StreamAdmission
+from gateway.auth.jwt import mint
 from gateway.policy.loader import LoadContext, load_dir
 from gateway.protocol import media
 
@@ -373,3 +376,141 @@ class MediaStreamCaller(HttpUser):
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
+
+
+# The outbound API: OutboundApiClient.
+
+API_TOKEN_TTL = 3600  # s: each user's token outlives any run
+API_SCOPES = ("calls:write", "messages:write")
+API_TEXTS = ("Your parcel arrives today between 2 and 4 pm.", "Reply YES to confirm your delivery slot.")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLine:
+    """A tenant whose API clients may place calls: its token, numbers and a call source."""
+
+    tenant: str
+    numbers: tuple[str, ...]
+    token: str
+    source: dict[str, str]  # {"url": …} | {"route": …} | {"twiml": …}: what its policy allows
+
+
+def load_api_lines(host: str) -> list[ApiLine]:
+    """Every tenant with an outbound block and an HS256 API key, with a JWT minted for it as
+    `switchyard token` does (the gateway's own loader reads the same files)."""
+    env = {**scenario.demo_env(), **os.environ}
+    tenants = load_dir(POLICIES, LoadContext(env=env, public_url=host))
+    lines = []
+    for t in tenants.values():
+        outbound = t.outbound
+        if outbound is None or t.api is None or not t.numbers:
+            continue
+        try:
+            token = mint(t, API_SCOPES, API_TOKEN_TTL, time.time())
+        except ValueError:
+            continue  # public keys only: its tokens come from its identity provider
+        static = [r.name for r in t.routes if r.kind == "voice" and r.call is None and r.reply]
+        if outbound.urls:
+            source = {"url": min(outbound.urls)}
+        elif static:
+            source = {"route": static[0]}
+        elif outbound.allow_twiml:
+            source = {"twiml": "<Response><Say>Hello from the load test.</Say></Response>"}
+        else:
+            continue
+        lines.append(ApiLine(t.id, tuple(sorted(t.numbers)), token, source))
+    return lines
+
+
+class OutboundApiClient(HttpUser):
+    """A tenant's worker pool on the outbound API: calls, texts and after-hours races with a
+    JWT, some with an Idempotency-Key sent twice (the second must replay the first answer).
+
+    Under `dev.py serve` Twilio's REST API is the demo runtime's stand-in, whose calls last 5 s
+    and whose statuses come back through the gateway, freeing each call's slot. A 429 (the api
+    bucket, concurrent_calls and its queue, the account's CPS) is a correct answer: counted on
+    a LIMITED row, not as a failure; anything else but 201 (200 for after-hours) is a failure,
+    and so is a replay that is not marked Idempotent-Replayed with the first SID."""
+
+    wait_time = between(0.5, 2.0)
+    lines: ClassVar[list[ApiLine]] = []
+
+    def on_start(self) -> None:
+        if not self.host:
+            raise ValueError("give the gateway's URL with --host")
+        if not OutboundApiClient.lines:
+            OutboundApiClient.lines = load_api_lines(self.host.rstrip("/"))
+        if not OutboundApiClient.lines:
+            raise ValueError(f"no tenant in {POLICIES} has an outbound: block and an HS256 api key")
+        self.rng = random.Random()
+
+    def _to(self) -> str:
+        return f"+1555{self.rng.randrange(10**7):07d}"
+
+    def _post(
+        self, line: ApiLine, path: str, body: Mapping[str, object], key: str | None = None
+    ) -> dict[str, Any] | None:
+        headers = {"Authorization": f"Bearer {line.token}", "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        name = f"{path} {line.tenant}"
+        ok = 200 if path.endswith("after-hours") else 201
+        with self.client.post(path, data=orjson.dumps(body), headers=headers, name=name, catch_response=True) as answer:
+            if answer.status_code == 429:
+                answer.success()
+                self._note("LIMITED", name, answer.content or b"")
+                return None
+            if answer.status_code != ok:
+                answer.failure(f"HTTP {answer.status_code}: {(answer.text or '')[:160]}")
+                return None
+            answer.success()
+            result: dict[str, Any] = orjson.loads(answer.content or b"{}")
+            result["_replayed"] = answer.headers.get("Idempotent-Replayed") == "true"
+            return result
+
+    def _note(self, request_type: str, name: str, body: bytes) -> None:
+        self.environment.events.request.fire(
+            request_type=request_type, name=name, response_time=0, response_length=len(body), exception=None, context={}
+        )
+
+    @task(2)
+    def call(self) -> None:
+        line = self.rng.choice(self.lines)
+        body = {"to": self._to(), "from": self.rng.choice(line.numbers), **line.source}
+        if self.rng.random() >= 0.25:
+            self._post(line, "/api/v1/calls", body)
+            return
+        # A worker that retries after a lost answer: the same key twice, one call placed.
+        key = f"load-{self.rng.getrandbits(64):016x}"
+        first = self._post(line, "/api/v1/calls", body, key)
+        if first is None:
+            return
+        again = self._post(line, "/api/v1/calls", body, key)
+        if again is not None and not (again["_replayed"] and again.get("sid") == first.get("sid")):
+            self.environment.events.request.fire(
+                request_type="REPLAY", name=f"/api/v1/calls {line.tenant}", response_time=0, response_length=0,
+                exception=AssertionError("a retried Idempotency-Key placed a second call"), context={},
+            )  # fmt: skip
+
+    @task(3)
+    def message(self) -> None:
+        line = self.rng.choice(self.lines)
+        body = {"to": self._to(), "from": self.rng.choice(line.numbers), "body": self.rng.choice(API_TEXTS)}
+        self._post(line, "/api/v1/messages", body)
+
+    @task(1)
+    def after_hours(self) -> None:
+        line = self.rng.choice(self.lines)
+        body = {"to": self._to(), "from": self.rng.choice(line.numbers), "body": API_TEXTS[1], **line.source}
+        race = self._post(line, "/api/v1/after-hours", body)
+        if race is None:
+            return
+        for leg in ("call", "message"):
+            status = race.get(leg, {}).get("status")
+            if status == 429:
+                self._note("LIMITED", f"after-hours {leg} {line.tenant}", b"")
+            elif status != 201:
+                self.environment.events.request.fire(
+                    request_type="LEG", name=f"after-hours {leg} {line.tenant}", response_time=0, response_length=0,
+                    exception=AssertionError(f"leg answered {status}: {race.get(leg)}"), context={},
+                )  # fmt: skip

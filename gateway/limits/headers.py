@@ -11,10 +11,19 @@ import math
 from gateway.limits.base import Decision
 
 
+# Whole seconds are rounded up, less this: 10 tokens at 0.2 s each is 2.0000000000000004 s in
+# floats, which must say 2, not 3 (a `t` past `w`).
+EPSILON = 1e-9
+
+
+def _seconds(value: float) -> int:
+    return math.ceil(value - EPSILON)
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     rule = decision.rule
-    window = max(1, math.ceil(rule.burst * rule.interval))
-    reset = max(0, math.ceil(decision.reset))
+    window = max(1, _seconds(rule.burst * rule.interval))
+    reset = max(0, _seconds(decision.reset))
     headers = {
         "RateLimit-Policy": f'"{rule.name}";q={rule.burst};w={window}',
         "RateLimit": f'"{rule.name}";r={decision.remaining};t={reset}',
@@ -24,5 +33,5 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     }
     if not decision.allowed:
         # Retry-After is whole seconds (RFC 9110); round up so a client never comes back early.
-        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+        headers["Retry-After"] = str(max(1, _seconds(decision.retry_after)))
     return headers

@@ -42,21 +42,21 @@ async def test_token_reads_limits_with_headers(aiohttp_client: Any, clock: FakeC
     assert response.status == 200
     body = await response.json()
     assert body["tenant"] == "northwind"
-    assert body["limits"]["api"] == [{"name": "api", "rate": 10.0, "per_seconds": 60.0, "burst": 5}]
-    assert response.headers["RateLimit-Policy"] == '"api";q=5;w=30'
-    assert response.headers["RateLimit"] == '"api";r=4;t=6'
+    assert body["limits"]["api"] == [{"name": "api", "rate": 5.0, "per_seconds": 1.0, "burst": 10}]
+    assert response.headers["RateLimit-Policy"] == '"api";q=10;w=2'
+    assert response.headers["RateLimit"] == '"api";r=9;t=1'
 
 
 async def test_over_the_api_bucket_is_429_with_retry_after(aiohttp_client: Any, clock: FakeClock) -> None:
-    """The 6th call within the burst gets 429, Retry-After and the draft headers; refill lets one through."""
+    """The 11th call within the burst gets 429, Retry-After and the draft headers; refill lets one through."""
     client = await _client(aiohttp_client, clock)
     auth = {"Authorization": f"Bearer {token()}"}
-    statuses = [(await client.get("/api/v1/limits", headers=auth)).status for _ in range(5)]
-    assert statuses == [200] * 5
+    statuses = [(await client.get("/api/v1/limits", headers=auth)).status for _ in range(10)]
+    assert statuses == [200] * 10
     refused = await client.get("/api/v1/limits", headers=auth)
     assert refused.status == 429
-    assert refused.headers["Retry-After"] == "6"
-    assert refused.headers["RateLimit"] == '"api";r=0;t=30'
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["RateLimit"] == '"api";r=0;t=2'
     assert (await refused.json())["error"] == "rate_limited"
     clock.advance(6)
     assert (await client.get("/api/v1/limits", headers=auth)).status == 200
@@ -71,7 +71,7 @@ async def test_bad_token_is_401_and_spends_nothing(aiohttp_client: Any, clock: F
             assert response.status == 401
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
     ok = await client.get("/api/v1/limits", headers={"Authorization": f"Bearer {token()}"})
-    assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=4')
+    assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=9')
 
 
 @pytest.mark.parametrize(
@@ -199,4 +199,4 @@ async def test_a_token_without_the_endpoints_scope_is_403(aiohttp_client: Any, c
     )
     wide = jwt.encode({**claims, "scope": "cost:read"}, NORTHWIND_JWT, algorithm="HS256")
     ok = await client.get("/api/v1/cost", headers={"Authorization": f"Bearer {wide}"})
-    assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=4')  # the 403 spent nothing
+    assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=9')  # the 403 spent nothing

@@ -364,9 +364,9 @@ async def _spend(client: Client, tenant: str) -> Spend:
 
 
 async def test_the_cost_report_is_charged_to_the_api_bucket(make_app: MakeApp) -> None:
-    """Each report reads the ledger: the tenant's `api` bucket (northwind: burst 5) bounds them."""
+    """Each report reads the ledger: the tenant's `api` bucket (northwind: burst 10) bounds them."""
     client = await make_app()
     claims = {"tenant": "northwind", "aud": "switchyard", "exp": int(time.time()) + 300}
     auth = {"Authorization": "Bearer " + jwt.encode(claims, NORTHWIND_JWT, algorithm="HS256")}
-    statuses = [(await client.get("/api/v1/cost", headers=auth)).status for _ in range(6)]
-    assert statuses == [200] * 5 + [429]
+    statuses = [(await client.get("/api/v1/cost", headers=auth)).status for _ in range(11)]
+    assert statuses == [200] * 10 + [429]

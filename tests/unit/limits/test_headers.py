@@ -27,3 +27,15 @@ def test_refused_headers_carry_retry_after_rounded_up() -> None:
 def test_sub_second_retry_is_at_least_one() -> None:
     """A refusal that clears in milliseconds still says Retry-After: 1, never 0."""
     assert rate_limit_headers(Decision(False, 0, 0.02, 0.5, RULE))["Retry-After"] == "1"
+
+
+def test_a_float_hair_over_a_whole_second_is_not_a_second_more() -> None:
+    """10 tokens at 5 a second: an empty bucket's reset says 2 s when the store's float
+    arithmetic (a GCRA's theoretical arrival time less now) says 2.0000000000000004, so `t`
+    never exceeds `w`."""
+    rule = Rule("api", 5.0, 1.0, 10)
+    reset = 2.0000000000000004
+    headers = rate_limit_headers(Decision(False, 0, 1 * rule.interval, reset, rule))
+    assert headers["RateLimit-Policy"] == '"api";q=10;w=2'
+    assert headers["RateLimit"] == '"api";r=0;t=2'
+    assert headers["Retry-After"] == "1"
