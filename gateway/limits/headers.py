@@ -10,7 +10,6 @@ import math
 
 from gateway.limits.base import Decision
 
-
 # Whole seconds are rounded up, less this: 10 tokens at 0.2 s each is 2.0000000000000004 s in
 # floats, which must say 2, not 3 (a `t` past `w`).
 EPSILON = 1e-9
