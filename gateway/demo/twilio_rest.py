@@ -88,14 +88,23 @@ class TwilioApi:
         if self._session is not None:
             await self._session.close()
 
-    async def _create_call(self, request: web.Request) -> web.Response:
+    async def _arrival(self, request: web.Request, kept: list[Arrival]) -> Arrival | web.Response:
+        """A create's account and form (kept in `kept` when recording), or Twilio's 401."""
         sid = request.match_info["sid"]
         if not self._authorized(request, sid):
             return _error(401, 20003, "Authenticate")
         pairs = [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
-        params = dict(pairs)
+        arrival = Arrival(sid, dict(pairs), self.clock(), pairs)
         if self.record:
-            self.arrivals.append(Arrival(sid, params, self.clock(), pairs))
+            kept.append(arrival)
+        return arrival
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        arrival = await self._arrival(request, self.arrivals)
+        if isinstance(arrival, web.Response):
+            return arrival
+        sid, params, pairs = arrival.account, arrival.params, arrival.pairs
+        if self.record:
             self.live.append(len(self.arrivals) - self.ended)
         if self.hold is not None:
             await self.hold.wait()
@@ -123,13 +132,10 @@ class TwilioApi:
         )
 
     async def _create_message(self, request: web.Request) -> web.Response:
-        sid = request.match_info["sid"]
-        if not self._authorized(request, sid):
-            return _error(401, 20003, "Authenticate")
-        pairs = [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
-        params = dict(pairs)
-        if self.record:
-            self.messages.append(Arrival(sid, params, self.clock(), pairs))
+        arrival = await self._arrival(request, self.messages)
+        if isinstance(arrival, web.Response):
+            return arrival
+        sid, params = arrival.account, arrival.params
         if self.fail_messages:
             status, code = self.fail_messages.pop(0)
             return _error(status, code, "Too Many Requests" if code == 20429 else "Invalid parameter")
