@@ -142,20 +142,18 @@ def _policies_dir(rest: list[str]) -> str:
     return directory
 
 
-def _start_demo_runtime(port: int, policies: str, env: dict[str, str]) -> bool:
-    """Start the demo runtime beside the gateway-to-be (whether it was). Told our pid, it stops
-    when that process (this one, soon the gateway: execve keeps the pid) is gone; it is never
-    waited for here."""
+def _start_demo_runtime(port: int, policies: str, env: dict[str, str]) -> None:
+    """Start the demo runtime beside the gateway-to-be. Told our pid, it stops when that process
+    (this one, soon the gateway: execve keeps the pid) is gone; it is never waited for here."""
     if _port_taken(port):
         print(
             f"dev.py: 127.0.0.1:{port} is already in use: not starting the demo runtime (the example"
             " upstream and llm routes reach what listens there, or answer their fallbacks)",
             file=sys.stderr,
         )
-        return False
+        return
     argv = [str(BIN / "python"), "-m", "gateway.demo", "--port", str(port), "--policies", policies]
     subprocess.Popen([*argv, "--parent", str(os.getpid())], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
-    return True
 
 
 def main(args: list[str]) -> int:
@@ -164,8 +162,10 @@ def main(args: list[str]) -> int:
         _ensure_venv("")
         env = _demo_env()
         port, rest = _demo_plan(rest, env)
-        if port is not None and _start_demo_runtime(port, _policies_dir(rest), env):
-            # The outbound API's calls and texts go to the demo's Twilio REST stand-in.
+        if port is not None:
+            _start_demo_runtime(port, _policies_dir(rest), env)
+            # The outbound API's calls and texts go to the demo's Twilio REST stand-in, even when
+            # the port was taken (an older demo runtime, say): never the demo's tokens to Twilio.
             env.setdefault("SWITCHYARD_TWILIO_API_BASE", f"http://127.0.0.1:{port}")
         for name in DEMO_VARIABLES:
             env.pop(name, None)

@@ -94,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--policies", type=Path, default=Path("policies"))
     token.add_argument(
         "--scope", action="append", default=[], metavar="SCOPE",
-        help="a scope to grant: calls:write, messages:write, cost:read (repeatable; default: none)",
+        help=(
+            "a scope to grant: calls:write, messages:write, cost:read (repeatable). None: a token without"
+            " a scope claim, which reaches every endpoint unless the tenant's api.require_scopes is set"
+        ),
     )  # fmt: skip
     token.add_argument("--ttl", type=int, default=3600, help="seconds it is valid (default 3600)")
 

@@ -70,21 +70,24 @@ class Egress:
         """One request (`head`: hop.request_head) to a route's runtime on the lean keep-alive
         client (hop.py), for the per-webhook hop where aiohttp's client costs too much; any
         status is answered, every failure raises UpstreamError (a connection that failed before
-        anything was sent is tried once more). name: as `request`'s target."""
+        anything was sent is tried once more, within the same timeout). name: as `request`'s
+        target."""
         try:
             timeout = deadline.timeout(cap)
         except DeadlineExceeded as exc:
             raise UpstreamError(name, "deadline", detail=str(exc)) from None
+        clock = deadline.clock
+        started = clock()
         try:
             return await self._hop.exchange(target, head, body, timeout, max_body)
         except HopFailure as failure:
-            if failure.reason != "connect":
+            # The connection failed before anything was sent: the one failure safe to try again,
+            # within what is left of the one timeout (a connect that timed out leaves nothing).
+            left = timeout - (clock() - started)
+            if failure.reason != "connect" or left <= 0:
                 raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
-        # The connection failed before anything was sent: the one failure safe to try again.
         try:
-            return await self._hop.exchange(target, head, body, deadline.timeout(cap), max_body)
-        except DeadlineExceeded as exc:
-            raise UpstreamError(name, "deadline", detail=str(exc)) from None
+            return await self._hop.exchange(target, head, body, left, max_body)
         except HopFailure as failure:
             raise UpstreamError(name, failure.reason, failure.status, failure.detail) from None
 

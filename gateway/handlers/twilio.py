@@ -381,6 +381,10 @@ async def _forward_status(
         exchange.error = "status_forward"
         log.warning("tenant %s: its status callback was not forwarded: %s", tenant.id, error)
         return
+    except ValueError:  # a forwarded header with a line break: request_head refuses to send it
+        exchange.error = "status_forward"
+        log.warning("tenant %s: its status callback was not forwarded: a header could not be sent", tenant.id)
+        return
     if status >= 400:
         exchange.error = "status_forward"
         log.warning("tenant %s: its status callback answered %d", tenant.id, status)

@@ -197,6 +197,16 @@ class _Compiler:
             self.problem(key, f"cannot read {name}: {exc.strerror or type(exc).__name__}")
             return None
 
+    def target(self, key: str, url: str | None) -> Target | None:
+        """A URL the gateway sends to, parsed once; a problem (not a crash) when it cannot be."""
+        if url is None:
+            return None
+        try:
+            return Target.parse(url)
+        except ValueError as exc:  # a host missing, a port out of range, a broken IPv6 literal
+            self.problem(key, f"not a URL the gateway can send to: {exc}")
+            return None
+
     def note(self, key: str, message: str) -> None:
         if self.context.notes is not None:
             self.context.notes.append(PolicyProblem(self.file, key, message))
@@ -221,7 +231,7 @@ class _Compiler:
                 ring_timeout=out.ring_timeout_s,
                 time_limit=out.time_limit_s,
                 status_callback=out.status_callback,
-                status_target=Target.parse(out.status_callback) if out.status_callback else None,
+                status_target=self.target("outbound.status_callback", out.status_callback),
                 # In Twilio's order; `completed` always (the final status frees the call's slot).
                 status_events=tuple(e for e in EVENTS if e in out.status_events or e == "completed"),
             )

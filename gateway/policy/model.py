@@ -199,7 +199,8 @@ class Outbound(Strict):
     time_limit_s: Annotated[int, Field(ge=1, le=14_400, strict=True)] = 14_400  # Twilio's `time_limit`
     # The tenant's own status callback: what Twilio tells the gateway about a call or text the
     # API placed is forwarded there, signed anew for it. Only this URL, never one from a request.
-    status_callback: Annotated[str, Field(pattern=r"^https?://[^\s#]+$")] | None = None
+    # (Printable ASCII: it goes on a request line as it is written.)
+    status_callback: Annotated[str, Field(pattern=r"^https?://[!-\"$-~]+$")] | None = None
     # A call's events Twilio reports (besides `completed`, always asked for: the gateway needs
     # the final status to free the call's slot).
     status_events: list[CallEvent] = Field(default_factory=lambda: list[CallEvent](["completed"]))

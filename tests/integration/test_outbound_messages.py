@@ -61,13 +61,15 @@ async def test_a_text_is_sent_and_its_segments_booked_from_twilios_count(
     aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
 ) -> None:
     """201 with the SID and Twilio's segment count; Twilio got To/From/Body; the day's spend is
-    Twilio's count of segments (2 here, where our estimate of the text was 1), nothing held."""
+    Twilio's count of segments (2 here, where our estimate of the text was 1), nothing held; no
+    StatusCallback asked for (the policy names no status callback to forward statuses to)."""
     client = await _client(aiohttp_client, clock, tmp_path, twilio)
     twilio.segments = "2"
     status, body = await _send(client, "Your table for two is ready.")
     assert status == 201 and body["sid"].startswith("SM") and body["segments"] == 2
     (sent,) = [m.params for m in twilio.messages]
     assert (sent["To"], sent["From"], sent["Body"]) == ("+15557654321", NUMBER, "Your table for two is ready.")
+    assert "StatusCallback" not in sent
     assert await _spent(client) == (2 * SEGMENT, 0)
 
 

@@ -93,7 +93,7 @@ async def test_a_placed_calls_statuses_go_on_to_the_tenants_callback_signed_for_
     """Twilio is asked for the policy's events (and completed); each status comes to the
     gateway, then reaches the runtime's URL with Twilio's body unchanged, a signature valid for
     that URL, the tenant and Twilio's idempotency token; the final one still frees the slot."""
-    callback = runtime.url("/calls/status")
+    callback = runtime.url("/calls/status?source=switchyard")  # its own query: signed as written
     client = await _client(aiohttp_client, clock, tmp_path, twilio, callback)
     sid = await _call(client)
     events = [value for name, value in twilio.arrivals[0].pairs if name == "StatusCallbackEvent"]
@@ -103,6 +103,7 @@ async def test_a_placed_calls_statuses_go_on_to_the_tenants_callback_signed_for_
         code, _ = await post(client, path, _status(sid, status), ACME_TOKEN, **{"I-Twilio-Idempotency-Token": status})
         assert code == 204
     assert [seen.path for seen in runtime.seen] == ["/calls/status"] * 3
+    assert all(seen.query == "source=switchyard" for seen in runtime.seen)
     assert all(seen.signature_valid for seen in runtime.seen)
     last = runtime.seen[-1]
     assert parse_qs(last.body.decode()) == {k: [v] for k, v in _status(sid, "completed").items()}

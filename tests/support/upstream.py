@@ -27,6 +27,7 @@ class Seen:
     headers: CIMultiDictProxy[str]
     body: bytes
     signature_valid: bool
+    query: str = ""
 
 
 class Runtime:
@@ -70,7 +71,7 @@ class Runtime:
             form = await request.post()
             params = MultiDict({k: [str(v) for v in form.getall(k)] for k in form})
             valid = self.validator.validate(url, params, signature)
-        self.seen.append(Seen(request.path, request.headers, body, valid))
+        self.seen.append(Seen(request.path, request.headers, body, valid, request.query_string))
         async with self._arrived:
             self._arrived.notify_all()
         if self.mode == "slow":
