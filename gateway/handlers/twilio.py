@@ -375,19 +375,25 @@ async def _forward_status(
     headers = request.headers
     forwarded = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
     content_type = headers.get("Content-Type", "")
+    counted = services.metrics.status_forwards
     try:
         status = await status_forward.forward(exchange, tenant, params, body, content_type, forwarded, services.egress)
     except UpstreamError as error:
         exchange.error = "status_forward"
+        counted.labels(tenant.id, "failed").inc()
         log.warning("tenant %s: its status callback was not forwarded: %s", tenant.id, error)
         return
     except ValueError:  # a forwarded header with a line break: request_head refuses to send it
         exchange.error = "status_forward"
+        counted.labels(tenant.id, "failed").inc()
         log.warning("tenant %s: its status callback was not forwarded: a header could not be sent", tenant.id)
         return
     if status >= 400:
         exchange.error = "status_forward"
+        counted.labels(tenant.id, "refused").inc()
         log.warning("tenant %s: its status callback answered %d", tenant.id, status)
+    else:
+        counted.labels(tenant.id, "delivered").inc()
 
 
 def _call_hold(sid: str) -> str:

@@ -150,6 +150,13 @@ class Metrics:
             buckets=RELAY_BUCKETS,
             registry=self.registry,
         )
+        self.status_forwards = Counter(
+            "switchyard_status_forwards",
+            "Status callbacks forwarded to a tenant's outbound.status_callback, by tenant and outcome "
+            "(delivered: a 2xx or 3xx; refused: the runtime's 4xx or 5xx; failed: no answer).",
+            ["tenant", "outcome"],
+            registry=self.registry,
+        )
         self.frames_dropped = Counter(
             "switchyard_stream_frames_refused",
             "Frames not relayed (malformed, out of order, for another stream), by direction.",

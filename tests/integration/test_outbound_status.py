@@ -110,6 +110,8 @@ async def test_a_placed_calls_statuses_go_on_to_the_tenants_callback_signed_for_
     assert last.headers["X-Switchyard-Tenant"] == "acme"
     assert last.headers["I-Twilio-Idempotency-Token"] == "completed"
     assert await _call(client)  # the one slot came back with the final status
+    metrics = await (await client.get("/metrics")).text()
+    assert 'switchyard_status_forwards_total{outcome="delivered",tenant="acme"} 3.0' in metrics
 
 
 async def test_a_texts_statuses_go_on_when_the_policy_names_a_callback(
@@ -152,6 +154,9 @@ async def test_a_failing_callback_costs_twilio_nothing(
     (line,) = [r.getMessage() for r in caplog.records if "status callback" in r.getMessage()]
     assert line.startswith("tenant acme: its status callback") and said in line and "+1555" not in line
     assert await _call(client)
+    metrics = await (await client.get("/metrics")).text()
+    outcome = "refused" if mode == "error" else "failed"
+    assert f'switchyard_status_forwards_total{{outcome="{outcome}",tenant="acme"}} 1.0' in metrics
 
 
 async def test_a_runtime_that_is_down_costs_twilio_nothing(
