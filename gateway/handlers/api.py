@@ -139,9 +139,11 @@ async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -
     decision = await _charge(services, exchange, tenant)
     if decision is not None and not decision.allowed:
         return responses.too_many(Refused(decision))
-    if request.content_length is not None and request.content_length > MAX_CALL_BODY:
-        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+    # Read at most one byte past the limit, whatever Content-Length says (or a chunked body).
     body = await request.content.read(MAX_CALL_BODY + 1)
+    if len(body) > MAX_CALL_BODY:
+        exchange.decision = "refused"
+        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
     key = request.headers.get(idempotency.HEADER)
     if key is None:
         return await work(services, exchange, tenant, body)
@@ -153,8 +155,6 @@ async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -
 
 async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
     try:
-        if len(body) > MAX_CALL_BODY:
-            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
         params = outbound_calls.parse(body, tenant)
         if services.calls is None:
             raise CallRefused(503, "No outbound session", "the gateway is not serving")
@@ -174,8 +174,6 @@ async def messages(request: web.Request) -> web.Response:
 
 async def _send_message(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
     try:
-        if len(body) > MAX_CALL_BODY:
-            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
         params = outbound_messages.parse(body, tenant)
         if services.messages is None:
             raise CallRefused(503, "No outbound session", "the gateway is not serving")
@@ -202,8 +200,6 @@ async def after_hours(request: web.Request) -> web.Response:
 
 async def _race(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
     try:
-        if len(body) > MAX_CALL_BODY:
-            raise CallRefused(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
         _, data = outbound_calls.request_of(body, tenant)
         call = outbound_calls.parse_data({k: v for k, v in data.items() if k != "body"}, tenant, AFTER_HOURS_RING)
         text = outbound_messages.parse_data({k: data.get(k) for k in ("to", "from", "body")}, tenant)

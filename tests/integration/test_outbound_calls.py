@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.clock import Sleep
+from gateway.handlers.api import MAX_CALL_BODY
 from gateway.keys import SERVICES
 from gateway.telemetry import accesslog
 from tests.support.clock import FakeClock, stepping
@@ -340,3 +342,20 @@ async def test_a_final_status_before_twilios_answer_still_frees_the_slot(
     twilio.hold.set()
     assert (await placing)[0] == 201
     assert await client.app[SERVICES].leases.count("acme", "calls") == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_body_over_the_limit_is_413_and_places_nothing(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn, chunked: bool
+) -> None:
+    """A body past MAX_CALL_BODY, with its Content-Length or chunked: 413 problem JSON, no call."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio)
+    body = b'{"to": "+15557654321", "pad": "' + b"x" * (MAX_CALL_BODY + 10) + b'"}'
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    data: Any = chunks() if chunked else body
+    response = await client.post("/api/v1/calls", data=data, headers={**_auth(), "Content-Type": "application/json"})
+    assert response.status == 413 and (await response.json(content_type=None))["title"] == "Body too large"
+    assert twilio.calls() == []
