@@ -162,12 +162,15 @@ async def test_a_failing_callback_costs_twilio_nothing(
 async def test_a_runtime_that_is_down_costs_twilio_nothing(
     aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
 ) -> None:
-    """No runtime listening at the callback URL: 204 all the same, and the slot freed."""
+    """No runtime listening at the callback URL: the forward was tried and failed (counted),
+    204 all the same, and the slot freed."""
     client = await _client(aiohttp_client, clock, tmp_path, twilio, f"http://127.0.0.1:{free_port()}/status")
     sid = await _call(client)
     code, _ = await post(client, _callback(twilio, sid), _status(sid, "completed"), ACME_TOKEN)
     assert code == 204
     assert await _call(client)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'switchyard_status_forwards_total{outcome="failed",tenant="acme"} 1.0' in metrics
 
 
 async def test_only_what_the_api_placed_goes_on_and_only_when_verified(
