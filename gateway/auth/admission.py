@@ -23,7 +23,7 @@ from dataclasses import dataclass
 VERSION = "v2"
 PARAMETER = "switchyard_admission"  # the <Parameter> name; the gateway drops it before the runtime sees it
 _MAC_BYTES = 16  # 128 bits: enough for a token that lives minutes
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{8,64}")  # fullmatch: "$" would take a trailing newline
 _MAX_TOKEN = 400
 
 
@@ -56,7 +56,7 @@ def new_nonce() -> str:
 
 def issue(key: bytes, tenant: str, call_sid: str, route: str, nonce: str, held: int, expires: int) -> str:
     """The token for a call's stream; `held` 0 when nothing was held on its budget."""
-    if not _NONCE.match(nonce):
+    if not _NONCE.fullmatch(nonce):
         raise ValueError("a nonce is 8-64 characters of [A-Za-z0-9_-]")
     if held < 0:
         raise ValueError("a hold is 0 µ$ or more")
@@ -67,24 +67,29 @@ def issue(key: bytes, tenant: str, call_sid: str, route: str, nonce: str, held: 
 def check(keys: Sequence[bytes], tenant: str, call_sid: str, token: str, now: float) -> Admission | None:
     """The admission a token proves for this call, or None (forged, another call's, expired).
 
-    keys: the tenant's auth tokens (the current and, during a rotation, the previous one)."""
-    if not token or len(token) > _MAX_TOKEN:
+    keys: the tenant's auth tokens (the current and, during a rotation, the previous one).
+    The token is unverified input (Twilio carries what the `start` says): anything but a token
+    of ours is None, never an exception (hmac.compare_digest raises TypeError on a non-ASCII
+    str, base64 decoding ValueError)."""
+    # Every token issued is ASCII: anything else is refused before any part of it is decoded.
+    if not token or len(token) > _MAX_TOKEN or not token.isascii():
         return None
     parts = token.split(".")
     if len(parts) != 6 or parts[0] != VERSION or not all(_number(part) for part in parts[3:5]):
         return None
     _, encoded_route, nonce, held_text, expires_text, mac = parts
-    if not _NONCE.match(nonce):
+    if not _NONCE.fullmatch(nonce):
         return None
     try:
         route = base64.urlsafe_b64decode(encoded_route + "=" * (-len(encoded_route) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         return None
     held, expires = int(held_text), int(expires_text)
     # Every key is tried (no early exit), each comparison in constant time.
     valid = False
+    given = mac.encode("ascii")
     for key in keys:
-        valid |= hmac.compare_digest(_mac(key, tenant, call_sid, route, nonce, held, expires), mac)
+        valid |= hmac.compare_digest(_mac(key, tenant, call_sid, route, nonce, held, expires).encode("ascii"), given)
     if not valid or now > expires:
         return None
     return Admission(route, nonce, held, expires)

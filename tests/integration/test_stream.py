@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from functools import partial
@@ -186,6 +187,35 @@ async def test_a_start_this_gateway_did_not_admit_is_closed(make_app: MakeApp, r
         await twilio.send_str(start(call_sid, params))
         message = await asyncio.wait_for(twilio.receive(), 5)
         assert message.type is WSMsgType.CLOSE and twilio.close_code == 1008
+    assert runtime.connections == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(lambda t: t[:-1] + "é", id="in the mac"),
+        pytest.param(lambda t: "v2.é.ü.ö.ä.ß", id="everywhere"),
+        pytest.param(lambda t: "☎" * 300, id="long"),
+    ],
+)
+async def test_a_non_ascii_admission_token_is_refused_quietly_with_1008(
+    make_app: MakeApp, runtime: MediaRuntime, caplog: pytest.LogCaptureFixture, token: Any
+) -> None:
+    """A start whose admission token holds a non-ASCII character is closed with 1008 and one
+    short warning: no traceback, no 1011, nothing of the token logged."""
+    client = await make_app()
+    _, parameters, _ = await answer(client, _call_sid(17))
+    bad = token(parameters["switchyard_admission"])
+    twilio = await connect(client, "/t/acme/stream")
+    with caplog.at_level(logging.INFO):
+        await twilio.send_str(start(_call_sid(17), {**parameters, "switchyard_admission": bad}))
+        message = await asyncio.wait_for(twilio.receive(), 5)
+        assert message.type is WSMsgType.CLOSE and twilio.close_code == 1008
+        await asyncio.wait_for(client.app[SERVICES].streams.drained(), 5)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert all(r.exc_info is None for r in caplog.records)
+    assert len(warnings[0].getMessage()) < 120 and bad[-8:] not in caplog.text
     assert runtime.connections == []
 
 

@@ -75,9 +75,28 @@ def test_a_changed_token_proves_nothing(mangle) -> None:  # type: ignore[no-unty
     assert admission.check([KEY], "acme", CALL, mangle(token), now=0) is None
 
 
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda t: t[:-1] + "é", id="mac"),
+        pytest.param(lambda t: t[:-2] + "\ud800x", id="mac with a lone surrogate"),
+        pytest.param(lambda t: t.replace(".nonce_0001.", ".nonce_000é."), id="nonce"),
+        pytest.param(lambda t: t.replace("v2.", "v2.é", 1), id="route"),
+        pytest.param(lambda t: t.replace(".500.", ".5é0."), id="hold"),
+        pytest.param(lambda t: "v2.é.é.é.é.é", id="every part"),
+    ],
+)
+def test_a_non_ascii_token_proves_nothing_and_raises_nothing(mangle) -> None:  # type: ignore[no-untyped-def]
+    """A non-ASCII character anywhere in a token (compare_digest raises on one) is no admission, not an error."""
+    token = admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", 500, 2000)
+    assert admission.check([KEY], "acme", CALL, mangle(token), now=0) is None
+
+
 def test_nonces_and_holds_are_checked_on_issue() -> None:
     """A nonce that could break the token's shape, or a negative hold, is refused when issuing."""
     with pytest.raises(ValueError, match="nonce"):
         admission.issue(KEY, "acme", CALL, "agent", "nonce.0001", 0, 2000)
+    with pytest.raises(ValueError, match="nonce"):
+        admission.issue(KEY, "acme", CALL, "agent", "nonce_0001\n", 0, 2000)
     with pytest.raises(ValueError, match="hold"):
         admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", -1, 2000)
