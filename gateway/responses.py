@@ -90,6 +90,28 @@ def problem(
     )
 
 
+def body_too_large(limit: int) -> web.Response:
+    """413 for an API body past `limit` bytes, with Connection: close: what is left of the body
+    is never kept (aiohttp reads it only to drop it, for at most its lingering time)."""
+    return _closing(problem(413, "Body too large", f"at most {limit} bytes"))
+
+
+def body_timeout() -> web.Response:
+    """408 for an API body that did not finish arriving in time (RFC 9110 §15.5.9: then close)."""
+    return _closing(problem(408, "Request timeout", "the body did not arrive in time; send it again"))
+
+
+def malformed_body() -> web.Response:
+    """400 for an API body the HTTP parser refused (a broken chunk, an encoding that does not
+    decode): nothing after it on the connection can be trusted, so it is closed."""
+    return _closing(problem(400, "Malformed body", "the request body could not be read"))
+
+
+def _closing(response: web.Response) -> web.Response:
+    response.force_close()
+    return response
+
+
 def over_budget(tenant: str, retry_after: int) -> web.Response:
     """An API call past the tenant's daily budget: 429 until the UTC day turns."""
     return problem(

@@ -10,6 +10,9 @@ import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import responses
 from gateway.auth import jwt
@@ -108,6 +111,12 @@ async def admin_cost(request: web.Request) -> web.Response:
 
 
 MAX_CALL_BODY = 16 * 1024
+# How long an outbound POST's body may take to arrive, all of it, once its head has.
+BODY_TIMEOUT = 5.0
+# The client went away before (or while) its body arrived: aiohttp raises these from the read.
+CLIENT_GONE = (ClientConnectionResetError, ConnectionResetError)
+# A body the parser refused (a broken chunk, an encoding that does not decode).
+MALFORMED = (RequestPayloadError, HttpProcessingError)
 
 
 Work = Callable[[Services, Exchange, Tenant, bytes], Awaitable[web.Response]]
@@ -116,14 +125,15 @@ Work = Callable[[Services, Exchange, Tenant, bytes], Awaitable[web.Response]]
 async def calls(request: web.Request) -> web.Response:
     """POST /api/v1/calls: place a call for the token's tenant (scope calls:write): 201 with its
     SID and status; problem JSON otherwise (400 a bad request, 403 not allowed by the policy,
-    429 with Retry-After over concurrent_calls or the account's CPS, 502 Twilio's refusal with
-    its code, 503 Twilio or the store unreachable)."""
+    408 a body that did not arrive within BODY_TIMEOUT, 413 one past MAX_CALL_BODY, 429 with
+    Retry-After over concurrent_calls or the account's CPS, 502 Twilio's refusal with its code,
+    503 Twilio or the store unreachable)."""
     return await _outbound(request, ("calls:write",), _place_call)
 
 
 async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -> web.Response:
     """What every outbound POST does before its own work: the token and its scopes, the `api`
-    bucket, the body read (bounded), and an Idempotency-Key honoured."""
+    bucket, the body read whole (bounded in size and time), and an Idempotency-Key honoured."""
     services = request.app[SERVICES]
     exchange = _exchange(request, services)
     grant = await _grant(request, exchange, services, scope=scopes[0])
@@ -139,11 +149,9 @@ async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -
     decision = await _charge(services, exchange, tenant)
     if decision is not None and not decision.allowed:
         return responses.too_many(Refused(decision))
-    # Read at most one byte past the limit, whatever Content-Length says (or a chunked body).
-    body = await request.content.read(MAX_CALL_BODY + 1)
-    if len(body) > MAX_CALL_BODY:
-        exchange.decision = "refused"
-        return responses.problem(413, "Body too large", f"at most {MAX_CALL_BODY} bytes")
+    body = await _body(request, exchange)
+    if isinstance(body, web.Response):
+        return body  # before the Idempotency-Key: only a body read whole can become a kept answer
     key = request.headers.get(idempotency.HEADER)
     if key is None:
         return await work(services, exchange, tenant, body)
@@ -151,6 +159,50 @@ async def _outbound(request: web.Request, scopes: tuple[str, ...], work: Work) -
     return await idempotency.once(
         services.idempotent, tenant.id, key, digest, lambda: work(services, exchange, tenant, body)
     )
+
+
+class _TooLarge(Exception):
+    """The body is past MAX_CALL_BODY (said so by its Content-Length, or grown so chunked)."""
+
+
+async def _body(request: web.Request, exchange: Exchange) -> bytes | web.Response:
+    """The whole body, at most MAX_CALL_BODY bytes, within BODY_TIMEOUT; or the answer to give
+    (413, 408, 400 for a malformed one; the client gone: nobody to answer, a 499 line)."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await _read_whole(request, MAX_CALL_BODY)
+    except _TooLarge:
+        exchange.decision = "refused"
+        return responses.body_too_large(MAX_CALL_BODY)
+    except TimeoutError:
+        exchange.decision = "body_timeout"
+        return responses.body_timeout()
+    except CLIENT_GONE:
+        exchange.decision = "client_closed"
+        return responses.no_content()  # nobody is left to read it; the access line says 499
+    except MALFORMED:
+        exchange.decision = "malformed"
+        return responses.malformed_body()
+
+
+async def _read_whole(request: web.Request, limit: int) -> bytes:
+    """Every byte of the body up to its end, or _TooLarge as soon as it is past `limit`.
+
+    `content.read(n)` returns what has arrived so far, not n bytes: a body sent in two writes
+    would be cut at the first. So read until the end, never holding more than limit + 1 bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _TooLarge  # said up front: nothing of it is read
+    content = request.content
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise _TooLarge
 
 
 async def _place_call(services: Services, exchange: Exchange, tenant: Tenant, body: bytes) -> web.Response:
