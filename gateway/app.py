@@ -117,9 +117,9 @@ def _stores(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         await stores.start()
-        stores.failover.on_transition(_log_transition(settings.limiter_url, metrics))
-        # The ledger logs its own outages; the gauge says "degraded" for either.
-        stores.ledger.on_transition(lambda degraded, _error: metrics.degraded(degraded))
+        store = settings.limiter_url.split("://", 1)[0]
+        stores.failover.on_transition(_log_transition(store, "limits", metrics, LIMITS_DEGRADED))
+        stores.ledger.on_transition(_log_transition(store, "budget", metrics, BUDGET_DEGRADED))
         if stores.instances is not None:
             metrics.count_instances(stores.instances.live_instances)
         else:
@@ -205,15 +205,26 @@ async def _egress(app: web.Application) -> AsyncIterator[None]:
         await egress.close()
 
 
-def _log_transition(url: str, metrics: Metrics) -> Callable[[bool, BackendError | None], None]:
-    store = url.split("://", 1)[0]
+# What each part does while the shared store fails, said once when it starts (policies/README.md
+# "When the limit store fails" has the bounds).
+LIMITS_DEGRADED = "tenants' on_store_failure rules apply to their buckets (local: this instance's share)"
+BUDGET_DEGRADED = (
+    "budgets follow on_store_failure (local: this instance's share of what the store last said was left "
+    "of each day; spend booked here is replayed once it answers)"
+)
+
+
+def _log_transition(
+    store: str, part: str, metrics: Metrics, meaning: str
+) -> Callable[[bool, BackendError | None], None]:
+    """Once per change, at WARNING, with the reason: the limiter and the ledger each say theirs."""
 
     def transition(degraded: bool, error: BackendError | None) -> None:
-        metrics.degraded(degraded)
+        metrics.degraded(part, degraded)
         if degraded:
-            log.error("limit store %s failing (%s); tenants' on_store_failure rules apply", store, error)
+            log.warning("%s store %s failing (%s); %s", part, store, error, meaning)
         else:
-            log.warning("limit store %s answering again; shared limits restored", store)
+            log.warning("%s store %s answering again; shared %s restored", part, store, part)
 
     return transition
 

@@ -70,10 +70,15 @@ class AdmissionRefused(SwitchyardError):
 class BackendError(SwitchyardError):
     """A limit store (Redis) failed or was too slow; wrapped once where the adapter meets the driver."""
 
-    def __init__(self, backend: str, operation: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, backend: str, operation: str, cause: BaseException | None = None, *, overloaded: bool = False
+    ) -> None:
         self.backend = backend
         self.operation = operation
         self.cause = cause
+        # The call never reached the store: it waited too long for a connection (back-pressure).
+        # It fails this call over, but says nothing of the store's health (no breaker, no degraded).
+        self.overloaded = overloaded
         detail = f": {type(cause).__name__}: {cause}" if cause else ""
         super().__init__(f"{backend} {operation} failed{detail}")
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from gateway.clock import Clock, monotonic
 from gateway.limits.base import MAX_RETRY_TOKEN, RetryKey
-from gateway.limits.redis_client import RedisClient, guard
+from gateway.limits.redis_client import RedisClient, gate_of, guard
 
 # How long an answer is kept: Twilio's retries of one webhook all come within its total time.
 ANSWER_TTL = 60.0
@@ -143,19 +143,20 @@ class RedisAnswers:
 
     def __init__(self, client: RedisClient, *, ttl: float = ANSWER_TTL, deadline: float = 0.050) -> None:
         self._client = client
+        self._gate = gate_of(client)
         self._ttl = ttl
         self._deadline = deadline
 
     async def claim(self, tenant: str, retry: RetryKey, wait: float) -> Claim:
         key = answer_key(tenant, retry)
-        async with guard("answer claim", self._deadline):
+        async with guard("answer claim", self._deadline, self._gate):
             claimed = await self._client.set(key, PENDING, nx=True, px=int(self._ttl * 1000))
         if claimed:
             return Claim(first=True)
         loop = asyncio.get_running_loop()
         until = loop.time() + wait
         while True:
-            async with guard("answer read", self._deadline):
+            async with guard("answer read", self._deadline, self._gate):
                 value = await self._client.get(key)
             if value is None:
                 return Claim(first=False)  # expired, or the first request could not settle
@@ -167,11 +168,11 @@ class RedisAnswers:
             await asyncio.sleep(POLL_INTERVAL)
 
     async def settle(self, tenant: str, retry: RetryKey, answer: bytes | None) -> None:
-        async with guard("answer store", self._deadline):
+        async with guard("answer store", self._deadline, self._gate):
             await self._client.set(answer_key(tenant, retry), answer or b"", px=int(self._ttl * 1000))
 
     async def forget(self, tenant: str, retry: RetryKey) -> None:
-        async with guard("answer forget", self._deadline):
+        async with guard("answer forget", self._deadline, self._gate):
             await self._client.delete(answer_key(tenant, retry))
 
     async def close(self) -> None:

@@ -15,9 +15,10 @@ handlers use budget_failover.FailoverLedger: the shared store when it answers, t
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -77,8 +78,17 @@ class Spend:
         return sum(self.parts.values())
 
 
+TotalSeen = Callable[[str, str, int], None]
+"""Told (tenant, day, µ$ spent + held) by a shared ledger after each reply that carried it."""
+
+
 class Ledger(Protocol):
     """A store of daily spend; shared stores raise BackendError when they fail."""
+
+    def on_total(self, callback: TotalSeen) -> None:
+        """A shared store calls `callback` with every tenant-day total its replies carry (the
+        figure a failover starts from); an in-process store never fails and calls nothing."""
+        ...
 
     def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool | None:
         """In-process store: the answer at once; a shared store: None (await charge)."""
@@ -180,23 +190,62 @@ class MemoryLedger:
         self._spent: dict[tuple[str, str], dict[str, int]] = {}
         # (tenant, day) -> reservation id -> (amount, expiry)
         self._held: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        # (tenant, day) -> the sum of its live holds, kept as holds come and go: a charge reads
+        # it instead of summing every hold (a busy tenant holds one per live call, up to 4 h).
+        self._held_total: dict[tuple[str, str], int] = {}
+        # Every hold's expiry, soonest first: (expiry, key, id). An extend pushes a new entry and
+        # leaves the old one, which is skipped when it comes up (its expiry no longer matches).
+        self._expiries: list[tuple[float, tuple[str, str], str]] = []
         # (tenant, once id) -> expiry. Every id lives ONCE_TTL on one monotonic clock, so
         # insertion order is expiry order: pruning stops at the first live id.
         self._once: dict[tuple[str, str], float] = {}
         self._newest = ""
 
-    def _reserved(self, key: tuple[str, str]) -> int:
-        held = self._held.get(key)
-        if not held:
-            return 0
+    def on_total(self, callback: TotalSeen) -> None:
+        """Nothing to tell: this ledger is never failed over from."""
+
+    def _prune(self) -> None:
+        """Drop the holds that expired: a reservation lives while its expiry is after now (as
+        redis_budget.lua). O(log n) per hold over its life, nothing per call when none expired."""
+        expiries = self._expiries
+        if not expiries:
+            return
         now = self._clock()
-        # A reservation lives while its expiry is after now (as redis_budget.lua).
-        for dead in [i for i, (_, expiry) in held.items() if expiry <= now]:
-            del held[dead]
-        if not held:
+        while expiries and expiries[0][0] <= now:
+            expiry, key, id = heapq.heappop(expiries)
+            held = self._held.get(key)
+            live = held.get(id) if held is not None else None
+            if live is None or live[1] != expiry:
+                continue  # settled already, or extended (a later entry stands for it)
+            self._drop_held(key, id)
+
+    def _reserved(self, key: tuple[str, str]) -> int:
+        self._prune()
+        return self._held_total.get(key, 0)
+
+    def _hold(self, key: tuple[str, str], id: str, amount: int, expiry: float) -> None:
+        self._held.setdefault(key, {})[id] = (amount, expiry)
+        self._held_total[key] = self._held_total.get(key, 0) + amount
+        heapq.heappush(self._expiries, (expiry, key, id))
+
+    def _drop_held(self, key: tuple[str, str], id: str) -> None:
+        held = self._held.get(key)
+        if held is None:
+            return
+        live = held.pop(id, None)
+        if live is None:
+            return
+        if held:
+            self._held_total[key] -= live[0]
+        else:
             del self._held[key]
-            return 0
-        return sum(amount for amount, _ in held.values())
+            del self._held_total[key]
+
+    def total_now(self, tenant: str, day: str) -> int:
+        """µ$ spent and held by `tenant` on `day`, at once (what a failover's cap is set from)."""
+        key = (tenant, day)
+        parts = self._spent.get(key)
+        return (sum(parts.values()) if parts else 0) + self._reserved(key)
 
     def _fits(self, key: tuple[str, str], amount: int, cap: int | None) -> bool:
         if cap is None:
@@ -218,9 +267,10 @@ class MemoryLedger:
         # Runs once per new day, not per charge: ISO dates compare as strings.
         self._newest = newest
         cutoff = _days_before(newest, RETENTION_DAYS)
-        for store in (self._spent, self._held):
+        for store in (self._spent, self._held, self._held_total):
             for old in [key for key in store if key[1] < cutoff]:
                 del store[old]
+        # Their entries in _expiries are skipped when they come up (no hold matches them).
 
     def _first_booking(self, tenant: str, once: str) -> bool:
         """Remember `once` for ONCE_TTL; False if it is remembered already."""
@@ -255,34 +305,31 @@ class MemoryLedger:
         day_end(day)
         key = (tenant, day)
         if id is not None:
-            self._reserved(key)  # prunes first: a dead hold's id is free again
+            self._prune()  # first: a dead hold's id is free again
             live = self._held.get(key, {}).get(id)
             if live is not None:
                 return Reservation(tenant, day, id, live[0])
         if not self._fits(key, amount, cap):
             return None
         reservation = Reservation(tenant, day, new_reservation_id() if id is None else id, amount)
-        self._held.setdefault(key, {})[reservation.id] = (amount, self._clock() + ttl)
+        self._hold(key, reservation.id, amount, self._clock() + ttl)
         return reservation
 
     async def extend(self, reservation: Reservation, ttl: float) -> bool:
         check_reservation(0, ttl)
         key = (reservation.tenant, reservation.day)
-        self._reserved(key)  # prunes: an expired hold is not brought back
+        self._prune()  # first: an expired hold is not brought back
         held = self._held.get(key, {})
         live = held.get(reservation.id)
         if live is None:
             return False
-        held[reservation.id] = (live[0], self._clock() + ttl)
+        expiry = self._clock() + ttl
+        held[reservation.id] = (live[0], expiry)
+        heapq.heappush(self._expiries, (expiry, key, reservation.id))
         return True
 
     def _drop(self, reservation: Reservation) -> None:
-        key = (reservation.tenant, reservation.day)
-        held = self._held.get(key)
-        if held is not None:
-            held.pop(reservation.id, None)
-            if not held:
-                del self._held[key]
+        self._drop_held((reservation.tenant, reservation.day), reservation.id)
 
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
         self._drop(reservation)
@@ -315,4 +362,6 @@ class MemoryLedger:
     async def close(self) -> None:
         self._spent.clear()
         self._held.clear()
+        self._held_total.clear()
+        self._expiries.clear()
         self._once.clear()

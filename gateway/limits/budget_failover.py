@@ -22,7 +22,10 @@ class FailoverLedger(Degradable):
     """The primary ledger when it answers, the tenant's failure mode when not.
 
     On BackendError, charge and reserve follow `mode` (base.FailureMode):
-      local   this instance's ledger, the cap divided by the live instances;
+      local   this instance's ledger, from the last figure the primary gave for that tenant and
+              day (spent + held, which every reply carries), with what is left of the cap
+              divided by the live instances: with n instances that each saw S, together they
+              admit at most S + (cap - S) = cap; the bound, and its slack, in policies/README.md;
       open    admit, recorded in this instance's ledger without a cap;
       closed  refuse.
     commit, release and add never raise BackendError: they run after the money is spent (often
@@ -47,6 +50,11 @@ class FailoverLedger(Degradable):
         self._instances = instances
         self._writes_failing = False
         self._unsynced: _Unsynced = {}
+        # (tenant, day) -> (the primary's last total, the local ledger's total at that moment):
+        # what the local ledger books from then on is on top of the primary's figure.
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}
+        self._seen_day = ""
+        primary.on_total(self._saw)
 
     @property
     def primary(self) -> Ledger:
@@ -66,8 +74,31 @@ class FailoverLedger(Degradable):
         """µ$ booked here while the primary failed and not yet replayed to it."""
         return sum(sum(parts.values()) for parts in self._unsynced.values())
 
-    def _share(self, cap: int | None) -> int | None:
-        return None if cap is None else cap // max(1, self._instances())
+    def on_total(self, callback: Callable[[str, str, int], None]) -> None:
+        """The primary's totals, as it reports them."""
+        self._primary.on_total(callback)
+
+    def _saw(self, tenant: str, day: str, total: int) -> None:
+        if day != self._seen_day:
+            if day < self._seen_day:
+                return  # a reply about a past day (a call's end booked after midnight): not needed
+            # Once a day: yesterday's figures are no use to today's caps.
+            self._seen_day = day
+            self._seen = {key: seen for key, seen in self._seen.items() if key[1] == day}
+        self._seen[(tenant, day)] = (total, self._local.total_now(tenant, day))
+
+    def last_seen(self, tenant: str, day: str) -> int | None:
+        """The primary's last figure (µ$ spent + held) for tenant and day, if one came."""
+        seen = self._seen.get((tenant, day))
+        return None if seen is None else seen[0]
+
+    def _local_cap(self, tenant: str, day: str, cap: int | None) -> int | None:
+        """The cap the local ledger checks in `local` mode: its own total when the primary last
+        answered, plus this instance's share of what the primary said was left."""
+        if cap is None:
+            return None
+        seen, base = self._seen.get((tenant, day), (0, 0))
+        return base + max(0, cap - seen) // max(1, self._instances())
 
     def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool | None:
         """The answer at once when the primary is in process, else None: await charge()."""
@@ -86,7 +117,9 @@ class FailoverLedger(Degradable):
             self._set_degraded(True, error)
             if mode == "closed":
                 return False
-            admitted = self._local.charge_now(tenant, day, cost, self._share(cap) if mode == "local" else None)
+            admitted = self._local.charge_now(
+                tenant, day, cost, self._local_cap(tenant, day, cap) if mode == "local" else None
+            )
             if admitted:
                 self._keep(tenant, day, cost)
             return admitted
@@ -112,7 +145,7 @@ class FailoverLedger(Degradable):
                 return None
             # Held here under the same id: its settling on this instance goes here (local=True);
             # settled from another instance (rebuilt, not local), the hold here lapses at its ttl.
-            local_cap = self._share(cap) if mode == "local" else None
+            local_cap = self._local_cap(tenant, day, cap) if mode == "local" else None
             held = await self._local.reserve(tenant, day, amount, local_cap, ttl, id=id)
             return None if held is None else replace(held, local=True)
         await self._answered()
@@ -230,6 +263,12 @@ class FailoverLedger(Degradable):
 
     def _replayed(self, pending: _Unsynced) -> None:
         if pending:
+            for key, parts in pending.items():
+                # The primary holds them now: its figure seen last counts them (the local ledger's
+                # base counted them already), or the next outage would spend them again.
+                seen = self._seen.get(key)
+                if seen is not None:
+                    self._seen[key] = (seen[0] + sum(parts.values()), seen[1])
             total = sum(sum(parts.values()) for parts in pending.values())
             log.info("spend ledger: replayed %d µ$ over %d tenant-days booked here meanwhile", total, len(pending))
 

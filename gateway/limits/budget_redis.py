@@ -3,7 +3,7 @@ the data (see budget.py for the Ledger contract)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,12 +22,15 @@ from gateway.limits.budget import (
     new_reservation_id,
 )
 from gateway.limits.redis import CircuitOpen
-from gateway.limits.redis_client import RedisClient, guard, is_noscript, lua, now_arg
+from gateway.limits.redis_client import RedisClient, gate_of, guard, is_noscript, lua, now_arg
 
 BUDGET_SCRIPT = "redis_budget.lua"
 
 _Call = tuple[list[str], list[str | int]]
 """One EVALSHA of the script: (keys, args)."""
+
+TotalSeen = Callable[[str, str, int], None]
+"""Told (tenant, day, µ$ spent + held) after every step that read or changed that figure."""
 
 
 def spent_key(tenant: str, day: str) -> str:
@@ -36,17 +39,18 @@ def spent_key(tenant: str, day: str) -> str:
 
 
 def held_key(tenant: str, day: str) -> str:
-    return f"sy:{{{tenant}}}:$r:{day}"
+    # $h, not the $r of the layout before issue 17 (members '<id>:<amount>'): holds made by an
+    # older version are not read as this one's; they lapse with their day's keys.
+    return f"sy:{{{tenant}}}:$h:{day}"
+
+
+def amounts_key(tenant: str, day: str) -> str:
+    return f"sy:{{{tenant}}}:$ha:{day}"
 
 
 def once_key(tenant: str, once: str) -> str:
     # Per tenant, not per day: the id is kept past midnight (budget.ONCE_TTL).
     return f"sy:{{{tenant}}}:$once:{once}"
-
-
-def _held_member(reservation: Reservation) -> str:
-    # The amount rides in the member, so summing live holds needs no second key.
-    return f"{reservation.id}:{reservation.amount}"
 
 
 def _flat(cost: Cost) -> list[str | int]:
@@ -74,10 +78,22 @@ class RedisLedger:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client = client
+        self._gate = gate_of(client)
         self._clock = clock
         self._deadline = deadline
         self._breaker = breaker
         self._script = client.register_script(lua(BUDGET_SCRIPT))
+        self._watchers: list[TotalSeen] = []
+
+    def on_total(self, callback: TotalSeen) -> None:
+        """Call `callback` with each tenant-day total a reply carries (FailoverLedger keeps the
+        last one, to start from it should Redis fail)."""
+        self._watchers.append(callback)
+
+    def _saw(self, tenant: str, day: str, total: Any) -> None:
+        figure = int(total)
+        for callback in self._watchers:
+            callback(tenant, day, figure)
 
     def _now(self) -> str:
         return now_arg(None if self._clock is None else self._clock())
@@ -91,19 +107,20 @@ class RedisLedger:
             return
         if error is None:
             self._breaker.record_success()
-        elif isinstance(error, BackendError) or self._breaker.state is State.HALF_OPEN:
-            # A probe cancelled by its caller counts as failed: a half-open breaker would
+        elif (isinstance(error, BackendError) and not error.overloaded) or self._breaker.state is State.HALF_OPEN:
+            # A queue at the gate is back-pressure, not the store failing. A probe cancelled by
+            # its caller (or given up at the gate) counts as failed: a half-open breaker would
             # otherwise wait for its verdict for ever.
             self._breaker.record_failure()
 
     async def _run(self, operation: str, tenant: str, day: str, *args: str | int) -> Any:
         name = f"ledger {operation}"
         expiry = expire_at(day)  # a malformed day fails here, before the breaker hears of the call
-        keys = [spent_key(tenant, day), held_key(tenant, day)]
+        keys = [spent_key(tenant, day), held_key(tenant, day), amounts_key(tenant, day)]
         now = self._now()
         self._allow(name)
         try:
-            async with guard(name, self._deadline):
+            async with guard(name, self._deadline, self._gate):
                 reply = await self._script(keys=keys, args=[now, operation, expiry, *args], client=self._client)
         except BaseException as error:
             self._record(error)
@@ -117,7 +134,9 @@ class RedisLedger:
 
     async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool:
         cap_arg = "" if cap is None else cap
-        return int(await self._run("charge", tenant, day, cap_arg, *_flat(cost))) == 1
+        admitted, total = await self._run("charge", tenant, day, cap_arg, *_flat(cost))
+        self._saw(tenant, day, total)
+        return int(admitted) == 1
 
     async def reserve(
         self, tenant: str, day: str, amount: int, cap: int | None, ttl: float, *, id: str | None = None
@@ -125,10 +144,11 @@ class RedisLedger:
         check_reservation(amount, ttl)
         reservation = Reservation(tenant, day, new_reservation_id() if id is None else id, amount)
         cap_arg = "" if cap is None else cap
-        member = _held_member(reservation)
         # '' tells the script not to look for a live hold of this id: a new random id has none.
-        named = "" if id is None else id
-        held = int(await self._run("reserve", tenant, day, cap_arg, member, amount, repr(ttl), named))
+        named = "" if id is None else "1"
+        reply, total = await self._run("reserve", tenant, day, cap_arg, reservation.id, amount, repr(ttl), named)
+        self._saw(tenant, day, total)
+        held = int(reply)
         if held < 0:
             return None
         # A live hold of this id may hold another amount: settling it needs that one.
@@ -136,14 +156,17 @@ class RedisLedger:
 
     async def extend(self, reservation: Reservation, ttl: float) -> bool:
         check_reservation(0, ttl)
-        member = _held_member(reservation)
-        return int(await self._run("extend", reservation.tenant, reservation.day, member, repr(ttl))) == 1
+        return int(await self._run("extend", reservation.tenant, reservation.day, reservation.id, repr(ttl))) == 1
 
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
-        await self._run("commit", reservation.tenant, reservation.day, _held_member(reservation), *_flat(cost))
+        tenant, day = reservation.tenant, reservation.day
+        _, total = await self._run("commit", tenant, day, reservation.id, *_flat(cost))
+        self._saw(tenant, day, total)
 
     async def release(self, reservation: Reservation) -> None:
-        await self._run("release", reservation.tenant, reservation.day, _held_member(reservation))
+        tenant, day = reservation.tenant, reservation.day
+        _, total = await self._run("release", tenant, day, reservation.id)
+        self._saw(tenant, day, total)
 
     async def add(self, entries: Sequence[Entry]) -> None:
         # Entries without an id are summed per key and part: a burst of status callbacks for one
@@ -157,7 +180,7 @@ class RedisLedger:
             if not cost:
                 continue
             if once is not None:
-                keys = [spent_key(tenant, day), held_key(tenant, day), once_key(tenant, once)]
+                keys = [spent_key(tenant, day), held_key(tenant, day), amounts_key(tenant, day), once_key(tenant, once)]
                 once_calls.append((keys, [now, "once", expire_at(day), ONCE_TTL, *_flat(cost)]))
                 continue
             parts = totals.setdefault((tenant, day), {})
@@ -167,7 +190,7 @@ class RedisLedger:
             return
         self._allow("ledger add")
         try:
-            async with guard("ledger add", self._deadline):
+            async with guard("ledger add", self._deadline, self._gate):
                 replies = await self._pipeline(totals, once_calls)
                 first_script = len(replies) - len(once_calls)
                 lost = [i for i, reply in enumerate(replies[first_script:]) if is_noscript(reply)]
@@ -205,7 +228,9 @@ class RedisLedger:
             flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i]): int(flat[i + 1])
             for i in range(0, len(flat), 2)
         }
-        return Spend(day, parts, int(reserved))
+        spend = Spend(day, parts, int(reserved))
+        self._saw(tenant, day, spend.total + spend.reserved)
+        return spend
 
     async def close(self) -> None:
         """Nothing to release: the client belongs to whoever made it."""

@@ -18,7 +18,7 @@ from gateway.limits.instances import InstanceRegistry
 from gateway.limits.leases import LeaseStore, MemoryLeases, RedisLeases
 from gateway.limits.memory import MemoryBuckets
 from gateway.limits.redis import RedisBuckets
-from gateway.limits.redis_client import RedisClient, connect
+from gateway.limits.redis_client import POOL_SIZE, RedisClient, connect
 
 # An API client's Idempotency-Key is remembered a day (as Stripe's are): long enough for any
 # client's retries; at most this many in one process (each answer is a few hundred bytes).
@@ -91,11 +91,14 @@ def stores_from_url(
     dedup_ttl: float = DEDUP_TTL,
     breaker: CircuitBreaker | None = None,
     instance_id: str | None = None,
+    pool_size: int = POOL_SIZE,
 ) -> Stores:
     """Build the stores for `url`: memory://, redis[s]://host:port/db, redis[s]+cluster://host:port.
 
     clock: for memory, defaults to time.monotonic; for Redis, None means Redis TIME (one clock
     for every instance) and a clock given is passed to the scripts (tests).
+    pool_size: Redis connections (calls in flight) at most; more callers wait their turn
+    (redis_client.Gate), and every store of the app shares them.
     """
     scheme = _scheme(url)
     local = MemoryBuckets(clock or monotonic, dedup_ttl)
@@ -115,7 +118,7 @@ def stores_from_url(
         )
     cluster = SCHEMES[scheme][1]
     driver_url = urlsplit(url)._replace(scheme=scheme.removesuffix("+cluster")).geturl()
-    client = connect(driver_url, cluster=cluster)
+    client = connect(driver_url, cluster=cluster, pool_size=pool_size)
     # The breaker's cool-down runs on the same clock as everything else, so tests step through it.
     breaker = breaker or CircuitBreaker(clock=clock or monotonic)
     redis_limiter = RedisBuckets(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)

@@ -50,6 +50,8 @@ class Degradable:
         self._listeners.append(callback)
 
     def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
+        if degraded and error is not None and error.overloaded:
+            return  # back-pressure (a queue at the gate) fails one call over; the store is fine
         if degraded == self._degraded:
             return
         self._degraded = degraded

@@ -14,7 +14,7 @@ import uuid
 
 from gateway.clock import Clock, Sleep
 from gateway.errors import BackendError
-from gateway.limits.redis_client import RedisClient, guard, lua, now_arg
+from gateway.limits.redis_client import RedisClient, gate_of, guard, lua, now_arg
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class InstanceRegistry:
             raise ValueError(f"instance registry needs 0 < interval < ttl, got {interval}, {ttl}")
         self.instance_id = instance_id or default_instance_id()
         self._client = client
+        self._gate = gate_of(client)
         self._ttl = ttl
         self._interval = interval
         self._deadline = deadline
@@ -66,7 +67,7 @@ class InstanceRegistry:
 
     async def _run(self, ttl: float) -> int:
         now = now_arg(None if self._clock is None else self._clock())
-        async with guard("instances", self._deadline):
+        async with guard("instances", self._deadline, self._gate):
             reply = await self._script(
                 keys=[INSTANCES_KEY], args=[now, self.instance_id, repr(ttl)], client=self._client
             )

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from gateway.clock import Clock, Sleep, monotonic
 from gateway.errors import BackendError
-from gateway.limits.redis_client import RedisClient, guard, lua, now_arg
+from gateway.limits.redis_client import RedisClient, gate_of, guard, lua, now_arg
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,14 @@ class RedisLeases:
 
     def __init__(self, client: RedisClient, *, clock: Clock | None = None, deadline: float = 0.050) -> None:
         self._client = client
+        self._gate = gate_of(client)
         self._clock = clock
         self._deadline = deadline
         self._script = client.register_script(lua(LEASE_SCRIPT))
 
     async def _run(self, operation: str, tenant: str, kind: str, *args: str | int | float) -> int:
         now = now_arg(None if self._clock is None else self._clock())
-        async with guard(f"lease {operation}", self._deadline):
+        async with guard(f"lease {operation}", self._deadline, self._gate):
             reply = await self._script(
                 keys=[lease_key(tenant, kind), claimed_key(tenant, kind)],
                 args=[now, operation, *args],

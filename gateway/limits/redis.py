@@ -17,7 +17,7 @@ from gateway.errors import BackendError
 from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, Decision, RetryKey, RetryOutcome, Rule
 from gateway.limits.breaker import CircuitBreaker, State, Transition
 from gateway.limits.coalesce import Coalescer
-from gateway.limits.redis_client import RedisClient, guard, is_noscript, lua, now_arg
+from gateway.limits.redis_client import RedisClient, gate_of, guard, is_noscript, lua, now_arg
 
 BUCKET_SCRIPT = "redis_bucket.lua"
 
@@ -66,6 +66,7 @@ class RedisBuckets:
         max_batch: int = 256,
     ) -> None:
         self._client = client
+        self._gate = gate_of(client)
         self._clock = clock
         self._deadline = deadline
         self._dedup_ms = max(1, round(dedup_ttl * 1000))
@@ -108,7 +109,7 @@ class RedisBuckets:
             raise BackendError("redis", "acquire", CircuitOpen("circuit breaker is open"))
         calls = [self._call(charge) for charge in charges]
         try:
-            async with guard("acquire", self._deadline):
+            async with guard("acquire", self._deadline, self._gate):
                 replies = await self._pipeline(calls)
                 lost = [i for i, reply in enumerate(replies) if is_noscript(reply)]
                 if lost:
@@ -117,8 +118,11 @@ class RedisBuckets:
                     again = await self._pipeline([calls[i] for i in lost])
                     for i, reply in zip(lost, again, strict=True):
                         replies[i] = reply
-        except BackendError:
-            self._breaker.record_failure()
+        except BackendError as error:
+            if not error.overloaded or self._breaker.state is State.HALF_OPEN:
+                # A queue at the gate is our back-pressure, not the store failing (a probe that
+                # never reached it still fails: the breaker would wait for its verdict for ever).
+                self._breaker.record_failure()
             raise
         results: list[Decision | BaseException] = [
             BackendError("redis", "acquire", reply)

@@ -4,6 +4,8 @@ place driver errors become BackendError."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -19,6 +21,20 @@ from gateway.errors import BackendError
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
+log = logging.getLogger(__name__)
+
+# Connections one client keeps open at most (per node, for a cluster), and so the calls in flight
+# on it at once: every store of an app shares the client, and a burst beyond this waits its turn
+# at the gate (Gate) instead of failing. redis-py's own pool raises MaxConnectionsError past its
+# size; a burst of 200 budgeted webhooks did, which tripped the breaker and sent the tenant to a
+# local ledger that did not know the day's spend (issue 17).
+POOL_SIZE = 64
+
+# How long a call may wait for its turn at the gate before it is given up (BackendError with an
+# Overloaded cause). Apart from the store's own deadline, which starts once the call has its
+# connection: a queue is our back-pressure, not the store failing, and never opens the breaker.
+QUEUE_TIMEOUT = 2.0
+
 # Everything the driver (or the socket under it) raises when the store is unwell.
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
@@ -27,13 +43,76 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def connect(url: str, *, cluster: bool = False) -> RedisClient:
-    """A lazily connecting client; the caller's deadline bounds every call, so retry at most
-    once (a pooled connection that died with a restarted server) and never back off."""
+class Overloaded(Exception):
+    """No connection came free within QUEUE_TIMEOUT: back-pressure, not a failing store."""
+
+
+class Gate:
+    """At most `size` calls on one client at once; the others wait in turn (FIFO), each up to
+    `wait` seconds. A pipeline is one call: the coalesced limiter holds one slot per batch."""
+
+    def __init__(self, size: int = POOL_SIZE, wait: float = QUEUE_TIMEOUT) -> None:
+        if size < 1 or not wait > 0:
+            raise ValueError(f"a gate needs size >= 1 and wait > 0, got {size}, {wait}")
+        self.size = size
+        self._wait = wait
+        self._slots = asyncio.Semaphore(size)
+        self.waited = 0
+        """Calls that found every connection busy and queued (a count for tests and metrics)."""
+        self.gave_up = 0
+        """Calls that queued longer than `wait` and were given up."""
+
+    @property
+    def busy(self) -> int:
+        """Calls holding a connection now."""
+        return self.size - self._slots._value  # asyncio.Semaphore has no public count
+
+    async def enter(self, operation: str) -> None:
+        """Take a slot, at once when one is free (no suspension), else in turn within `wait`."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # returns without yielding: a free slot is taken at once
+            return
+        self.waited += 1
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._slots.acquire()
+        except TimeoutError as error:
+            self.gave_up += 1
+            if self.gave_up == 1 or self.gave_up % 1000 == 0:
+                log.warning(
+                    "redis: %s waited %.1f s for one of %d connections (%d calls given up so far)",
+                    operation, self._wait, self.size, self.gave_up,
+                )  # fmt: skip
+            cause = Overloaded(f"no connection free within {self._wait * 1000:.0f} ms ({self.size} busy)")
+            raise BackendError("redis", operation, cause, overloaded=True) from error
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+# The gate of each client connect() made (weakly: a client closed and dropped takes its gate).
+_GATES: weakref.WeakKeyDictionary[RedisClient, Gate] = weakref.WeakKeyDictionary()
+
+
+def gate_of(client: RedisClient) -> Gate | None:
+    """The gate connect() put in front of `client` (None for a client made elsewhere)."""
+    return _GATES.get(client)
+
+
+def connect(
+    url: str, *, cluster: bool = False, pool_size: int = POOL_SIZE, queue_timeout: float = QUEUE_TIMEOUT
+) -> RedisClient:
+    """A lazily connecting client behind a Gate of `pool_size` calls; the caller's deadline bounds
+    every call, so retry at most once (a pooled connection that died with a restarted server) and
+    never back off. The driver's pool is as large as the gate, so it never refuses a connection."""
     retry = Retry(NoBackoff(), 1)
+    client: RedisClient
     if cluster:
-        return RedisCluster.from_url(url, retry=retry)
-    return Redis.from_url(url, retry=retry)
+        client = RedisCluster.from_url(url, retry=retry, max_connections=pool_size)
+    else:
+        client = Redis.from_url(url, retry=retry, max_connections=pool_size)
+    _GATES[client] = Gate(pool_size, queue_timeout)
+    return client
 
 
 def lua(name: str) -> str:
@@ -50,8 +129,12 @@ def now_arg(clock_value: float | None) -> str:
 
 
 @asynccontextmanager
-async def guard(operation: str, deadline: float) -> AsyncIterator[None]:
-    """Run a block of Redis calls under `deadline` seconds; any failure is BackendError."""
+async def guard(operation: str, deadline: float, gate: Gate | None = None) -> AsyncIterator[None]:
+    """Run a block of Redis calls on one connection under `deadline` seconds (counted from when
+    the gate lets it in); any failure is BackendError (overloaded=True when the gate's queue
+    was too long: not the store's fault)."""
+    if gate is not None:
+        await gate.enter(operation)
     try:
         async with asyncio.timeout(deadline):
             yield
@@ -69,6 +152,9 @@ async def guard(operation: str, deadline: float) -> AsyncIterator[None]:
         if not _raised_in_driver(error):
             raise
         raise BackendError("redis", operation, error) from error
+    finally:
+        if gate is not None:
+            gate.leave()
 
 
 def _raised_in_driver(error: BaseException) -> bool:

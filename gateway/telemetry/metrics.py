@@ -64,18 +64,23 @@ class Metrics:
         self._multiprocess_dir = _multiprocess_dir()
         self.store_transitions = Counter(
             "switchyard_limit_store_transitions",
-            "Changes of the shared limit store's state (to=degraded when it starts failing, to=healthy when back).",
-            ["to"],
+            "Changes of the shared limit store's state as each part sees it (part=limits: the buckets; part=budget: "
+            "the spend ledger), to=degraded when it starts failing, to=healthy when back.",
+            ["part", "to"],
             registry=self.registry,
         )
         # Across workers: 1 while any live worker sees the store failing (each has its own
         # failover state); a worker that exited no longer counts.
         self.store_degraded = Gauge(
             "switchyard_limit_store_degraded",
-            "1 while the shared limit store fails and each tenant's on_store_failure rule applies.",
+            "1 while the shared limit store fails for that part (limits: buckets; budget: spend ledger) and each "
+            "tenant's on_store_failure rule applies.",
+            ["part"],
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        for part in ("limits", "budget"):
+            self.store_degraded.labels(part=part).set(0)  # a series from the start: 0 is news too
         # Every worker reads the same count from the shared store, at different times: the newest
         # reading of a live worker is the truth ("max" would keep a count from before one left).
         self.live_instances = Gauge(
@@ -164,9 +169,10 @@ class Metrics:
             registry=self.registry,
         )
 
-    def degraded(self, is_degraded: bool) -> None:
-        self.store_transitions.labels(to="degraded" if is_degraded else "healthy").inc()
-        self.store_degraded.set(1 if is_degraded else 0)
+    def degraded(self, part: str, is_degraded: bool) -> None:
+        """The shared store's state as `part` ("limits" or "budget") sees it changed."""
+        self.store_transitions.labels(part=part, to="degraded" if is_degraded else "healthy").inc()
+        self.store_degraded.labels(part=part).set(1 if is_degraded else 0)
 
     def count_instances(self, source: Callable[[], int]) -> None:
         """Read the live-instance count from `source` at each scrape. A gauge's set_function is not

@@ -106,8 +106,8 @@ async def test_calls_are_answered_by_rule_while_redis_is_down(
     assert ready["status"] == "degraded"
     assert ready["limits"]["degraded"] is True
     metrics = await (await gateway.get("/metrics")).text()
-    assert 'switchyard_limit_store_transitions_total{to="degraded"} 1.0' in metrics
-    assert "switchyard_limit_store_degraded 1.0" in metrics
+    assert 'switchyard_limit_store_transitions_total{part="limits",to="degraded"} 1.0' in metrics
+    assert 'switchyard_limit_store_degraded{part="limits"} 1.0' in metrics
     if fault == "frozen":
         server.resume()
 
@@ -135,4 +135,4 @@ async def test_shared_limits_return_after_redis_restarts(
     ready = await (await first.get("/readyz")).json()
     assert ready["status"] == "ready"
     metrics = await (await first.get("/metrics")).text()
-    assert 'switchyard_limit_store_transitions_total{to="healthy"} 1.0' in metrics
+    assert 'switchyard_limit_store_transitions_total{part="limits",to="healthy"} 1.0' in metrics

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import BackendError
 from gateway.limits.breaker import CircuitBreaker
-from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Reservation, expire_at, utc_day
+from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Reservation, Spend, expire_at, utc_day
 from gateway.limits.budget_redis import held_key, once_key, spent_key
 from gateway.limits.factory import Stores, stores_from_url
 from gateway.limits.redis import CircuitOpen, RedisBuckets
@@ -275,22 +275,25 @@ async def test_charge_now_answers_in_process_only(stores: Stores) -> None:
 async def test_a_dead_redis_falls_back_and_never_loses_a_write(
     redis_servers: Callable[..., RedisServer], clock: FakeClock
 ) -> None:
-    """With the server gone: charges follow the mode on this instance's ledger, writes are kept there, spend raises."""
+    """With the server gone: charges follow the mode on this instance's ledger, starting from the
+    last figure Redis gave (its hold counts), writes are kept there, spend raises."""
     server = redis_servers()
     stores = stores_from_url(server.url, clock=clock, breaker=CircuitBreaker(clock, failures=100))
     try:
         ledger = stores.ledger
         held = await ledger.reserve("acme", DAY, E, CAP, TTL)
         assert held is not None and not held.local
+        assert ledger.last_seen("acme", DAY) == E
         server.stop()
-        assert await ledger.charge("acme", DAY, {"webhook": CAP}, CAP, mode="local")
+        assert not await ledger.charge("acme", DAY, {"webhook": CAP - E + 1}, CAP, mode="local")
+        assert await ledger.charge("acme", DAY, {"webhook": CAP - E}, CAP, mode="local")
         assert not await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="local")
         assert not await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="closed")
         assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP, mode="open")
         await ledger.commit(held, {"llm": E})
         await ledger.add([("acme", DAY, {"voice": 8_500}, None), ("beta", DAY, {"sms": 7_900}, None)])
         assert ledger.degraded
-        assert (await ledger.local.spend("acme", DAY)).parts == {"webhook": CAP + 1, "llm": E, "voice": 8_500}
+        assert (await ledger.local.spend("acme", DAY)).parts == {"webhook": CAP - E + 1, "llm": E, "voice": 8_500}
         with pytest.raises(BackendError):
             await ledger.spend("acme", DAY)
     finally:
@@ -445,13 +448,15 @@ async def test_extend_keeps_a_live_hold(stores: Stores, clock: FakeClock) -> Non
     assert not await ledger.extend(again, TTL)
 
 
-@SHARED_ONLY
-async def test_a_hold_is_settled_only_by_its_own_amount(stores: Stores) -> None:
-    """In Redis a hold is named by id and amount: rebuilt with another amount it settles nothing,
-    which is why a stream's admission token carries the amount it held."""
+async def test_a_hold_is_settled_by_its_id_for_the_amount_it_holds(stores: Stores) -> None:
+    """A hold is named by its id: settled with another amount it frees what it held, no more
+    and no less, so the held total kept beside the holds never drifts."""
     ledger = stores.ledger
     assert await ledger.reserve("acme", DAY, E, CAP, TTL, id="stream:CA1") is not None
+    assert await ledger.reserve("acme", DAY, E, CAP, TTL, id="stream:CA2") is not None
     await ledger.release(Reservation("acme", DAY, "stream:CA1", 2 * E))
     assert (await ledger.spend("acme", DAY)).reserved == E
-    await ledger.release(Reservation("acme", DAY, "stream:CA1", E))
-    assert (await ledger.spend("acme", DAY)).reserved == 0
+    await ledger.release(Reservation("acme", DAY, "stream:CA1", E))  # settled already: nothing more
+    assert (await ledger.spend("acme", DAY)).reserved == E
+    await ledger.commit(Reservation("acme", DAY, "stream:CA2", 1), {"stream": 7})
+    assert await ledger.spend("acme", DAY) == Spend(DAY, {"stream": 7}, 0)

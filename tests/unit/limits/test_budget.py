@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
@@ -45,6 +45,15 @@ class FlakyLedger:
         self.entered: asyncio.Event | None = None
         self.resume: asyncio.Event | None = None
         self.closed = False
+        self.watchers: list[Callable[[str, str, int], None]] = []
+
+    def on_total(self, callback: Callable[[str, str, int], None]) -> None:
+        self.watchers.append(callback)
+
+    def _told(self, tenant: str, day: str) -> None:
+        # As RedisLedger: every answered step reports the tenant-day's spent + held.
+        for callback in self.watchers:
+            callback(tenant, day, self.store.total_now(tenant, day))
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -56,13 +65,17 @@ class FlakyLedger:
 
     async def charge(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool:
         self._call("charge")
-        return await self.store.charge(tenant, day, cost, cap)
+        admitted = await self.store.charge(tenant, day, cost, cap)
+        self._told(tenant, day)
+        return admitted
 
     async def reserve(
         self, tenant: str, day: str, amount: int, cap: int | None, ttl: float, *, id: str | None = None
     ) -> Reservation | None:
         self._call("reserve")
-        return await self.store.reserve(tenant, day, amount, cap, ttl, id=id)
+        held = await self.store.reserve(tenant, day, amount, cap, ttl, id=id)
+        self._told(tenant, day)
+        return held
 
     async def extend(self, reservation: Reservation, ttl: float) -> bool:
         self._call("extend")
@@ -71,10 +84,12 @@ class FlakyLedger:
     async def commit(self, reservation: Reservation, cost: Mapping[str, int]) -> None:
         self._call("commit")
         await self.store.commit(reservation, cost)
+        self._told(reservation.tenant, reservation.day)
 
     async def release(self, reservation: Reservation) -> None:
         self._call("release")
         await self.store.release(reservation)
+        self._told(reservation.tenant, reservation.day)
 
     async def add(self, entries: Sequence[Entry]) -> None:
         self._call("add")
@@ -185,6 +200,45 @@ async def test_charge_follows_the_mode(
     assert answers == admitted
     assert (await local.spend("acme", DAY)).total == local_total
     assert ledger.degraded
+
+
+async def test_local_mode_starts_from_the_last_spend_the_primary_reported(
+    primary: FlakyLedger, local: MemoryLedger
+) -> None:
+    """Primary down after it said 600,000 of 1,000,000 were spent: with two instances this one
+    admits half of the 400,000 left, not half the cap (which would overspend by 100 %)."""
+    ledger = FailoverLedger(primary, local, instances=lambda: 2)
+    assert await ledger.charge("acme", DAY, {"llm": 600_000}, CAP)
+    assert ledger.last_seen("acme", DAY) == 600_000
+    primary.down = True
+    answers = [await ledger.charge("acme", DAY, {"webhook": 50_000}, CAP) for _ in range(5)]
+    assert answers == [True] * 4 + [False]
+    assert ledger.unsynced == 200_000
+    # Back: the replay lands, and the figure seen next counts it (the next outage starts there).
+    primary.down = False
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, CAP)
+    assert ledger.last_seen("acme", DAY) == 800_001
+
+
+async def test_two_instances_failing_over_together_stay_within_the_cap(clock: FakeClock) -> None:
+    """Two instances on one primary, both failing over after seeing the same figure: together
+    they admit exactly what was left, so the day ends at the cap."""
+    shared = FlakyLedger(clock)
+    first = FailoverLedger(shared, MemoryLedger(clock), instances=lambda: 2)
+    second = FailoverLedger(shared, MemoryLedger(clock), instances=lambda: 2)
+    assert await first.charge("acme", DAY, {"webhook": 700_000}, CAP)
+    assert await second.charge("acme", DAY, {"webhook": 100_000}, CAP)
+    assert await first.charge("acme", DAY, {"webhook": 0}, CAP)  # both have now seen 800,000
+    shared.down = True
+    admitted = 0
+    for ledger in (first, second):
+        while await ledger.charge("acme", DAY, {"webhook": 10_000}, CAP):
+            admitted += 10_000
+    assert admitted == CAP - 800_000
+    shared.down = False
+    await first.add([])
+    await second.add([])
+    assert (await shared.store.spend("acme", DAY)).total == CAP
 
 
 async def test_local_charge_without_a_cap_admits(primary: FlakyLedger, local: MemoryLedger) -> None:

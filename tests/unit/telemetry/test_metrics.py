@@ -256,13 +256,19 @@ def test_live_instances_are_read_at_each_scrape() -> None:
 
 
 def test_existing_metrics_keep_their_names() -> None:
-    """Store transitions, degraded state and policy reloads are exported as before."""
+    """Store transitions and degraded state, told apart for the limiter and the ledger, and policy
+    reloads are exported under their names."""
     metrics = Metrics()
-    metrics.degraded(True)
-    metrics.degraded(False)
+    metrics.degraded("budget", True)
+    metrics.degraded("budget", False)
+    metrics.degraded("limits", True)
     metrics.policy_reloads.labels(outcome="ok").inc()
-    assert series(metrics, "switchyard_limit_store_transitions_total", "to") == {("degraded",): 1, ("healthy",): 1}
-    assert series(metrics, "switchyard_limit_store_degraded") == {(): 0}
+    assert series(metrics, "switchyard_limit_store_transitions_total", "part", "to") == {
+        ("budget", "degraded"): 1,
+        ("budget", "healthy"): 1,
+        ("limits", "degraded"): 1,
+    }
+    assert series(metrics, "switchyard_limit_store_degraded", "part") == {("budget",): 0, ("limits",): 1}
     assert series(metrics, "switchyard_policy_reloads_total", "outcome") == {("ok",): 1}
 
 
@@ -314,7 +320,7 @@ def test_processes_sharing_a_directory_render_one_sum(multiproc_dir: Path) -> No
     assert (buckets[("0.001",)], buckets[("0.0025",)], buckets[("0.25",)], buckets[("0.5",)]) == (0, 3, 3, 5)
     assert _series(text, "switchyard_budget_remaining_usd", "tenant") == {("acme",): 4.5}
     assert _series(text, "switchyard_live_instances") == {(): 3}
-    assert _series(text, "switchyard_limit_store_degraded") == {(): 0}
+    assert _series(text, "switchyard_limit_store_degraded", "part") == {("budget",): 0, ("limits",): 0}
     assert not any(path.name.endswith(f"_{os.getpid()}.db") for path in multiproc_dir.iterdir())
 
 
