@@ -63,7 +63,7 @@ class Services:
             self.tools = Tools(self.egress, self.ledger, self.limits, self.leases, self.wall)
             self.jwks = JwksCache(_jwks_fetch(self.egress, self.clock), self.clock)
             rest = TwilioRest(self.egress, self.clock, self.sleep, self.twilio_api_base)
-            self.calls = Calls(rest, self.leases, self.limits, self.clock, self.sleep)
+            self.calls = Calls(rest, self.leases, self.limits, self.ledger, self.clock, self.sleep, self.wall)
             self.messages = Messages(rest, self.limits, self.ledger, self.clock, self.wall)
 
 

@@ -31,7 +31,7 @@ from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
 from gateway.limits.budget import Reservation, utc_day
 from gateway.outbound import status as status_forward
-from gateway.outbound.calls import call_lease, give_back
+from gateway.outbound.calls import call_hold, call_lease, give_back, release_hold
 from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
@@ -353,11 +353,14 @@ async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) 
 
 
 async def _release_call_slot(request: web.Request, tenant: Tenant, services: Services) -> None:
-    """A call placed through the outbound API ended: its concurrent_calls slot (named in the
-    callback's URL, which the signature covers) is free again."""
+    """A call placed through the outbound API ended: its concurrent_calls slot and its budget
+    hold (named in the callback's URL, which the signature covers) are free again."""
     lease = call_lease(tenant, slot) if (slot := request.query.get("slot")) else None
     if lease is not None:
         await give_back(services.leases, lease)
+    hold = call_hold(tenant, held) if (held := request.query.get("hold")) else None
+    if hold is not None:
+        await release_hold(services.ledger, hold)
 
 
 async def _forward_status(

@@ -8,6 +8,12 @@ outlasts the longest call (ring timeout + time limit + a minute), so a lost call
 slot only that long. Its id travels in the status callback's URL (`?slot=<id>`, inside what
 Twilio signs), so whichever instance gets the final status gives back exactly that slot, even
 when the callback comes before Twilio's answer to the create has (an immediate `failed`).
+
+A tenant with a daily budget holds the call's estimate (budget.call_reserve_minutes at
+prices.voice_minute) before anything else, or the call is refused with 429: the day cannot
+hold it. The hold lives as long as the slot and is named the same way (`&hold=<day>.<id>` in
+the status callback's URL); the final status releases it, and the call's real minutes are
+booked from its CallDuration (telemetry/usage.py), once.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from gateway.clock import Clock, Sleep
 from gateway.errors import BackendError, SwitchyardError
 from gateway.exchange import Exchange
 from gateway.limits.base import Limiter, Rule
+from gateway.limits.budget import Reservation, new_reservation_id, utc_day
+from gateway.limits.budget_failover import FailoverLedger
 from gateway.limits.leases import Lease, LeaseStore
 from gateway.outbound.client import TOO_MANY, RestError, TwilioRest
 from gateway.policy.tenant import OutboundCalls, Tenant
@@ -161,13 +169,45 @@ def with_slot(status_callback: str, lease: Lease | None) -> str:
     return f"{status_callback}{'&' if '?' in status_callback else '?'}slot={lease.id}"
 
 
+HOLD_PREFIX = "ocall:"
+# The `hold` of a status callback's URL: the day the estimate was held on, and its id.
+HOLD_PARAM = re.compile(r"^(\d{4}-\d{2}-\d{2})\.([0-9a-f]{32})$")
+
+
+def with_hold(status_callback: str, hold: Reservation | None) -> str:
+    if hold is None:
+        return status_callback
+    value = f"{hold.day}.{hold.id.removeprefix(HOLD_PREFIX)}"
+    return f"{status_callback}{'&' if '?' in status_callback else '?'}hold={value}"
+
+
+def call_hold(tenant: Tenant, value: str) -> Reservation | None:
+    """The budget hold a placed call made, named by its status callback's `hold` (to release at
+    its final status); None without a budget or for a value not of ours."""
+    match = HOLD_PARAM.fullmatch(value)
+    if match is None or tenant.daily_budget is None or not tenant.call_reserve:
+        return None
+    return Reservation(tenant.id, match[1], HOLD_PREFIX + match[2], tenant.call_reserve)
+
+
 class Calls:
-    def __init__(self, rest: TwilioRest, leases: LeaseStore, limits: Limiter, clock: Clock, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        rest: TwilioRest,
+        leases: LeaseStore,
+        limits: Limiter,
+        ledger: FailoverLedger,
+        clock: Clock,
+        sleep: Sleep,
+        wall: Clock,
+    ) -> None:
         self._rest = rest
         self._leases = leases
         self._limits = limits
+        self._ledger = ledger
         self._clock = clock
         self._sleep = sleep
+        self._wall = wall
         self._queued: Counter[str] = Counter()  # requests waiting for a slot, per tenant, here
 
     async def place(
@@ -179,8 +219,13 @@ class Calls:
         clock = self._clock
         began = clock()
         until = began + tenant.outbound.queue_timeout
-        slot = await self._slot(tenant, until)
-        status_callback = with_slot(status_callback, slot)
+        hold = await self._hold(tenant)  # first: a spent day answers at once, without queueing
+        try:
+            slot = await self._slot(tenant, until)
+        except BaseException:
+            await self._release(hold)
+            raise
+        status_callback = with_hold(with_slot(status_callback, slot), hold)
         try:
             paced = clock()
             await self._pace(tenant, until)
@@ -203,11 +248,37 @@ class Calls:
                 exchange.timed("twilio POST Calls", clock() - sent, sent, attributes={"twilio.call_sid": str(call.sid)})
         except RestError as error:
             await self._give_back(slot)
+            await self._release(hold)
             raise refused_by_twilio(error, "call") from None
         except BaseException:
             await self._give_back(slot)
+            await self._release(hold)
             raise
         return Placed(str(call.sid), str(call.status))
+
+    async def _hold(self, tenant: Tenant) -> Reservation | None:
+        """The call's estimate held on the day's budget (None without a budget or an estimate);
+        CallRefused(429) when the day cannot hold it, (503) when the ledger cannot say."""
+        amount = tenant.call_reserve
+        if tenant.daily_budget is None or not amount:
+            return None
+        day = utc_day(self._wall())
+        try:
+            hold = await self._ledger.reserve(
+                tenant.id, day, amount, tenant.daily_budget, lease_ttl(tenant), tenant.on_store_failure,
+                id=HOLD_PREFIX + new_reservation_id(),
+            )  # fmt: skip
+        except BackendError:
+            raise CallRefused(503, "Budget unavailable", "the spend ledger is not answering; try again", 1.0) from None
+        if hold is None:
+            raise CallRefused(
+                429, "Daily budget exhausted", f"tenant {tenant.id}'s day cannot hold another call's estimate", 60.0
+            )
+        return hold
+
+    async def _release(self, hold: Reservation | None) -> None:
+        if hold is not None:
+            await release_hold(self._ledger, hold)
 
     async def _slot(self, tenant: Tenant, until: float) -> Lease | None:
         limit = tenant.concurrent_calls
@@ -257,6 +328,12 @@ class Calls:
     async def _give_back(self, lease: Lease | None) -> None:
         if lease is not None:
             await give_back(self._leases, lease)
+
+
+async def release_hold(ledger: FailoverLedger, hold: Reservation) -> None:
+    """A call's budget hold dropped (its create failed, or its final status came: the minutes
+    are booked from the callback). FailoverLedger.release never raises BackendError."""
+    await ledger.release(hold)
 
 
 async def give_back(leases: LeaseStore, lease: Lease) -> None:
