@@ -97,7 +97,7 @@ async def test_a_day_that_cannot_hold_another_calls_estimate_refuses_it(
     # The minutes are booked with the request's record, at its end.
     await until(lambda: _booked(client))
     assert (await _spend(client)).parts == {"voice": 20_000}
-    again, _ = await _place(client)  # 20,000 + 2 × 50,000 <= 120,000
+    again, _ = await _place(client)  # 20,000 + 2 x 50,000 <= 120,000
     assert again == 201 and len(twilio.calls()) == 3
     over, _ = await _place(client)
     assert over == 429 and len(twilio.calls()) == 3
