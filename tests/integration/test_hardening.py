@@ -33,12 +33,14 @@ def _no_earlier_lines(capfd: pytest.CaptureFixture[str]) -> None:
     capfd.readouterr()
 
 
-async def voice_lines(gateway: Client, capfd: pytest.CaptureFixture[str], wait: float = 0.0) -> list[dict[str, Any]]:
+async def voice_lines(
+    gateway: Client, capfd: pytest.CaptureFixture[str], wait: float = 0.0, path: str = "/twilio/voice"
+) -> list[dict[str, Any]]:
     """The webhook's access lines, once there are any: each poll is one more request to the
     server (its handler ran after the webhook's), plus `wait` of real time for a timer under test."""
     for _ in range(200):
         await gateway.get("/healthz")
-        lines = [r for r in access_lines(capfd) if r["path"] == "/twilio/voice"]
+        lines = [r for r in access_lines(capfd) if r["path"] == path]
         if lines:
             return lines
         if wait:
@@ -198,12 +200,14 @@ async def test_failed_call_out_answers_the_fallback_of_its_own_snapshot(
     assert (line["decision"], line["error"], line["status"]) == ("fallback", "UpstreamError", 200)
 
 
-async def _raw_post(gateway: Client, head: dict[str, str], body: bytes, extra: str = "") -> asyncio.StreamWriter:
+async def _raw_post(
+    gateway: Client, head: dict[str, str], body: bytes, extra: str = "", path: str = "/twilio/voice"
+) -> asyncio.StreamWriter:
     """Send a webhook's head (and `body`) on a raw socket; returns the writer, left open."""
     assert gateway.server.port is not None
     _, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
     lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
-    writer.write(f"POST /twilio/voice HTTP/1.1\r\nHost: gw.test\r\n{lines}{extra}\r\n".encode() + body)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: gw.test\r\n{lines}{extra}\r\n".encode() + body)
     await writer.drain()
     return writer
 
@@ -233,6 +237,26 @@ async def test_a_body_that_never_arrives_times_out(
     writer = await _raw_post(gateway, head, body[:10], f"Content-Length: {len(body)}\r\n")
     try:
         lines = await voice_lines(gateway, capfd, wait=0.01)  # the real timer under test needs real time
+        assert [(r["status"], r["decision"]) for r in lines] == [(408, "body_timeout")]
+    finally:
+        writer.close()
+
+
+async def test_a_slow_body_is_spent_from_the_tenants_own_timeout(
+    gateway: Client, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """On /t/<tenant>/voice the tenant's webhook_timeout bounds the request from its start, body
+    read included: a body that stalls is cut at that (here 50 ms), not at the 5 s body timeout."""
+    registry = gateway.app[SERVICES].registry
+    acme = registry.current.tenants["acme-health"]
+    quick = dataclasses.replace(acme, webhook_timeout=ANSWER_MARGIN + 0.05)
+    registry.current = PolicySet.of({**registry.current.tenants, "acme-health": quick})
+    head, body = signed_form(ACME_TOKEN, PUBLIC + "/t/acme-health/voice", voice_params())
+    path = "/t/acme-health/voice"
+    writer = await _raw_post(gateway, head, body[:10], f"Content-Length: {len(body)}\r\n", path)
+    try:
+        # Polled for at most 2 s of real time: the 5 s body timeout would leave no line yet.
+        lines = await voice_lines(gateway, capfd, wait=0.01, path=path)
         assert [(r["status"], r["decision"]) for r in lines] == [(408, "body_timeout")]
     finally:
         writer.close()
@@ -274,11 +298,9 @@ def _in_call_out(gateway: Client) -> bool:
     return server is not None and any(c._current_request is not None for c in server.connections)
 
 
-async def test_a_call_out_that_overruns_the_deadline_gets_the_fallback(
-    gateway: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An action that ignores its deadline is cut at what is left of it, and the fallback answers."""
-    monkeypatch.setattr(Exchange, "budget", ANSWER_MARGIN + 0.05)  # 50 ms of real time for the action
+async def test_a_call_out_that_overruns_the_deadline_gets_the_fallback(gateway: Client) -> None:
+    """An action that ignores its deadline is cut at what is left of the tenant's webhook_timeout
+    (counted from the request's start), and the fallback answers: in 50 ms, not Twilio's 15 s."""
     never = asyncio.Event()
 
     class Stuck(_Scripted):
@@ -287,8 +309,13 @@ async def test_a_call_out_that_overruns_the_deadline_gets_the_fallback(
             return b""
 
     registry = gateway.app[SERVICES].registry
-    registry.current = _with_call(gateway, Stuck(), b"<Response><Say>in time</Say></Response>")
-    status, text = await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
+    with_call = _with_call(gateway, Stuck(), b"<Response><Say>in time</Say></Response>")
+    acme = with_call.tenants["acme-health"]
+    # The fake clock stands still: what the deadline leaves is real time, 50 ms past the margin.
+    quick = dataclasses.replace(acme, webhook_timeout=ANSWER_MARGIN + 0.05)
+    registry.current = PolicySet.of({**with_call.tenants, "acme-health": quick})
+    async with asyncio.timeout(2.0):  # the tenant's timeout ignored: Twilio's 15 s, and this fails
+        status, text = await post(gateway, "/twilio/voice", voice_params(), ACME_TOKEN)
     assert (status, text) == (200, "<Response><Say>in time</Say></Response>")
 
 
