@@ -297,6 +297,13 @@ async def _settle(services: Services, tenant: str, retry: RetryKey, reply: bytes
         log.warning("tenant %s: the answer for retries could not be kept: %s", tenant, error)
 
 
+async def _forget(services: Services, tenant: str, retry: RetryKey) -> None:
+    try:
+        await services.answers.forget(tenant, retry)
+    except BackendError as error:  # it lapses with its TTL; a retry meanwhile is not forwarded
+        log.warning("tenant %s: a status callback's claim could not be dropped: %s", tenant, error)
+
+
 async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services) -> bool:
     """Charge what this answer costs to the tenant's day, if it fits under the cap (DESIGN §2
     step 6): atomic in the ledger, so concurrent requests never overshoot the cap together.
@@ -381,11 +388,25 @@ async def _forward_status(
     if services.egress is None:
         return
     headers = request.headers
+    # Twilio's retry of this very callback (its idempotency token, bound to the signed request)
+    # is one delivery: forwarded once, on whichever instance claims it first.
+    token = headers.get(IDEMPOTENCY)
+    retry = RetryKey(token, "status-forward\x00" + headers.get(SIGNATURE, "")) if token else None
+    claimed = retry if usable(retry) else None
+    if claimed is not None:
+        claim = await _claim(services, tenant.id, claimed, 0.0)
+        if claim is not None and not claim.first:
+            exchange.retry = "replay"
+            return
+        if claim is None:
+            claimed = None  # the store is failing: forwarded, at the risk of a second delivery
     forwarded = {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
     content_type = headers.get("Content-Type", "")
     counted = services.metrics.status_forwards
+    delivered = False
     try:
         status = await status_forward.forward(exchange, tenant, params, body, content_type, forwarded, services.egress)
+        delivered = status < 400
     except UpstreamError as error:
         exchange.error = "status_forward"
         counted.labels(tenant.id, "failed").inc()
@@ -396,6 +417,12 @@ async def _forward_status(
         counted.labels(tenant.id, "failed").inc()
         log.warning("tenant %s: its status callback was not forwarded: a header could not be sent", tenant.id)
         return
+    finally:
+        if claimed is not None:
+            if delivered:
+                await _settle(services, tenant.id, claimed, None)
+            else:
+                await _forget(services, tenant.id, claimed)  # not delivered: Twilio's retry may try again
     if status >= 400:
         exchange.error = "status_forward"
         counted.labels(tenant.id, "refused").inc()

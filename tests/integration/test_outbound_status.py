@@ -159,6 +159,38 @@ async def test_a_failing_callback_costs_twilio_nothing(
     assert f'switchyard_status_forwards_total{{outcome="{outcome}",tenant="acme"}} 1.0' in metrics
 
 
+async def test_a_replayed_callback_is_forwarded_once(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn, runtime: Runtime
+) -> None:
+    """The same signed callback with the same idempotency token, 20 times (Twilio's retries, or a
+    replay): one delivery to the tenant; Twilio gets 204 each time; another token goes on."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, runtime.url("/status"))
+    sid = await _call(client)
+    path = _callback(twilio, sid)
+    token = {"I-Twilio-Idempotency-Token": "ringing-1"}
+    codes = [(await post(client, path, _status(sid, "ringing"), ACME_TOKEN, **token))[0] for _ in range(20)]
+    assert codes == [204] * 20 and len(runtime.seen) == 1
+    await post(client, path, _status(sid, "in-progress"), ACME_TOKEN, **{"I-Twilio-Idempotency-Token": "answered-1"})
+    assert len(runtime.seen) == 2
+
+
+async def test_a_callback_that_was_not_delivered_goes_on_at_twilios_retry(
+    aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn, runtime: Runtime
+) -> None:
+    """The runtime refused the first delivery (500): Twilio's retry with the same token is
+    forwarded again (only a delivered callback counts as its one delivery)."""
+    client = await _client(aiohttp_client, clock, tmp_path, twilio, runtime.url("/status"))
+    sid = await _call(client)
+    path = _callback(twilio, sid)
+    token = {"I-Twilio-Idempotency-Token": "ringing-1"}
+    runtime.mode = "error"
+    await post(client, path, _status(sid, "ringing"), ACME_TOKEN, **token)
+    runtime.mode = "twiml"
+    await post(client, path, _status(sid, "ringing"), ACME_TOKEN, **token)
+    await post(client, path, _status(sid, "ringing"), ACME_TOKEN, **token)
+    assert len(runtime.seen) == 2
+
+
 async def test_a_runtime_that_is_down_costs_twilio_nothing(
     aiohttp_client: Any, clock: FakeClock, tmp_path: Path, twilio: TwilioRestStandIn
 ) -> None:
