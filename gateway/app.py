@@ -19,7 +19,7 @@ from gateway.egress import Egress, open_session
 from gateway.errors import BackendError
 from gateway.handlers import api, health, stream
 from gateway.handlers.twilio import webhook
-from gateway.keys import EGRESS, LIFECYCLE, SERVICES
+from gateway.keys import EGRESS, LIFECYCLE, SERVICES, STORES
 from gateway.limits.budget import utc_day
 from gateway.limits.factory import stores_from_url
 from gateway.policy import watch
@@ -115,11 +115,12 @@ def _stores(
     the ledger): opened before the first request, closed after the last one's record."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stores = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
-        await stores.start()
+        stores = app[STORES] = stores_from_url(settings.limiter_url, clock=clock, instance_id=settings.instance_id)
         store = settings.limiter_url.split("://", 1)[0]
+        # Told before the first heartbeat: a store unreachable from start-up is logged and counted.
         stores.failover.on_transition(_log_transition(store, "limits", metrics, LIMITS_DEGRADED))
         stores.ledger.on_transition(_log_transition(store, "budget", metrics, BUDGET_DEGRADED))
+        await stores.start()
         if stores.instances is not None:
             metrics.count_instances(stores.instances.live_instances)
         else:

@@ -21,13 +21,14 @@ async def readyz(request: web.Request) -> web.Response:
     (after SIGTERM) is unready, 503, so the load balancer sends nothing more while requests in
     flight finish."""
     services = request.app[SERVICES]
-    degraded = services.limits.degraded
+    limits, budget = services.limits.degraded, services.ledger.degraded
     draining = request.app[LIFECYCLE].draining
     return responses.json(
         {
-            "status": "draining" if draining else "degraded" if degraded else "ready",
+            "status": "draining" if draining else "degraded" if limits or budget else "ready",
             "tenants": len(services.registry.current.tenants),
-            "limits": {"store": services.settings.limiter_url.split("://", 1)[0], "degraded": degraded},
+            "limits": {"store": services.settings.limiter_url.split("://", 1)[0], "degraded": limits},
+            "budget": {"degraded": budget},
         },
         status=503 if draining else 200,
     )

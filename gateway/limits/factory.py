@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.clock import Clock, monotonic
+from gateway.errors import BackendError
 from gateway.limits.answers import AnswerStore, MemoryAnswers, RedisAnswers
 from gateway.limits.base import DEDUP_TTL, BucketStore
 from gateway.limits.breaker import CircuitBreaker
@@ -67,9 +68,22 @@ class Stores:
     idempotent: AnswerStore
 
     async def start(self) -> None:
-        """Start the instance heartbeat (Redis only); call inside the running loop."""
+        """Start the instance heartbeat (Redis only); call inside the running loop. Its first
+        beat runs now: a Redis unreachable from start-up is `degraded` at once (/readyz says so)."""
         if self.instances is not None:
+            self.instances.on_beat(self._pulse)
             await self.instances.start()
+
+    def _pulse(self, error: BackendError | None) -> None:
+        """A heartbeat's outcome as the store's health while no request asks it: a failure
+        marks both parts degraded; an answer clears them unless the limiter's breaker is still
+        open (its own probe decides then, so the state does not flap with every beat)."""
+        healthy = not isinstance(self.limiter, RedisBuckets) or self.limiter.healthy
+        for part in (self.failover, self.ledger):
+            if error is not None:
+                part.mark(True, error)
+            elif healthy:
+                part.mark(False)
 
     async def close(self) -> None:
         if self.instances is not None:

@@ -49,6 +49,11 @@ class Degradable:
         """Called with the new `degraded` value (and the error, on failing) when it changes."""
         self._listeners.append(callback)
 
+    def mark(self, degraded: bool, error: BackendError | None = None) -> None:
+        """Set from outside a call (the instance heartbeat: a store unreachable from start-up is
+        degraded before the first request fails over, and healthy again without one)."""
+        self._set_degraded(degraded, error)
+
     def _set_degraded(self, degraded: bool, error: BackendError | None = None) -> None:
         if degraded and error is not None and error.overloaded:
             return  # back-pressure (a queue at the gate) fails one call over; the store is fine

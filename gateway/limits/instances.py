@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 
 from gateway.clock import Clock, Sleep
 from gateway.errors import BackendError
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 INSTANCES_KEY = "sy:instances"
 INSTANCES_SCRIPT = "redis_instances.lua"
+
+Beat = Callable[[BackendError | None], None]
+"""Told after each heartbeat: None when Redis answered, else the error."""
 
 
 def default_instance_id() -> str:
@@ -55,6 +59,11 @@ class InstanceRegistry:
         self._script = client.register_script(lua(INSTANCES_SCRIPT))
         self._live = 1
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Beat] = []
+
+    def on_beat(self, callback: Beat) -> None:
+        """Tell `callback` how each heartbeat went: the store's pulse while no request asks it."""
+        self._listeners.append(callback)
 
     def live_instances(self) -> int:
         """The last count Redis gave, at least 1 (this instance); never blocks."""
@@ -76,19 +85,27 @@ class InstanceRegistry:
     async def start(self) -> None:
         """Beat once now (a failure is logged, not raised), then every `interval` seconds."""
         if self._task is None:
-            await self._beat()
+            await self.beat()
             self._task = asyncio.create_task(self._loop())
 
-    async def _beat(self) -> None:
+    async def beat(self) -> None:
+        """One heartbeat now: a failure is logged and told to the listeners, not raised."""
+        failed: BackendError | None = None
         try:
             await self.heartbeat()
         except BackendError as error:
+            failed = error
             log.warning("instance heartbeat failed, keeping %d live: %s", self._live, error)
+        for callback in self._listeners:
+            try:
+                callback(failed)
+            except Exception:
+                log.exception("instance heartbeat listener failed")  # a metric hook must not stop the beat
 
     async def _loop(self) -> None:
         while True:
             await self._sleep(self._interval)
-            await self._beat()
+            await self.beat()
 
     async def close(self) -> None:
         """Stop beating and leave the registry, so the others' share grows at once."""

@@ -56,7 +56,7 @@ async def _place(client: Client) -> tuple[int, dict[str, Any]]:
 
 
 async def _spend(client: Client) -> Spend:
-    services = client.server.app[SERVICES]
+    services = client.app[SERVICES]
     return await services.ledger.spend("acme", utc_day(services.wall()))
 
 
@@ -90,7 +90,7 @@ async def test_a_day_that_cannot_hold_another_calls_estimate_refuses_it(
     third, refused = await _place(client)
     assert (first, second, third) == (201, 201, 429)
     assert refused["title"] == "Daily budget exhausted" and len(twilio.calls()) == 2
-    assert await _spend(client) == Spend(utc_day(client.server.app[SERVICES].wall()), {}, 2 * HOLD)
+    assert await _spend(client) == Spend(utc_day(client.app[SERVICES].wall()), {}, 2 * HOLD)
 
     await _ended(client, twilio, body["sid"], seconds=61)  # two started minutes: $0.02
     assert (await _spend(client)).reserved == HOLD  # released while Twilio waited

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.keys import STORES
 from gateway.settings import Settings
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
@@ -136,3 +137,22 @@ async def test_shared_limits_return_after_redis_restarts(
     assert ready["status"] == "ready"
     metrics = await (await first.get("/metrics")).text()
     assert 'switchyard_limit_store_transitions_total{part="limits",to="healthy"} 1.0' in metrics
+
+
+async def test_readyz_says_degraded_from_start_up_when_redis_is_unreachable(
+    make_gateway: Callable[[str], Awaitable[Client]], redis_servers: Callable[..., RedisServer]
+) -> None:
+    """Redis down before the gateway starts: /readyz says degraded (200) before any request has
+    failed over, for limits and budget; once Redis answers, the next heartbeat makes it ready."""
+    server = redis_servers()
+    server.stop()
+    gateway = await make_gateway(server.url)
+    ready = await (await gateway.get("/readyz")).json()
+    assert ready["status"] == "degraded"
+    assert ready["limits"]["degraded"] is True and ready["budget"]["degraded"] is True
+    server.start()
+    stores = gateway.app[STORES]
+    assert stores.instances is not None
+    await stores.instances.beat()  # the next beat now, not in 5 s
+    ready = await (await gateway.get("/readyz")).json()
+    assert ready["status"] == "ready" and ready["budget"]["degraded"] is False
