@@ -38,15 +38,26 @@ class Grant:
 
 
 def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer` header; SignatureError for anything else.
+
+    A bearer token is ASCII (RFC 6750 §2.1, b64token): aiohttp keeps a header's bytes that are
+    not UTF-8 as lone surrogates, which would make any encode() of the token raise."""
     scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise SignatureError("missing bearer token")
-    return token.strip()
+    if not token.isascii():
+        raise SignatureError("malformed token")
+    return token
 
 
 async def verify(token: str, tenants: Mapping[str, Tenant], jwks: JwksCache | None) -> Grant:
     """The grant of a valid token; SignatureError (why, in a few words) for anything else;
     JwksUnavailable when the tenant's key set could never be fetched."""
+    # A JWT is base64url and dots; PyJWT encodes the text first, raising UnicodeEncodeError
+    # (no PyJWTError) on a lone surrogate.
+    if not token.isascii():
+        raise SignatureError("malformed token")
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})

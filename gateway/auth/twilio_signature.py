@@ -51,7 +51,8 @@ def algorithm_from_settings(header: str | None) -> str:
 def compute(url: str, params: Params | None, key: bytes, algorithm: str = HMAC_SHA1) -> str:
     """The signature Twilio sends for ``url`` and ``params`` (``None`` or empty: URL alone).
 
-    Raises ValueError for an algorithm other than HMAC_SHA1 / HMAC_SHA256.
+    Raises ValueError for an algorithm other than HMAC_SHA1 / HMAC_SHA256, and its subclass
+    UnicodeEncodeError for text that cannot be UTF-8 (a lone surrogate).
     """
     digest = _DIGESTS.get((algorithm or HMAC_SHA1).upper())
     if digest is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -200,3 +201,25 @@ async def test_a_token_without_the_endpoints_scope_is_403(aiohttp_client: Any, c
     wide = jwt.encode({**claims, "scope": "cost:read"}, NORTHWIND_JWT, algorithm="HS256")
     ok = await client.get("/api/v1/cost", headers={"Authorization": f"Bearer {wide}"})
     assert ok.status == 200 and ok.headers["RateLimit"].startswith('"api";r=9')  # the 403 spent nothing
+
+
+@pytest.mark.parametrize("path", ["/api/v1/limits", "/api/v1/admin/cost"], ids=["tenant", "admin"])
+async def test_a_bearer_token_with_a_byte_that_is_not_utf8_is_401(
+    aiohttp_client: Any, clock: FakeClock, path: str
+) -> None:
+    """A token holding a byte that is not UTF-8 (aiohttp hands it over as a lone surrogate) is a 401, not a 500."""
+    settings = Settings(policies_dir=POLICIES, public_urls=("http://gw.test",), reload_interval=0)
+    env = {**ENV, "SWITCHYARD_ADMIN_TOKEN": "a" * 32}
+    client: Client = await aiohttp_client(create_app(settings, env=env, clock=clock))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n".encode()
+            + b"Authorization: Bearer \xff"
+            + token().encode()
+            + b"\r\n\r\n"
+        )
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"401"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from gateway.auth import admission
+from tests.support.fuzz import FUZZ, bounded, odd_text
 
 KEY = b"acme-auth-token"
 CALL = "CA" + "0" * 32
@@ -100,3 +103,26 @@ def test_nonces_and_holds_are_checked_on_issue() -> None:
         admission.issue(KEY, "acme", CALL, "agent", "nonce_0001\n", 0, 2000)
     with pytest.raises(ValueError, match="hold"):
         admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", -1, 2000)
+
+
+TOKEN = admission.issue(KEY, "acme", CALL, "agent", "nonce_0001", 500, 2000)
+
+
+@st.composite
+def edited_tokens(draw: st.DrawFn) -> str:
+    """A real token with a stretch of it replaced by odd text: past the shape checks more often
+    than text from nothing."""
+    start = draw(st.integers(0, len(TOKEN)))
+    end = draw(st.integers(start, len(TOKEN)))
+    return TOKEN[:start] + draw(odd_text) + TOKEN[end:]
+
+
+@FUZZ
+@given(st.one_of(odd_text, edited_tokens()))
+@example(TOKEN[:-1] + "é")  # the mac non-ASCII: hmac.compare_digest raised TypeError (issue 17)
+@example(TOKEN[:-1] + "\udcff")  # a byte that was not UTF-8, as a lone surrogate
+def test_any_text_is_an_admission_or_none(token: str) -> None:
+    """check() on any text gives None or an Admission, never an exception."""
+    with bounded():
+        admitted = admission.check([KEY, b"old"], "acme", CALL, token, now=0)
+    assert admitted is None or admitted == admission.Admission("agent", "nonce_0001", 500, 2000)

@@ -17,6 +17,8 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from gateway.auth.jwks import MIN_REFETCH, JwksCache, JwksUnavailable
 from gateway.auth.jwt import Grant, bearer, verify
@@ -24,6 +26,7 @@ from gateway.auth.keys import from_jwks, public_key
 from gateway.errors import ScopeError, SignatureError, UpstreamError
 from gateway.policy.tenant import ApiAuth, ApiKey, Tenant
 from tests.support.clock import FakeClock
+from tests.support.fuzz import FUZZ, bounded, odd_text
 
 SECRET = b"n" * 40
 OTHER = b"o" * 40
@@ -281,3 +284,74 @@ def test_a_public_key_must_fit_its_algorithm(algorithm: str, pem: bytes) -> None
     """A key is loaded only for the one algorithm it can verify."""
     with pytest.raises(ValueError, match="key"):
         public_key(algorithm, pem)
+
+
+_scalar = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+_json = _scalar | st.lists(_scalar, max_size=3) | st.dictionaries(st.text(max_size=6), _scalar, max_size=3)
+
+
+@st.composite
+def edited_tokens(draw: st.DrawFn) -> str:
+    """A valid token with a stretch of it replaced by odd text."""
+    token = _token()
+    start = draw(st.integers(0, len(token)))
+    end = draw(st.integers(start, len(token)))
+    return token[:start] + draw(odd_text) + token[end:]
+
+
+@FUZZ
+@given(st.one_of(odd_text, edited_tokens()))
+@example("\udcff")  # a header byte that was not UTF-8: PyJWT's encode() raised UnicodeEncodeError
+@example(_b64(b'{"alg":"HS256"}') + ".\udcff.x")
+async def test_any_text_is_refused_with_a_signature_error(token: str) -> None:
+    """verify() on any text gives a Grant (an edit that left the token valid) or raises SignatureError, nothing else."""
+    try:
+        with bounded():
+            grant = await _verify(token)
+    except SignatureError:
+        return
+    assert grant.tenant.id == "northwind"
+
+
+def _signed(header: dict[str, object], claims: dict[str, object]) -> str:
+    """A token with this header and these claims, signed with northwind's secret whatever they say."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = hmac.new(SECRET, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+_headers = st.fixed_dictionaries(
+    {"alg": st.sampled_from(["HS256", "none", "RS256"]) | _json},
+    optional={"kid": st.sampled_from(["hs", "rsa"]) | _json, "typ": _json, "crit": _json},
+)
+_claims = st.fixed_dictionaries(
+    {"tenant": st.sampled_from(["northwind", "acme", "strict"]) | _json},
+    optional={k: _json for k in ("exp", "nbf", "iat", "aud", "iss", "scope", "scp")},
+)
+
+
+@FUZZ
+@given(_headers, _claims)
+async def test_any_signed_header_and_claims_verify_or_are_refused(
+    header: dict[str, object], claims: dict[str, object]
+) -> None:
+    """Signed with the right key but holding any header and claims, a token gives a Grant or a SignatureError."""
+    try:
+        with bounded():
+            grant = await _verify(_signed(header, claims))
+    except SignatureError:
+        return
+    assert grant.tenant.id == claims["tenant"]
+
+
+@FUZZ
+@given(st.one_of(st.none(), odd_text, odd_text.map(lambda token: "Bearer " + token)))
+@example("Bearer \udcff")  # then .encode() in the admin endpoint raised UnicodeEncodeError
+def test_bearer_gives_an_ascii_token_or_a_signature_error(header: str | None) -> None:
+    """bearer() on any Authorization header gives a token that encodes as ASCII, or raises SignatureError."""
+    try:
+        with bounded():
+            token = bearer(header)
+    except SignatureError:
+        return
+    assert token and token.encode("ascii")

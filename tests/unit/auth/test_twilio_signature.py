@@ -6,9 +6,12 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from gateway.auth import twilio_signature as ts
+from tests.support.fuzz import FUZZ, bounded, odd_text
 from tests.support.twilio import MultiDict
 
 TOKEN = "12345678901234567890123456789012"
@@ -300,3 +303,57 @@ def test_compute_unknown_algorithm_raises() -> None:
     """compute() refuses an algorithm it cannot compute, naming it."""
     with pytest.raises(ValueError, match="HMAC_MD5"):
         ts.compute(URL, None, KEY, "HMAC_MD5")
+
+
+# URLs as a request can make them (the Host header and the raw path are the sender's): a scheme,
+# then a host and port and a path where anything goes, bad ports and IPv6 brackets included.
+_url_part = st.one_of(
+    odd_text, st.sampled_from(["", ":", ":99999", ":-1", ":0", "[::1", "[::1]:80", "@", "?", "#", ";"])
+)
+urls = st.one_of(
+    odd_text,
+    st.builds(
+        lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
+        st.sampled_from(["https", "http", "wss", "HTTPS", ""]),
+        _url_part,
+        _url_part,
+        _url_part,
+    ),
+)
+_params = st.dictionaries(odd_text, st.lists(odd_text, max_size=3), max_size=4)
+_signatures = st.one_of(st.none(), odd_text, st.just(twilio_sign(URL, VOICE)))
+_algorithms = st.one_of(odd_text, st.sampled_from([ts.HMAC_SHA1, ts.HMAC_SHA256, "hmac_sha256", ""]))
+
+
+@FUZZ
+@given(urls, _params, _signatures, _algorithms, st.binary(max_size=64))
+@example("https://gw.example.com:99999/x", {}, "x", ts.HMAC_SHA1, b"")  # urllib's port raises ValueError
+@example("https://[::1/x", {}, "x", ts.HMAC_SHA1, b"")  # and so does a bad IPv6 literal
+@example("https://gw.example.com/\udcff", {"B\udcff": ["\ud800"]}, "x", ts.HMAC_SHA1, b"")
+def test_verifying_anything_is_a_verdict_never_an_error(
+    url: str, params: dict[str, list[str]], signature: str | None, algorithm: str, body: bytes
+) -> None:
+    """verify_form and verify_json on any URL, parameters, signature and algorithm say True or False, never raise."""
+    with bounded():
+        assert ts.verify_form(url, params, signature, [KEY, OLD_KEY], algorithm) in (True, False)
+        assert ts.verify_json(url, body, signature, [KEY], algorithm) in (True, False)
+
+
+@FUZZ
+@given(urls, _params, _algorithms)
+def test_compute_signs_or_raises_value_error(url: str, params: dict[str, list[str]], algorithm: str) -> None:
+    """compute() gives a base64 signature, or ValueError (an unknown algorithm, text that cannot be UTF-8)."""
+    try:
+        with bounded():
+            signature = ts.compute(url, params, KEY, algorithm)
+    except ValueError:
+        return
+    assert signature.isascii() and len(signature) in (28, 44)
+
+
+@FUZZ
+@given(st.one_of(st.none(), odd_text, odd_text.map(lambda value: "key=x,algorithm=" + value)))
+def test_any_settings_header_names_an_algorithm(header: str | None) -> None:
+    """algorithm_from_settings() on any X-Twilio-Webhooks-Signature-Settings value gives a name, never raises."""
+    with bounded():
+        assert isinstance(ts.algorithm_from_settings(header), str)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.bridge.side import PONG_LIMIT, QUEUE_LIMIT, Side, xor
@@ -24,6 +24,7 @@ from gateway.protocol.websocket import (
     frame,
     unmask,
 )
+from tests.support.fuzz import FUZZ, bounded, near_frames
 
 
 @dataclass
@@ -189,3 +190,18 @@ async def test_closing_after_the_peers_close_answers_it_and_closes_at_once() -> 
 def test_the_fast_masking_is_the_pure_one(key: bytes, data: bytes) -> None:
     """aiohttp's C loop, used on the sockets, masks exactly as protocol/websocket.py's XOR."""
     assert xor(key, data) == unmask(key, data)
+
+
+@FUZZ
+@given(st.lists(st.one_of(near_frames(), st.binary(max_size=40)), max_size=8), st.booleans())
+@example([bytes([0x81, 0x82]) + b"kkkk" + unmask(b"kkkk", b"\xed\xa0")], False)  # a lone surrogate's UTF-8
+async def test_any_bytes_from_a_peer_are_read_or_end_the_side(reads: list[bytes], client: bool) -> None:
+    """A side fed any bytes in any reads never raises: it queues messages, or ends (failed: with a close frame sent)."""
+    side, transport = _side("peer", client=client)
+    with bounded():
+        for data in reads:
+            side.feed(data)
+    assert all(isinstance(payload, bytes) for _, payload, _ in side.take_queued())
+    assert side.end in (None, "closed", "failed")
+    if side.end == "failed":
+        assert transport.closing and transport.frames(masked=client)[-1][0] == OP_CLOSE

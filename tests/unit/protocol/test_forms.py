@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol.forms import parse_form
+from tests.support.fuzz import FUZZ, bounded
 
 names = st.text(min_size=1, max_size=12)
 values = st.text(max_size=20)
@@ -27,6 +28,28 @@ def test_matches_parse_qs_on_arbitrary_bytes(body: bytes) -> None:
     """Even malformed bodies (no '=', stray '%', bad UTF-8) parse as parse_qs would."""
     text = body.decode("utf-8", "replace")
     assert parse_form(body) == parse_qs(text, keep_blank_values=True)
+
+
+# The pieces a hostile body is made of: separators, escapes cut short, escapes of bytes that are
+# not UTF-8 (a lone surrogate's encoding among them), and stray bytes.
+_pieces = st.sampled_from(
+    [b"&", b"=", b"+", b"%", b"%2", b"%26", b"%3D", b"%3d", b"%ff", b"%ed%a0%80", b"%C3", b"\xff"]
+)
+hostile_bodies = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(_pieces, st.binary(max_size=4)), max_size=40).map(b"".join),
+)
+
+
+@FUZZ
+@given(hostile_bodies)
+def test_any_body_parses_to_text_that_encodes(body: bytes) -> None:
+    """No body makes parse_form raise, and every name and value it gives encodes as UTF-8 (signatures do)."""
+    with bounded():
+        form = parse_form(body)
+    for name, values in form.items():
+        name.encode()
+        assert values and all(isinstance(value, str) and value.encode() is not None for value in values)
 
 
 def test_keeps_repeated_names_in_order() -> None:

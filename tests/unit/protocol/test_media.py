@@ -4,13 +4,14 @@ against the full parse, and the builders' shapes. Every `now` is passed in; noth
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import media
@@ -39,6 +40,7 @@ from gateway.protocol.media import (
     with_parameters,
 )
 from gateway.telemetry.cost import billed_minutes
+from tests.support.fuzz import FUZZ, bounded, odd_text
 from tests.support.twilio import ACME_SID
 
 STREAM = "MZ" + "5f" * 16
@@ -756,3 +758,102 @@ def test_start_forwarded_without_the_dropped_parameters() -> None:
     assert inbound.start is not None and inbound.start.custom_parameters["switchyard_admission"] == "v1.x"
     forwarded = orjson.loads(inbound.forward)["start"]["customParameters"]
     assert forwarded == {"agent": "triage", "tenant": "acme"}
+
+
+# Frames as a hostile or broken peer sends them: any text; JSON objects made of Twilio's own
+# field names with any values; and Twilio's and a runtime's real messages (in Twilio's compact
+# field order, so the fast paths see them) with odd text in their fields: SIDs, payloads,
+# timestamps, mark names, parameters, escaped (lone surrogates as \\udxxx) or not.
+_names = st.sampled_from(
+    ["event", "streamSid", "media", "payload", "timestamp", "start", "callSid", "accountSid", "tracks",
+     "customParameters", "mediaFormat", "encoding", "sampleRate", "channels", "mark", "name", "stop"]
+)  # fmt: skip
+_odd = st.sampled_from(["", STREAM, OTHER, CALL, ACCOUNT, AUDIO, "AAA=", "=", "0", "²"]) | odd_text
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _odd,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_names, inner, max_size=4),
+    max_leaves=6,
+)
+
+
+def _mostly(usual: st.SearchStrategy[object], odd: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """`usual` seven times in ten, else `odd`: frames that get past their first check reach the rest."""
+    return st.integers(0, 9).flatmap(lambda n: usual if n < 7 else odd)
+
+
+_sids = _mostly(st.just(STREAM), st.just(OTHER) | _odd)
+_fields = _mostly(st.sampled_from([AUDIO, "20", "m1", "7"]), _odd | _json)
+_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+_messages = st.one_of(
+    st.builds(lambda sid, ts, p: {"event": "media", "sequenceNumber": "3", "media": {"track": "inbound", "chunk": "2",
+              "timestamp": ts, "payload": p}, "streamSid": sid}, _sids, _fields, _fields),
+    st.builds(lambda sid, p: {"event": "media", "streamSid": sid, "media": {"payload": p}}, _sids, _fields),
+    st.builds(lambda sid, name: {"event": "mark", "streamSid": sid, "mark": {"name": name}}, _sids, _fields),
+    st.builds(lambda sid, name: {"event": "mark", "sequenceNumber": "4", "streamSid": sid, "mark": {"name": name}},
+              _sids, _fields),
+    st.builds(lambda sid: {"event": "clear", "streamSid": sid}, _sids),
+    st.builds(lambda sid, d: {"event": "dtmf", "streamSid": sid, "dtmf": {"digit": d}}, _sids, _fields),
+    st.builds(lambda sid: {"event": "stop", "streamSid": sid, "stop": {"callSid": CALL}}, _sids),
+    st.builds(lambda sid, call, params, fmt: {"event": "start", "start": {"accountSid": ACCOUNT, "streamSid": sid,
+              "callSid": call, "tracks": ["inbound"], "mediaFormat": fmt, "customParameters": params},
+              "streamSid": sid}, _sids, _mostly(st.just(CALL), _odd), st.dictionaries(_odd, _fields, max_size=3),
+              _mostly(st.just(_FORMAT), _fields)),
+    st.dictionaries(_names, _json, max_size=6),
+    st.just({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+)  # fmt: skip
+_texts = st.one_of(
+    odd_text,
+    st.builds(lambda obj, ascii: json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii), _messages, st.booleans()),
+    st.builds(lambda obj: json.dumps(obj, separators=(",", ":")), _messages),
+)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@FUZZ
+@given(st.booleans(), st.lists(st.tuples(st.sampled_from(["twilio", "runtime"]), _texts), max_size=8))
+@example(False, [("twilio", start_message(STREAM, CALL, ACCOUNT).replace("{}", '{"\\ud800":"x"}'))])
+@example(True, [("twilio", frame(1, 0)), ("twilio", frame(2, 20).replace(AUDIO, "\udcff"))])
+def test_any_frames_either_way_are_taken_or_refused_with_media_error(
+    started: bool, frames: list[tuple[str, str]]
+) -> None:
+    """A session (new, or started by Twilio's own start) fed any texts from either side, in any
+    order, takes each one or refuses it with MediaError, and a refused one changes nothing; what
+    it forwards is text."""
+    session = StreamSession(0.0, extra_parameters={"tenant": "acme"}, drop_parameters=("switchyard_admission",))
+    if started:
+        session.from_twilio(start_message(STREAM, CALL, ACCOUNT, {"switchyard_admission": "x"}), 0.0)
+    with bounded():
+        for n, (side, text) in enumerate(frames):
+            before, state = session.meter(), session.state
+            receive = session.from_twilio if side == "twilio" else session.from_runtime
+            try:
+                forward = receive(text, float(n)).forward
+            except MediaError:
+                assert session.meter() == before and session.state == state
+                continue
+            assert forward == text or (json.loads(forward)["event"] == "start" and _encodes(forward))
+        session.meter()
+
+
+@FUZZ
+@given(_texts)
+@example('{"event":"start","start":{"customParameters":{"a":"\\ud800"}}}')
+def test_any_text_has_an_event_or_a_media_error(text: str) -> None:
+    """event_of(), with_parameters() and parse_start() on any text give their answer or raise MediaError, no other."""
+    with bounded():
+        for read in (event_of, lambda t: with_parameters(t, {"tenant": "acme"}, ("x",))):
+            with contextlib.suppress(MediaError):
+                assert isinstance(read(text), str)
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return
+        with contextlib.suppress(MediaError):
+            assert isinstance(parse_start(document), Start)

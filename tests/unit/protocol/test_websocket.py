@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.protocol.websocket import (
@@ -19,6 +19,7 @@ from gateway.protocol.websocket import (
     OP_CLOSE,
     OP_CONTINUATION,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     Assembler,
     Frame,
@@ -31,6 +32,7 @@ from gateway.protocol.websocket import (
     unmask,
     valid_key,
 )
+from tests.support.fuzz import FUZZ, bounded, near_frames, odd_text
 
 # RFC 6455 §5.7's examples.
 HELLO = bytes([0x81, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
@@ -227,3 +229,56 @@ def test_a_close_frame_carries_its_code() -> None:
     )
     assert close_code(closing.payload) == 1001 and closing.payload[2:] == b"bye"
     assert close_code(b"") == CLOSE_NO_STATUS
+
+
+_streams = st.one_of(
+    st.lists(st.one_of(near_frames(), st.binary(max_size=20)), max_size=8).map(b"".join),
+    st.binary(max_size=300),
+)
+
+
+@FUZZ
+@given(_streams, st.booleans(), st.lists(st.integers(0, 2000), max_size=6), st.integers(0, 300))
+@example(bytes([0x81, 0xFF]) + (2**63).to_bytes(8, "big") + b"k" * 4, True, [], 1000)  # a length's top bit
+@example(bytes([0x88, 0x80]) + b"kkkk", True, [1, 2], 1000)  # a close frame cut into reads
+def test_any_bytes_give_frames_or_a_protocol_error(data: bytes, masked: bool, cuts: list[int], max_size: int) -> None:
+    """FrameReader, Assembler and close_code on any bytes, cut into reads anywhere, give well-formed frames,
+    messages and codes, or a ProtocolError (as `error`, or raised by the last two), and never anything else."""
+    reader = FrameReader(masked=masked, max_size=max_size)
+    assembler = Assembler(max_size)
+    last = 0
+    with bounded():
+        for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+            frames = reader.feed(data[last:cut])
+            last = cut
+            for f in frames:
+                assert f.opcode in (OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
+                assert len(f.payload) <= max_size
+                if f.opcode >= OP_CLOSE:
+                    assert f.fin and len(f.payload) <= 125
+                refused: int | None = None
+                try:
+                    if f.opcode == OP_CLOSE:
+                        code = close_code(f.payload)
+                        assert code == CLOSE_NO_STATUS or 1000 <= code <= 4999
+                    elif f.opcode < OP_CLOSE:
+                        assembler.add(f)
+                except ProtocolError as error:
+                    refused = error.code
+                assert refused in (None, CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_TOO_BIG)
+            if reader.error is not None:
+                assert reader.error.code in (CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG)
+                assert reader.feed(data[last:]) == []  # nothing is read after a fault
+                break
+
+
+@FUZZ
+@given(st.one_of(st.none(), odd_text, st.binary(max_size=24).map(lambda raw: raw.decode("latin-1"))))
+@example("dGhlIHNhbXBsZSBub25jZQ\udcff")
+@example("ä" * 24)
+def test_any_sec_websocket_key_is_valid_or_not(key: str | None) -> None:
+    """valid_key() on any header value says True or False, and a key it takes has an accept key."""
+    with bounded():
+        ok = valid_key(key)
+    if ok:
+        assert key is not None and len(accept_key(key)) == 28

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
 from gateway.telemetry import tracing
 from gateway.telemetry.tracing import Parent, Sampler, TracingConfig, parse_traceparent, traceparent
+from tests.support.fuzz import FUZZ, bounded, odd_text
 
 ROOT = Path(__file__).resolve().parents[3]
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
@@ -386,6 +387,33 @@ def test_tracestate(state: str | None, kept: str) -> None:
 def test_tracestate_without_valid_traceparent_is_dropped() -> None:
     """No parent, no tracestate."""
     assert parse_traceparent("garbage", "vendor=abc") is None
+
+
+# Nearly valid headers (the right shape with odd text around or inside it) as well as any text.
+def _hex(n: int) -> st.SearchStrategy[str]:
+    return st.text("0123456789abcdefF", min_size=n, max_size=n)
+
+
+_near = st.builds(
+    lambda version, trace, span, flags, rest: f"{version}-{trace}-{span}-{flags}{rest}",
+    _hex(2) | odd_text,
+    _hex(32),
+    _hex(16),
+    _hex(2) | odd_text,
+    st.just("") | odd_text,
+)
+
+
+@FUZZ
+@given(st.one_of(st.none(), odd_text, _near), st.one_of(st.none(), odd_text))
+@example(VALID + "\n", None)
+@example(f"01-{TRACE_HEX}-{SPAN_HEX}-01-\udcff", "k=\udcff")
+def test_any_header_is_a_parent_or_none(value: str | None, state: str | None) -> None:
+    """parse_traceparent() on any traceparent and tracestate gives None or a well-formed Parent, never raises."""
+    with bounded():
+        parent = parse_traceparent(value, state)
+    if parent is not None:
+        assert len(parent.trace_id) == 16 and len(parent.span_id) == 8 and len(parent.trace_state) <= 512
 
 
 @pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "not-sampled"])
