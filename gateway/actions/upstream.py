@@ -3,8 +3,9 @@
 The URL is the policy's, never the request's. The body goes on unchanged with Twilio's own
 headers, and is signed anew for the upstream URL with the tenant's auth token, so a runtime that
 checks `X-Twilio-Signature` with twilio's RequestValidator works behind the gateway unchanged.
-Anything but TwiML in time (a 4xx/5xx, not TwiML, too big, too slow, no connection, a breaker
-open) raises UpstreamError, and the handler answers the route's fallback.
+Anything but TwiML in time (a 4xx/5xx, not a well-formed <Response> document by twiml.check,
+too big, too slow, no connection, a breaker open) raises UpstreamError, and the handler answers
+the route's fallback.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming,
 from gateway.actions.static import BOTH
 from gateway.auth.twilio_signature import sign_for
 from gateway.errors import UpstreamError
-from gateway.hop import Target, request_head
+from gateway.hop import Answer, Target, request_head
 from gateway.limits.breaker import CircuitBreaker
 from gateway.policy.base import Strict
+from gateway.protocol import twiml
 from gateway.telemetry.tracing import new_span_id, traceparent
 
 if TYPE_CHECKING:
@@ -71,21 +73,43 @@ class UpstreamCall:
         head = request_head("POST", self.hop, self.hop.path + url[len(self.url) :], headers.items(), len(body))
         clock = exchange.clock
         started = clock()
+        took: float | None = None  # the hop alone: the check after it is not the runtime's time
+        failure: str | None = None
         try:
             answer = await tools.egress.forward(
                 self.hop, head, body, name=self.target, deadline=deadline, cap=self.timeout, max_body=MAX_TWIML
             )
-        except UpstreamError:
-            self.breaker.record_failure()
+            took = clock() - started
+            return self._twiml(answer)
+        except UpstreamError as error:
+            if took is None:  # no answer at all (a status or a bad document counts in _twiml)
+                self.breaker.record_failure()
+            failure = error.reason
+            raise
+        except BaseException as error:  # cancelled by the request's deadline, or a bug
+            failure = type(error).__name__
             raise
         finally:
-            exchange.timed("upstream", clock() - started, started, span_id)
+            # The step's span says why it failed (error.type: not_twiml, status, timeout …); the
+            # handler's log line has the error's detail too.
+            exchange.timed(
+                "upstream", clock() - started if took is None else took, started, span_id,
+                None if failure is None else {"error.type": failure},
+            )  # fmt: skip
+
+    def _twiml(self, answer: Answer) -> bytes:
+        """The runtime's answer if it is TwiML Twilio can read, else UpstreamError saying why
+        (never with the answer's text: it may carry what a caller said)."""
         if answer.status >= 400:
             self.breaker.record_failure()
             raise UpstreamError(self.target, "status", answer.status)
         self.breaker.record_success()  # it answered: its TwiML is the tenant's business
-        if not is_twiml(answer.body):
-            raise UpstreamError(self.target, "not_twiml", answer.status, answer.header(b"content-type"))
+        try:
+            twiml.check(answer.body)
+        except twiml.NotTwiml as problem:
+            # Twilio would answer 12100 and the caller hear "an application error has occurred";
+            # the route's fallback is better.
+            raise UpstreamError(self.target, "not_twiml", answer.status, str(problem)) from None
         return answer.body
 
     def request(self, exchange: Exchange, incoming: Incoming, span_id: bytes) -> tuple[str, dict[str, str]]:
@@ -100,22 +124,6 @@ class UpstreamCall:
         trace_id, sampled = exchange.trace()
         headers["traceparent"] = traceparent(trace_id, span_id, sampled)
         return url, headers
-
-
-def is_twiml(body: bytes) -> bool:
-    """A TwiML document, by its shape: an optional XML declaration, then a <Response> root.
-
-    A shape check, not a parse: Twilio parses it anyway, and a runtime's error page (HTML, JSON,
-    plain text) is what this is here to catch, at no parsing cost per call."""
-    text = body.strip()
-    if text.startswith(b"<?xml"):
-        end = text.find(b"?>")
-        if end < 0:
-            return False
-        text = text[end + 2 :].lstrip()
-    return (text.startswith((b"<Response>", b"<Response/>", b"<Response ")) and text.endswith(b">")) and (
-        text.endswith(b"</Response>") or text.endswith(b"/>")
-    )
 
 
 def _compile(value: Upstream, context: CompileContext) -> Compiled:

@@ -5,20 +5,23 @@ a runtime can fail."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
+from gateway.protocol import twiml
 from gateway.telemetry import accesslog
 from tests.support.clock import FakeClock
+from tests.support.gateway import PUBLIC, post, tenant_gateways
 from tests.support.gateway import MakeClient as MakeApp
-from tests.support.gateway import post, tenant_gateways
 from tests.support.otlp import OtlpHttpReceiver
 from tests.support.servers import running
-from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV, call_form
+from tests.support.twilio import ACME_SID, ACME_TOKEN, CALLER, ENV, call_form, signed_form
 from tests.support.upstream import TWIML, Runtime
 
 NUMBER = "+15558760001"
@@ -96,6 +99,76 @@ async def test_a_failing_runtime_gets_the_route_fallback(make_app: MakeApp, runt
     client = await make_app()
     status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
     assert status == 200 and "Our system is busy." in text
+
+
+@pytest.mark.parametrize(
+    ("document", "detail"),
+    [
+        pytest.param(
+            b"<Response><Say>Tom & Jerry</Say></Response>",
+            "not well-formed (invalid token): line 1, column 20",
+            id="ampersand",
+        ),
+        pytest.param(b"<Response><Say>Tom and Jerry</Response>", "mismatched tag: line 1, column 30", id="unclosed"),
+        pytest.param(
+            b"<Response><Say>Tom</Say></Response><Response/>",
+            "junk after document element: line 1, column 35",
+            id="two-roots",
+        ),
+        pytest.param(b'<!DOCTYPE r [<!ENTITY t "Tom">]><Response>&t;</Response>', "a DOCTYPE", id="doctype"),
+    ],
+)
+async def test_a_runtime_answering_broken_twiml_gets_the_fallback_and_the_log_says_why(
+    make_app: MakeApp, runtime: Runtime, caplog: pytest.LogCaptureFixture, document: bytes, detail: str
+) -> None:
+    """A 200 whose body is not well-formed TwiML never reaches Twilio: the caller hears the
+    route's fallback, and the warning names not_twiml and where the XML broke, not the text."""
+    runtime.answer = document
+    client = await make_app()
+    caplog.set_level(logging.WARNING, logger="switchyard.twilio")
+    status, text = await post(client, "/twilio/voice", _call(), ACME_TOKEN)
+    assert status == 200 and "Our system is busy." in text and "Tom" not in text
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "switchyard.twilio"]
+    assert f"not_twiml 200: {detail}" in warning and "Tom" not in warning
+
+
+async def test_a_broken_answer_marks_the_upstream_span_not_twiml(make_app: MakeApp, runtime: Runtime) -> None:
+    """The exported trace of a broken answer: the `POST upstream` span failed with error.type
+    not_twiml, the server span failed too (the caller got the fallback)."""
+    runtime.answer = b"<Response><Say>Tom & Jerry</Say></Response>"
+    async with running(OtlpHttpReceiver()) as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "1"}
+        client = await make_app(env=env)
+        assert (await post(client, "/twilio/voice", _call(), ACME_TOKEN))[0] == 200
+        accesslog.flush()
+        spans = {span.span.name: span for span in await receiver.wait_for(2)}
+    server, upstream = spans["twilio.webhook voice"], spans["POST upstream"]
+    assert upstream.attributes["error.type"] == "not_twiml" and upstream.span.status.code == Status.STATUS_CODE_ERROR
+    assert (
+        server.attributes["switchyard.decision"] == "fallback" and server.span.status.code == Status.STATUS_CODE_ERROR
+    )
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(b"\xef\xbb\xbf" + TWIML + b"\n", id="bom-declaration-newline"),
+        pytest.param(
+            b'<Response xmlns:x="urn:x"><x:Note/><Gather input="dtmf" action="/g?a=1&amp;b=2">'
+            b"<Say>Tom &amp; Jerry</Say></Gather></Response>",
+            id="namespaces-attributes-escapes",
+        ),
+        pytest.param(b"<Response/>", id="self-closing-root"),
+    ],
+)
+async def test_well_formed_twiml_is_answered_unchanged(make_app: MakeApp, runtime: Runtime, document: bytes) -> None:
+    """A well-formed <Response> document goes to Twilio byte for byte, as the runtime wrote it."""
+    twiml.check(document)  # the same documents pass the check on its own
+    runtime.answer = document
+    client = await make_app()
+    head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", _call())
+    response = await client.post("/twilio/voice", data=body, headers=head)
+    assert response.status == 200 and await response.read() == document
 
 
 async def test_a_slow_runtime_gets_the_fallback_at_its_timeout(make_app: MakeApp, runtime: Runtime) -> None:

@@ -1,6 +1,7 @@
 """A tenant's runtime for tests: a real aiohttp server on 127.0.0.1 that checks the re-signed
 X-Twilio-Signature with twilio's own RequestValidator, records what it got, and can be told to
-misbehave (slow, 500, not TwiML, too big, connection closed)."""
+misbehave (slow, 500, not TwiML, too big, connection closed); `answer` is what it answers when
+it behaves (a test may make it a broken document)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Runtime:
     def __init__(self, token: str, mode: Mode = "twiml") -> None:
         self.validator = RequestValidator(token)
         self.mode: Mode = mode
+        self.answer = TWIML  # the body of a "twiml" answer
         self.seen: list[Seen] = []
         self.release = asyncio.Event()
         self._arrived = asyncio.Condition()
@@ -86,4 +88,4 @@ class Runtime:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
-        return web.Response(body=TWIML, content_type="text/xml")
+        return web.Response(body=self.answer, content_type="text/xml")

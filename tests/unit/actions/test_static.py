@@ -131,10 +131,11 @@ def test_raw_declaration_matches_the_bytes() -> None:
         pytest.param("<Response/><Response/>", "not well-formed TwiML: junk after document element", id="two-roots"),
         pytest.param("<Say>Hi</Say>", "TwiML must have <Response> as its root, not <Say>", id="wrong-root"),
         pytest.param("<response/>", "TwiML must have <Response> as its root, not <response>", id="lower-case-root"),
+        pytest.param('<!DOCTYPE r [<!ENTITY a "b">]><Response/>', "refused TwiML: a DOCTYPE", id="doctype"),
     ],
 )
 def test_raw_rejects_malformed_and_wrong_root(text: str, message: str) -> None:
-    """raw() raises ValueError saying whether the XML is broken or the root is not <Response>."""
+    """raw() raises ValueError saying whether the XML is broken, has a DOCTYPE or its root is not <Response>."""
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         twiml.raw(text)
 
