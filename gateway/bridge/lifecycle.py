@@ -111,27 +111,32 @@ async def _bridge(twilio: Side, exchange: Exchange, tenant: Tenant, services: Se
     held = hold_of(tenant.id, admitted, start.call_sid)
     route = next((r for r in tenant.routes if r.name == admitted.route and isinstance(r.call, StreamAdmission)), None)
     if route is None:  # the policy was changed since the call was answered
-        await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
         await _let_go(services, tenant, lease, held)
+        await _refuse(twilio, exchange, tenant, services, Ended("no-route", WSCloseCode.INTERNAL_ERROR, "no_route"))
         return
     assert isinstance(route.call, StreamAdmission)
     config = route.call.bridged
     exchange.route, exchange.action = route.name, "stream"
 
-    done = asyncio.Event()
-    keep = asyncio.create_task(_keep_alive(services, tenant, lease, held, done))
+    # Whichever way the stream ends, its slot is given back before Twilio's socket is closed:
+    # Twilio goes on to the verbs after </Connect> once it sees the close, and the webhook that
+    # may bring (a <Redirect>, the caller's next call) must find the slot free, not wait for our
+    # closing handshakes with both sides.
+    slot = _Slot(services, tenant, lease, held)
     reason: Reason | str = "runtime_failed"
     try:
         try:
             runtime = await stream.until(_connect(exchange, tenant, services, config.upstream))
         except Stopped as stopped:
             reason = stopped.reason
+            await slot.give_back()
             await _refuse(twilio, exchange, tenant, services, _stopped(stopped), count=False)
             return
         if runtime is None:
             exchange.decision = "fallback"
-            await _close(twilio, WSCloseCode.INTERNAL_ERROR)
             reason = "runtime_unreachable"
+            await slot.give_back()
+            await _close(twilio, WSCloseCode.INTERNAL_ERROR)
             return
         relay = Relay(twilio, runtime, session, clock, services.metrics)
         stream.relaying(relay)
@@ -141,18 +146,39 @@ async def _bridge(twilio: Side, exchange: Exchange, tenant: Tenant, services: Se
             reason = await relay.run(opened + config.max_duration)
         finally:
             to_twilio, to_runtime = CLOSE_CODES.get(reason, (WSCloseCode.INTERNAL_ERROR,) * 2)  # type: ignore[arg-type]
+            await slot.give_back()
             await asyncio.gather(_close(runtime, to_runtime), _close(twilio, to_twilio))
         exchange.decision = "streamed"
         if reason not in ("stop", "twilio_closed", "runtime_closed"):
             exchange.error = str(reason)
     finally:
-        # Ended, not cancelled, and awaited before the slot is given back: a renewal already
-        # sent to the store and landing after the release would take the slot again.
-        done.set()
-        await asyncio.gather(keep, return_exceptions=True)
-        await _give_back(services, lease)
+        await slot.give_back()  # (done already, unless something raised before a close)
         await _book(exchange, tenant, services, session.meter(), held)
         services.metrics.stream_ends.labels(tenant.id, str(reason)).inc()
+
+
+class _Slot:
+    """A relayed stream's slot: kept alive (renewed, its budget hold extended) from the claim
+    until `give_back`, which ends the beats and releases the lease, once."""
+
+    __slots__ = ("_done", "_keep", "_lease", "_services")
+
+    def __init__(self, services: Services, tenant: Tenant, lease: Lease, held: Reservation | None) -> None:
+        self._services = services
+        self._lease: Lease | None = lease
+        self._done = asyncio.Event()
+        self._keep = asyncio.create_task(_keep_alive(services, tenant, lease, held, self._done))
+
+    async def give_back(self) -> None:
+        if self._lease is None:
+            return
+        # Ended, not cancelled, and awaited before the slot is given back: a renewal already
+        # sent to the store and landing after the release would take the slot again.
+        self._done.set()
+        await asyncio.gather(self._keep, return_exceptions=True)
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await _give_back(self._services, lease)
 
 
 def _stopped(stopped: Stopped) -> Ended:

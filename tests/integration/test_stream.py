@@ -30,7 +30,7 @@ from gateway.telemetry import accesslog
 from tests.support.clock import FakeClock
 from tests.support.gateway import Client, post, tenant_gateways
 from tests.support.gateway import MakeClient as MakeApp
-from tests.support.media_runtime import MediaRuntime
+from tests.support.media_runtime import MediaRuntime, Mode
 from tests.support.otlp import OtlpHttpReceiver
 from tests.support.servers import running
 from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV, call_form
@@ -83,10 +83,13 @@ async def answer(client: Client, call_sid: str) -> tuple[str, dict[str, str], ET
     return url.removeprefix("ws://gw.test"), {p.get("name", ""): p.get("value", "") for p in stream}, root
 
 
-async def connect(client: Client, path: str, token: str = ACME_TOKEN) -> aiohttp.ClientWebSocketResponse:
-    """Twilio's upgrade: X-Twilio-Signature over the ws(s):// URL, no parameters."""
+async def connect(
+    client: Client, path: str, token: str = ACME_TOKEN, *, autoclose: bool = True
+) -> aiohttp.ClientWebSocketResponse:
+    """Twilio's upgrade: X-Twilio-Signature over the ws(s):// URL, no parameters. autoclose
+    False: a close frame is read and not yet answered (Twilio's answer is a network away)."""
     signature = RequestValidator(token).compute_signature(f"ws://gw.test{path}", {})
-    return await client.ws_connect(path, headers={"X-Twilio-Signature": signature})
+    return await client.ws_connect(path, headers={"X-Twilio-Signature": signature}, autoclose=autoclose)
 
 
 def start(call_sid: str, parameters: dict[str, str]) -> str:
@@ -258,6 +261,31 @@ async def test_either_side_closing_closes_the_other_and_frees_the_slot(
     services = client.app[SERVICES]
     await asyncio.wait_for(services.streams.drained(), 5)
     assert await services.leases.count("acme", "streams") == 0
+
+
+@pytest.mark.parametrize("end", ["twilio stops", "twilio hangs up", "runtime hangs up", "runtime unreachable"])
+async def test_the_slot_is_free_once_twilio_sees_the_close(make_app: MakeApp, runtime: MediaRuntime, end: str) -> None:
+    """concurrent_streams 1: the moment Twilio has the stream's close frame (before it answers
+    it), whichever side ended the stream, the next call's webhook is admitted."""
+    modes: dict[str, Mode] = {"runtime hangs up": "close", "runtime unreachable": "refuse"}
+    runtime.mode = modes.get(end, "echo")
+    client = await make_app(concurrent=1)
+    call_sid = _call_sid(40)
+    path, parameters, _ = await answer(client, call_sid)
+    twilio = await connect(client, path, autoclose=False)
+    await twilio.send_str(start(call_sid, parameters))
+    if end.startswith("twilio"):
+        await _relaying(client)
+    if end == "twilio hangs up":
+        await twilio.close()  # returns once the gateway's answering close frame has come
+    else:
+        if end == "twilio stops":
+            await twilio.send_str(media.stop_message(STREAM_SID, 2, call_sid, ACME_SID))
+        message = await asyncio.wait_for(twilio.receive(), 5)
+        assert message.type is WSMsgType.CLOSE  # read, not answered: the gateway still waits for ours
+    status, text = await post(client, "/twilio/voice", call_form(NUMBER, _call_sid(41)), ACME_TOKEN)
+    assert status == 200 and ET.fromstring(text).find("Connect/Stream") is not None, text
+    await twilio.close()
 
 
 async def test_an_unreachable_runtime_closes_twilio_with_1011(make_app: MakeApp, runtime: MediaRuntime) -> None:
