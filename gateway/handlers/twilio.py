@@ -29,7 +29,8 @@ from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.limits.answers import Claim, usable
 from gateway.limits.base import RetryKey
-from gateway.limits.budget import Reservation, utc_day
+from gateway.limits.budget import BudgetCharge, Hold, Reservation, utc_day
+from gateway.limits.webhook import admit, admit_now
 from gateway.outbound import status as status_forward
 from gateway.outbound.calls import call_hold, call_lease, give_back, release_hold
 from gateway.policy.registry import PolicySet
@@ -37,6 +38,7 @@ from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.protocol.forms import parse_form
 from gateway.services import Services
+from gateway.telemetry.cost import Cost
 from gateway.telemetry.usage import BILLING_FIELDS, cost_of
 
 WebhookKind = Literal["voice", "sms", "status"]
@@ -150,42 +152,50 @@ def webhook(kind: WebhookKind) -> Handler:
                     await _forward_status(exchange, tenant, services, request, params, body)
                 return responses.no_content()
 
+            # The route first (pure: no I/O): what the answer costs is charged with the buckets.
+            route = tenant.route(kind, params)
+            exchange.reply = tenant.fallback[kind] if route is None else route.reply
+            budget = spent = None
+            if tenant.daily_budget is not None:
+                spent = cost_of(exchange, tenant.prices)
+                budget = _budget_charge(exchange, tenant, services, spent)
             rules = tenant.rules[kind]
-            if rules:
-                limits = services.limits
+            if rules or budget is not None:
                 token = headers.get(IDEMPOTENCY)
                 # A retry is the same signed request again: the token is bound to its signature.
                 retry = RetryKey(token, signature) if token else None
-                decision = limits.acquire_now(tenant.id, rules, 1, retry)
-                if decision is None:  # a shared store: one (coalesced) round trip
+                admission = admit_now(services.limits, services.ledger, tenant.id, rules, retry, budget)
+                if admission is None:  # shared stores: one (coalesced) round trip for buckets and budget
                     clock = services.clock
                     sent = clock()
-                    decision = await limits.acquire(tenant.id, rules, 1, retry, mode=tenant.on_store_failure)
+                    mode = tenant.on_store_failure
+                    admission = await admit(services.limits, services.ledger, tenant.id, rules, retry, budget, mode)
                     exchange.timed("limits", clock() - sent, sent)
-                exchange.limit = decision
-                if decision.retry != "new":
-                    exchange.retry = decision.retry
-                    if decision.retry == "mismatch":
-                        log.warning("tenant %s: a retry token came back with another request; charged", tenant.id)
-                if not decision.allowed:
-                    exchange.decision = "refused"
-                    exchange.route = f"limit:{decision.rule.name}"
-                    return responses.twiml(tenant.refusal[kind])
-
-            route = tenant.route(kind, params)
-            if route is None:
-                exchange.decision = "no-route"
-                exchange.reply = tenant.fallback[kind]
-            else:
+                decision = admission.decision
+                if decision is not None:
+                    exchange.limit = decision
+                    if decision.retry != "new":
+                        exchange.retry = decision.retry
+                        if decision.retry == "mismatch":
+                            log.warning("tenant %s: a retry token came back with another request; charged", tenant.id)
+                    if not decision.allowed:
+                        exchange.decision = "refused"
+                        exchange.route = f"limit:{decision.rule.name}"
+                        exchange.reply = None
+                        return responses.twiml(tenant.refusal[kind])
+                if route is not None:
+                    exchange.route = route.name
+                    exchange.action = route.action
+                if admission.budget == "over":
+                    exchange.decision = "over-budget"
+                    return responses.twiml(tenant.budget_refusal[kind])
+                if admission.budget == "charged":
+                    exchange.charged = spent
+            elif route is not None:
                 exchange.route = route.name
                 exchange.action = route.action
-                exchange.reply = route.reply
-            # A Twilio retry of a request already answered was charged with it (the limiter saw it).
-            budgeted = tenant.daily_budget is not None and exchange.retry != "replay"
-            if budgeted and not await _within_budget(exchange, tenant, services):
-                exchange.decision = "over-budget"
-                return responses.twiml(tenant.budget_refusal[kind])
             if route is None:
+                exchange.decision = "no-route"
                 return responses.twiml(tenant.fallback[kind])
             reply = route.reply
             if reply is None:
@@ -304,44 +314,19 @@ async def _forget(services: Services, tenant: str, retry: RetryKey) -> None:
         log.warning("tenant %s: a status callback's claim could not be dropped: %s", tenant, error)
 
 
-async def _within_budget(exchange: Exchange, tenant: Tenant, services: Services) -> bool:
-    """Charge what this answer costs to the tenant's day, if it fits under the cap (DESIGN §2
-    step 6): atomic in the ledger, so concurrent requests never overshoot the cap together.
+def _budget_charge(exchange: Exchange, tenant: Tenant, services: Services, spent: Cost) -> BudgetCharge:
+    """What this answer costs on the tenant's day, charged with its buckets (DESIGN §2 step 6):
+    atomic in the store, so concurrent requests never overshoot the cap together.
 
     A static answer's cost is known now (the webhook, the SMS segments in and out). What is
-    known only later (a call's minutes, a call-out's answer) is booked when it is known."""
-    spent = cost_of(exchange, tenant.prices)
-    ledger = services.ledger
-    day = utc_day(services.wall())
-    cap = tenant.daily_budget
-    clock = services.clock
-    held = None
+    known only later (a call's minutes, a call-out's answer) is booked when it is known; until
+    then a call holds its estimate, named by the call, so a retry of its webhook holds nothing
+    more, and its final status callback releases it."""
+    hold = None
     if exchange.kind == "voice" and tenant.call_reserve and exchange.sid:
-        # The call's minutes come with its final status callback: until then its estimate is
-        # held against the cap, named by the call (a retry of this webhook holds nothing more).
-        sent = clock()
-        held = await ledger.reserve(
-            tenant.id, day, tenant.call_reserve, cap, CALL_RESERVE_TTL, tenant.on_store_failure,
-            id=_call_hold(exchange.sid),
-        )  # fmt: skip
-        if ledger.shared:
-            exchange.timed("budget.reserve", clock() - sent, sent)
-        if held is None:
-            return False
-    admitted: bool | None = False
-    try:
-        admitted = ledger.charge_now(tenant.id, day, spent, cap)
-        if admitted is None:  # a shared ledger: one round trip
-            sent = clock()
-            admitted = await ledger.charge(tenant.id, day, spent, cap, mode=tenant.on_store_failure)
-            exchange.timed("budget.charge", clock() - sent, sent)
-    finally:
-        # Refused, failed or cancelled: the call is not answered, so nothing is held for it.
-        if not admitted and held is not None:
-            await ledger.release(held)
-    if admitted:
-        exchange.charged = spent
-    return bool(admitted)
+        hold = Hold(_call_hold(exchange.sid), tenant.call_reserve, CALL_RESERVE_TTL)
+    day = utc_day(services.wall())
+    return BudgetCharge(day, tenant.daily_budget, spent, hold)
 
 
 async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) -> None:

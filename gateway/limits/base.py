@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from gateway.errors import BackendError
+    from gateway.limits.budget import BudgetCharge
 
 # How long a Twilio retry's I-Twilio-Idempotency-Token is remembered (the memory store keeps it
 # at least half of this). Twilio's retries of one webhook all fit in its total-time budget (the
@@ -52,10 +56,21 @@ class Decision:
     # *and* the same signed request were admitted before: reported, not charged), "mismatch"
     # (the token was admitted before with another request: charged like any other, and logged).
     retry: RetryOutcome = "new"
+    # A budgeted charge (BudgetCharge): "charged" with the buckets, "over" the day's cap (the
+    # buckets then charged nothing either), or "none" (no budget asked, a replay, or refused by
+    # the buckets first). spent: the day's µ$ spent + held after it, when a shared store said.
+    budget: BudgetOutcome = "none"
+    spent: int | None = None
 
 
 RetryOutcome = Literal["new", "replay", "mismatch"]
 FailureMode = Literal["local", "open", "closed"]
+BudgetOutcome = Literal["none", "charged", "over"]
+
+Admit = Callable[["BackendError | None"], bool]
+"""The budget's say in an in-process charge, called once the buckets would admit it and before
+they are charged: True charges both, False neither. Given the store's error when it is the
+fallback of a shared store that failed (None in process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +90,18 @@ class BucketStore(Protocol):
     """Charges a tenant's buckets all-or-nothing: if any bucket refuses, none is charged."""
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        *,
+        budget: BudgetCharge | None = None,
     ) -> Decision:
         """Charge `cost` tokens to each of `rules` for `tenant`; `rules` is never empty.
+
+        With `budget` (a shared store only), the tenant's day is charged in the same atomic step:
+        refused by either, charged by neither (Decision.budget says which).
 
         With `retry`, a token admitted within the store's dedup TTL with the same binding
         reports the buckets without charging them (retry="replay"); with another binding it is
@@ -107,7 +131,12 @@ class Limiter(Protocol):
         ...
 
     def acquire_now(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        admit: Admit | None = None,
     ) -> Decision | None: ...
 
     async def acquire(
@@ -117,6 +146,11 @@ class Limiter(Protocol):
         cost: int = 1,
         retry: RetryKey | None = None,
         mode: FailureMode = "local",
-    ) -> Decision: ...
+        budget: BudgetCharge | None = None,
+        admit: Admit | None = None,
+    ) -> Decision:
+        """`budget` goes to the shared store with the buckets; `admit` decides it in this
+        process's fallback, should the store fail."""
+        ...
 
     async def close(self) -> None: ...

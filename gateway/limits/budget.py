@@ -65,6 +65,27 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """A hold made with a charge, in the same step: `amount` µ$ held under `id` for `ttl`
+    seconds, unless a live hold of that id is there already (a retry holds nothing more)."""
+
+    id: str
+    amount: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCharge:
+    """A webhook's cost on its tenant's day, charged with its buckets in one step (base.Decision
+    .budget says how it went). cap None: counted, never refused."""
+
+    day: str
+    cap: int | None
+    cost: Cost
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Spend:
     """One tenant's day: µ$ spent by part, and µ$ held by live reservations."""
 
@@ -90,13 +111,14 @@ class Ledger(Protocol):
         figure a failover starts from); an in-process store never fails and calls nothing."""
         ...
 
-    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool | None:
+    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool | None:
         """In-process store: the answer at once; a shared store: None (await charge)."""
         ...
 
-    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool:
-        """Atomically: admitted iff cap is None or total spent + live reservations + sum(cost)
-        <= cap; when admitted the cost is added to the day's parts. Used per webhook."""
+    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool:
+        """Atomically: admitted iff cap is None or total spent + live reservations (+ the hold,
+        unless a live hold of its id is there) + sum(cost) <= cap; when admitted the cost is
+        added to the day's parts and the hold made. Used per webhook."""
         ...
 
     async def reserve(
@@ -286,17 +308,24 @@ class MemoryLedger:
         self._once[key] = now + ONCE_TTL
         return True
 
-    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool:
+    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool:
         """The synchronous core of charge(): the webhook fast path awaits nothing."""
         day_end(day)
         key = (tenant, day)
-        if not self._fits(key, sum(cost.values()), cap):
+        held = 0
+        if hold is not None:
+            self._prune()  # first: a dead hold's id is free again
+            if hold.id not in self._held.get(key, ()):
+                held = hold.amount
+        if not self._fits(key, sum(cost.values()) + held, cap):
             return False
+        if hold is not None and held:
+            self._hold(key, hold.id, held, self._clock() + hold.ttl)
         self._add(key, cost)
         return True
 
-    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool:
-        return self.charge_now(tenant, day, cost, cap)
+    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool:
+        return self.charge_now(tenant, day, cost, cap, hold)
 
     async def reserve(
         self, tenant: str, day: str, amount: int, cap: int | None, ttl: float, *, id: str | None = None

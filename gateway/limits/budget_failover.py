@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from gateway.errors import BackendError
 from gateway.limits.base import FailureMode
-from gateway.limits.budget import Cost, Entry, Ledger, MemoryLedger, Reservation, Spend
+from gateway.limits.budget import Cost, Entry, Hold, Ledger, MemoryLedger, Reservation, Spend
 from gateway.limits.failover import Degradable
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class FailoverLedger(Degradable):
         # what the local ledger books from then on is on top of the primary's figure.
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._seen_day = ""
-        primary.on_total(self._saw)
+        primary.on_total(self.saw)
 
     @property
     def primary(self) -> Ledger:
@@ -70,6 +70,12 @@ class FailoverLedger(Degradable):
         return self._local
 
     @property
+    def needs_answer(self) -> bool:
+        """Would answered() do anything (degraded, or spend booked here to replay)? Asked per
+        webhook, so the healthy path awaits nothing."""
+        return self.degraded or bool(self._unsynced)
+
+    @property
     def unsynced(self) -> int:
         """µ$ booked here while the primary failed and not yet replayed to it."""
         return sum(sum(parts.values()) for parts in self._unsynced.values())
@@ -78,7 +84,9 @@ class FailoverLedger(Degradable):
         """The primary's totals, as it reports them."""
         self._primary.on_total(callback)
 
-    def _saw(self, tenant: str, day: str, total: int) -> None:
+    def saw(self, tenant: str, day: str, total: int) -> None:
+        """The primary's figure for a tenant-day (its replies carry it; a webhook's combined
+        charge brings it through the limiter)."""
         if day != self._seen_day:
             if day < self._seen_day:
                 return  # a reply about a past day (a call's end booked after midnight): not needed
@@ -100,30 +108,45 @@ class FailoverLedger(Degradable):
         seen, base = self._seen.get((tenant, day), (0, 0))
         return base + max(0, cap - seen) // max(1, self._instances())
 
-    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool | None:
+    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool | None:
         """The answer at once when the primary is in process, else None: await charge()."""
         if self._sync_primary is None:
             return None
-        return self._sync_primary.charge_now(tenant, day, cost, cap)
+        return self._sync_primary.charge_now(tenant, day, cost, cap, hold)
 
-    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None, mode: FailureMode = "local") -> bool:
+    async def charge(
+        self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None, mode: FailureMode = "local"
+    ) -> bool:
         try:
-            admitted = await self._primary.charge(tenant, day, cost, cap)
+            admitted = await self._primary.charge(tenant, day, cost, cap, hold)
         except BackendError as error:
-            # A charge that timed out may have run on the primary all the same; booked here too,
-            # and replayed, it then counts twice. Only at worst, and erring towards stopping
-            # spend, which is what a cap is for; telling the cases apart would need an id per
-            # webhook and a round trip to ask.
+            return self.fallback_now(tenant, day, cost, cap, mode, hold, error)
+        await self.answered()
+        return admitted
+
+    def fallback_now(
+        self,
+        tenant: str,
+        day: str,
+        cost: Cost,
+        cap: int | None,
+        mode: FailureMode,
+        hold: Hold | None,
+        error: BackendError | None,
+    ) -> bool:
+        """A charge the primary could not take (`error`), decided by `mode` in this process."""
+        # A charge that timed out may have run on the primary all the same; booked here too,
+        # and replayed, it then counts twice. Only at worst, and erring towards stopping spend,
+        # which is what a cap is for; telling the cases apart would need an id per webhook and
+        # a round trip to ask.
+        if error is not None:
             self._set_degraded(True, error)
-            if mode == "closed":
-                return False
-            admitted = self._local.charge_now(
-                tenant, day, cost, self._local_cap(tenant, day, cap) if mode == "local" else None
-            )
-            if admitted:
-                self._keep(tenant, day, cost)
-            return admitted
-        await self._answered()
+        if mode == "closed":
+            return False
+        local_cap = self._local_cap(tenant, day, cap) if mode == "local" else None
+        admitted = self._local.charge_now(tenant, day, cost, local_cap, hold)
+        if admitted:
+            self._keep(tenant, day, cost)
         return admitted
 
     async def reserve(
@@ -148,7 +171,7 @@ class FailoverLedger(Degradable):
             local_cap = self._local_cap(tenant, day, cap) if mode == "local" else None
             held = await self._local.reserve(tenant, day, amount, local_cap, ttl, id=id)
             return None if held is None else replace(held, local=True)
-        await self._answered()
+        await self.answered()
         return reservation
 
     async def extend(self, reservation: Reservation, ttl: float) -> bool:
@@ -161,7 +184,7 @@ class FailoverLedger(Degradable):
             # beat (within the ttl, or it lapses and stops counting; nothing is spent either way).
             self._set_degraded(True, error)
             raise
-        await self._answered(wrote=True)
+        await self.answered(wrote=True)
         return kept
 
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
@@ -176,7 +199,7 @@ class FailoverLedger(Degradable):
             self._write_failed(error, f"commit of reservation {reservation.id} of {reservation.tenant}")
             self._book_locally([(reservation.tenant, reservation.day, cost, None)])
             return
-        await self._answered(wrote=True)
+        await self.answered(wrote=True)
 
     async def release(self, reservation: Reservation) -> None:
         if reservation.local:
@@ -188,7 +211,7 @@ class FailoverLedger(Degradable):
             # Nothing is lost: the hold stops counting at its ttl, which is what the ttl is for.
             self._write_failed(error, f"release of reservation {reservation.id} of {reservation.tenant}")
             return
-        await self._answered(wrote=True)
+        await self.answered(wrote=True)
 
     async def add(self, entries: Sequence[Entry]) -> None:
         """The entries, and whatever is unsynced, in one add() to the primary; on failure the
@@ -221,7 +244,7 @@ class FailoverLedger(Degradable):
         except BackendError as error:
             self._set_degraded(True, error)
             raise
-        await self._answered()
+        await self.answered()
         return spent
 
     def _keep(self, tenant: str, day: str, cost: Cost) -> None:
@@ -272,7 +295,7 @@ class FailoverLedger(Degradable):
             total = sum(sum(parts.values()) for parts in pending.values())
             log.info("spend ledger: replayed %d µ$ over %d tenant-days booked here meanwhile", total, len(pending))
 
-    async def _answered(self, *, wrote: bool = False) -> None:
+    async def answered(self, *, wrote: bool = False) -> None:
         """The primary answered: it is back, so replay what was booked here meanwhile.
 
         The first call to find it back pays the replay's round trip (one add()).

@@ -14,6 +14,7 @@ from gateway.limits.budget import (
     ONCE_TTL,
     Cost,
     Entry,
+    Hold,
     Reservation,
     Spend,
     check_reservation,
@@ -21,10 +22,10 @@ from gateway.limits.budget import (
     expire_at,
     new_reservation_id,
 )
-from gateway.limits.redis import CircuitOpen
-from gateway.limits.redis_client import RedisClient, gate_of, guard, is_noscript, lua, now_arg
+from gateway.limits.redis_client import CircuitOpen, RedisClient, gate_of, guard, is_noscript, lua, now_arg
 
 BUDGET_SCRIPT = "redis_budget.lua"
+LEDGER_LIBRARY = "redis_ledger.lua"  # the steps redis_bucket.lua shares
 
 _Call = tuple[list[str], list[str | int]]
 """One EVALSHA of the script: (keys, args)."""
@@ -51,6 +52,19 @@ def amounts_key(tenant: str, day: str) -> str:
 def once_key(tenant: str, once: str) -> str:
     # Per tenant, not per day: the id is kept past midnight (budget.ONCE_TTL).
     return f"sy:{{{tenant}}}:$once:{once}"
+
+
+def hold_args(hold: Hold | None) -> list[str | int]:
+    """A charge's hold as the scripts take it: id ('' = none), µ$, ttl (s)."""
+    if hold is None:
+        return ["", 0, "0"]
+    check_reservation(hold.amount, hold.ttl)
+    return [hold.id, hold.amount, repr(hold.ttl)]
+
+
+def ledger_keys(tenant: str, day: str) -> list[str]:
+    """The keys of a tenant-day, as redis_ledger.lua takes them: spent, holds, amounts."""
+    return [spent_key(tenant, day), held_key(tenant, day), amounts_key(tenant, day)]
 
 
 def _flat(cost: Cost) -> list[str | int]:
@@ -82,7 +96,7 @@ class RedisLedger:
         self._clock = clock
         self._deadline = deadline
         self._breaker = breaker
-        self._script = client.register_script(lua(BUDGET_SCRIPT))
+        self._script = client.register_script(lua(LEDGER_LIBRARY, BUDGET_SCRIPT))
         self._watchers: list[TotalSeen] = []
 
     def on_total(self, callback: TotalSeen) -> None:
@@ -116,7 +130,7 @@ class RedisLedger:
     async def _run(self, operation: str, tenant: str, day: str, *args: str | int) -> Any:
         name = f"ledger {operation}"
         expiry = expire_at(day)  # a malformed day fails here, before the breaker hears of the call
-        keys = [spent_key(tenant, day), held_key(tenant, day), amounts_key(tenant, day)]
+        keys = ledger_keys(tenant, day)
         now = self._now()
         self._allow(name)
         try:
@@ -128,13 +142,14 @@ class RedisLedger:
         self._record(None)
         return reply
 
-    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None) -> None:
+    def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> None:
         """Always None: a shared store answers only after a round trip."""
         return None
 
-    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None) -> bool:
+    async def charge(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool:
         cap_arg = "" if cap is None else cap
-        admitted, total = await self._run("charge", tenant, day, cap_arg, *_flat(cost))
+        args = hold_args(hold)
+        admitted, total = await self._run("charge", tenant, day, cap_arg, *args, *_flat(cost))
         self._saw(tenant, day, total)
         return int(admitted) == 1
 

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gateway.errors import BackendError
-from gateway.limits.base import BucketStore, Decision, FailureMode, RetryKey, Rule
+from gateway.limits.base import Admit, BucketStore, Decision, FailureMode, RetryKey, Rule
 from gateway.limits.memory import MemoryBuckets
+
+if TYPE_CHECKING:
+    from gateway.limits.budget import BudgetCharge
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +91,26 @@ class FailoverLimiter(Degradable):
         cost: int = 1,
         retry: RetryKey | None = None,
         mode: FailureMode = "local",
+        budget: BudgetCharge | None = None,
+        admit: Admit | None = None,
     ) -> Decision:
+        """budget: charged with the buckets by the shared store, in one step; admit: the
+        budget's say (given the store's error) when the store fails and the buckets fall back."""
         try:
-            decision = await self._primary.acquire(tenant, rules, cost, retry)
+            decision = await self._primary.acquire(tenant, rules, cost, retry, budget=budget)
         except BackendError as error:
             self._set_degraded(True, error)
-            return self._fallback(tenant, rules, cost, retry, mode)
+            return self._fallback(tenant, rules, cost, retry, mode, admit, error)
         self._set_degraded(False)
         return decision
 
     def acquire_now(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        admit: Admit | None = None,
     ) -> Decision | None:
         """The decision at once when the primary is in-process, else None: await acquire().
 
@@ -104,18 +118,32 @@ class FailoverLimiter(Degradable):
         """
         if self._sync_primary is None:
             return None
-        return self._sync_primary.acquire_now(tenant, rules, cost, retry)
+        return self._sync_primary.acquire_now(tenant, rules, cost, retry, admit)
 
     def _fallback(
-        self, tenant: str, rules: Sequence[Rule], cost: int, retry: RetryKey | None, mode: FailureMode
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int,
+        retry: RetryKey | None,
+        mode: FailureMode,
+        admit: Admit | None,
+        error: BackendError,
     ) -> Decision:
+        def say(budget_error: BackendError | None) -> bool:
+            assert admit is not None
+            return admit(error)
+
         if mode == "local":
             n = self._instances()
             shares = [local_rule(rule, n) for rule in rules]
-            return self._local.acquire_now(tenant, shares, cost, retry)
+            return self._local.acquire_now(tenant, shares, cost, retry, None if admit is None else say)
         tightest = min(rules, key=lambda rule: rule.burst)
         if mode == "open":
-            return Decision(True, tightest.burst, 0.0, 0.0, tightest)
+            decision = Decision(True, tightest.burst, 0.0, 0.0, tightest)
+            if admit is None:
+                return decision
+            return replace(decision, budget="charged" if admit(error) else "over")
         return Decision(False, 0, CLOSED_RETRY_AFTER, CLOSED_RETRY_AFTER, tightest)
 
     async def close(self) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gateway.clock import Clock, monotonic
 from gateway.limits import bucket
-from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, Decision, RetryKey, Rule
+from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, Admit, Decision, RetryKey, Rule
+
+if TYPE_CHECKING:
+    from gateway.limits.budget import BudgetCharge
 
 # Sweeping every N charges keeps the cost per request O(1) on average while bounding memory
 # to the buckets touched since the last sweep that are not yet full again.
@@ -32,12 +36,30 @@ class MemoryBuckets:
         self._charges = 0
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        *,
+        budget: BudgetCharge | None = None,
     ) -> Decision:
+        if budget is not None:
+            raise TypeError("the in-process store charges a budget through acquire_now(admit=...)")
         return self.acquire_now(tenant, rules, cost, retry)
 
-    def acquire_now(self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None) -> Decision:
-        """The synchronous core of acquire(), for callers that must not yield (fallbacks)."""
+    def acquire_now(
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        admit: Admit | None = None,
+    ) -> Decision:
+        """The synchronous core of acquire(), for callers that must not yield (fallbacks).
+
+        admit: the budget's say, asked once the buckets would admit a charge (not a replay) and
+        before anything is written; False leaves the buckets and the token as they were."""
         now = self._clock()
         self._charges += 1
         if self._charges >= SWEEP_EVERY:
@@ -65,6 +87,10 @@ class MemoryBuckets:
                 mismatch = True
         new_tats, decision = bucket.take(tats, rules, now, cost)
         if decision.allowed:
+            if admit is not None:
+                if not admit(None):
+                    return replace(decision, budget="over", retry="mismatch" if mismatch else "new")
+                decision = replace(decision, budget="charged")
             for key, tat in zip(keys, new_tats, strict=True):
                 if tat is not None:
                     self._tats[key] = tat

@@ -14,19 +14,18 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.errors import BackendError
-from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, Decision, RetryKey, RetryOutcome, Rule
+from gateway.limits.base import DEDUP_TTL, MAX_RETRY_TOKEN, BudgetOutcome, Decision, RetryKey, RetryOutcome, Rule
 from gateway.limits.breaker import CircuitBreaker, State, Transition
+from gateway.limits.budget import BudgetCharge, expire_at
+from gateway.limits.budget_redis import LEDGER_LIBRARY, hold_args, ledger_keys
 from gateway.limits.coalesce import Coalescer
-from gateway.limits.redis_client import RedisClient, gate_of, guard, is_noscript, lua, now_arg
+from gateway.limits.redis_client import CircuitOpen, RedisClient, gate_of, guard, is_noscript, lua, now_arg
 
 BUCKET_SCRIPT = "redis_bucket.lua"
 
-# The script's last reply element, by value.
+# The script's reply elements, by value.
 RETRY_OUTCOMES: tuple[RetryOutcome, ...] = ("new", "replay", "mismatch")
-
-
-class CircuitOpen(Exception):
-    """The cause of a BackendError raised without calling Redis: the breaker is open."""
+BUDGET_OUTCOMES: tuple[BudgetOutcome, ...] = ("none", "charged", "over")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +35,7 @@ class _Charge:
     cost: int
     retry: RetryKey | None
     now: str  # read when acquire() is called, as MemoryBuckets does; '' = Redis TIME
+    budget: BudgetCharge | None = None
 
 
 def bucket_key(tenant: str, rule: str) -> str:
@@ -71,7 +71,7 @@ class RedisBuckets:
         self._deadline = deadline
         self._dedup_ms = max(1, round(dedup_ttl * 1000))
         self._breaker = breaker or CircuitBreaker()
-        self._script = client.register_script(lua(BUCKET_SCRIPT))
+        self._script = client.register_script(lua(LEDGER_LIBRARY, BUCKET_SCRIPT))
         self._coalescer: Coalescer[_Charge, Decision] = Coalescer(self._send, max_batch)
 
     @property
@@ -92,16 +92,24 @@ class RedisBuckets:
         self._breaker.on_transition(callback)
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        *,
+        budget: BudgetCharge | None = None,
     ) -> Decision:
         if not rules:
             raise ValueError("acquire() needs at least one rule")
+        if budget is not None:
+            expire_at(budget.day)  # a malformed day fails here, before it reaches the script
         if not self._breaker.allow():
             raise BackendError("redis", "acquire", CircuitOpen("circuit breaker is open"))
         now = now_arg(None if self._clock is None else self._clock())
         if retry is not None and len(retry.token) > MAX_RETRY_TOKEN:
             retry = None  # not remembered: see MAX_RETRY_TOKEN
-        return await self._coalescer.submit(_Charge(tenant, rules, cost, retry, now))
+        return await self._coalescer.submit(_Charge(tenant, rules, cost, retry, now, budget))
 
     async def _send(self, charges: Sequence[_Charge]) -> list[Decision | BaseException]:
         if self._breaker.state is State.OPEN:
@@ -127,7 +135,7 @@ class RedisBuckets:
         results: list[Decision | BaseException] = [
             BackendError("redis", "acquire", reply)
             if isinstance(reply, BaseException)
-            else _decision(reply, charge.rules)
+            else _decision(reply, charge.rules, charge.budget is not None)
             for charge, reply in zip(charges, replies, strict=True)
         ]
         if all(isinstance(result, BaseException) for result in results):
@@ -144,10 +152,17 @@ class RedisBuckets:
             keys.append(dedup_key(charge.tenant, charge.retry.token))
             dedup_ms = self._dedup_ms
             binding = charge.retry.binding
-        args: list[str | int] = [charge.now, charge.cost, dedup_ms, binding]
+        args: list[str | int] = [charge.now, charge.cost, dedup_ms, binding, len(charge.rules)]
         for rule in charge.rules:
             # repr() passes the very double bucket.take() multiplies by.
             args += [repr(rule.interval), rule.burst]
+        budget = charge.budget
+        if budget is not None:
+            # The day's keys share the tenant's hash tag: one Cluster slot with its buckets.
+            keys += ledger_keys(charge.tenant, budget.day)
+            args += ["" if budget.cap is None else budget.cap, expire_at(budget.day), *hold_args(budget.hold)]
+            for part, amount in budget.cost.items():
+                args += [part, amount]
         return keys, args
 
     async def _pipeline(self, calls: Sequence[tuple[list[str], list[str | int]]]) -> list[Any]:
@@ -162,7 +177,16 @@ class RedisBuckets:
         await self._coalescer.close()
 
 
-def _decision(reply: Sequence[Any], rules: Sequence[Rule]) -> Decision:
-    allowed, index, remaining, retry_after, reset, retry = reply
+def _decision(reply: Sequence[Any], rules: Sequence[Rule], budgeted: bool) -> Decision:
+    allowed, index, remaining, retry_after, reset, retry, budget, spent = reply
     rule = rules[int(index) - 1]
-    return Decision(bool(allowed), int(remaining), float(retry_after), float(reset), rule, RETRY_OUTCOMES[int(retry)])
+    return Decision(
+        bool(allowed),
+        int(remaining),
+        float(retry_after),
+        float(reset),
+        rule,
+        RETRY_OUTCOMES[int(retry)],
+        BUDGET_OUTCOMES[int(budget)],
+        int(spent) if budgeted and int(budget) else None,
+    )

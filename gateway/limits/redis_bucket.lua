@@ -1,24 +1,32 @@
 -- One GCRA charge over several buckets of one tenant, all or nothing: bucket.take(), operation
--- for operation, so that Redis and the memory store admit exactly the same requests.
+-- for operation, so that Redis and the memory store admit exactly the same requests; and, for a
+-- budgeted webhook, its cost (and a call's hold) on the day's budget in the same step: refused
+-- by either, charged by neither (one round trip per webhook, coalesced with the others).
 -- KEYS: the buckets (sy:{tenant}:b:<rule>), then the retry token's key (sy:{tenant}:d:<token>)
---       when ARGV[3] > 0; its value is the binding of the request first admitted with it.
+--       when ARGV[3] > 0 (its value is the binding of the request first admitted with it), then
+--       with a budget the ledger's spent, holds and amounts keys (redis_ledger.lua).
 -- ARGV: now ('' = Redis TIME), cost, dedup TTL in ms (0 = no token), the request's binding
---       ('' without a token), then per bucket: interval (seconds per token), burst.
+--       ('' without a token), n (buckets), then per bucket: interval (seconds per token),
+--       burst; then, with a budget: cap, expire_at, hold id ('' = no hold), hold µ$, hold ttl
+--       (s), then part, µ$, part, µ$ ... (the webhook's cost).
 -- Returns {allowed 0|1, 1-based index of the rule the decision speaks for, remaining,
---          retry_after, reset, retry}; retry_after and reset as strings, since Redis truncates
---          Lua numbers; retry: 0 new (or no token), 1 replay (same token and binding admitted
---          before: not charged), 2 mismatch (token admitted with another binding: charged, and
---          the key keeps the first binding).
+--          retry_after, reset, retry, budget, total}; retry_after and reset as strings, since
+--          Redis truncates Lua numbers; retry: 0 new (or no token), 1 replay (same token and
+--          binding admitted before: not charged), 2 mismatch (token admitted with another
+--          binding: charged, and the key keeps the first binding); budget: 0 not asked (none,
+--          a replay, or the buckets refused), 1 charged, 2 over the cap (the buckets not charged
+--          either); total: the day's µ$ spent + held after the step (with a budget).
 local EPSILON = 1e-6  -- bucket.EPSILON
 local now = read_now(ARGV[1])
 local cost = tonumber(ARGV[2])
 local dedup_ms = tonumber(ARGV[3])
 local binding = ARGV[4]
-local n = #KEYS
+local n = tonumber(ARGV[5])
+local budget_at = 6 + 2 * n  -- the budget's first ARGV, when there is one
+local budgeted = #ARGV >= budget_at
 local dedup_key = nil
 local retry = 0
 if dedup_ms > 0 then
-  n = n - 1
   dedup_key = KEYS[n + 1]
   local first = redis.call('GET', dedup_key)
   if first == binding then
@@ -37,8 +45,8 @@ local refused, refused_retry, refused_reset
 local tightest, tightest_remaining, tightest_reset
 local new_tats = {}
 for i = 1, n do
-  local interval = tonumber(ARGV[3 + 2 * i])
-  local burst = tonumber(ARGV[4 + 2 * i])
+  local interval = tonumber(ARGV[4 + 2 * i])
+  local burst = tonumber(ARGV[5 + 2 * i])
   local tat = now
   local stored = redis.call('GET', KEYS[i])
   if stored then
@@ -65,7 +73,31 @@ for i = 1, n do
 end
 
 if refused then
-  return {0, refused, 0, fmt(refused_retry), fmt(refused_reset), retry}
+  return {0, refused, 0, fmt(refused_retry), fmt(refused_reset), retry, 0, 0}
+end
+
+local budget, total = 0, 0
+if budgeted and retry ~= 1 then
+  -- The ledger's keys follow the buckets' and the token's.
+  local first = n + (dedup_ms > 0 and 1 or 0)
+  local spent, holds, amounts = KEYS[first + 1], KEYS[first + 2], KEYS[first + 3]
+  local cap = ARGV[budget_at]
+  local expire_at = ARGV[budget_at + 1]
+  local hold_id = ARGV[budget_at + 2]
+  local hold = 0
+  total = ledger_spent(spent) + ledger_held(holds, amounts, now)
+  if hold_id ~= '' and not ledger_live(holds, amounts, hold_id) then
+    hold = tonumber(ARGV[budget_at + 3])  -- a live hold of this call (a retry): not held twice
+  end
+  local amount = ledger_sum(budget_at + 5)
+  if cap ~= '' and total + hold + amount > tonumber(cap) then
+    return {1, tightest, tightest_remaining, '0', fmt(tightest_reset), retry, 2, total}
+  end
+  if hold > 0 then
+    ledger_hold(holds, amounts, expire_at, hold_id, hold, now + tonumber(ARGV[budget_at + 4]))
+  end
+  ledger_add(spent, expire_at, budget_at + 5)
+  budget, total = 1, total + hold + amount
 end
 if cost > 0 then
   for i = 1, n do
@@ -77,4 +109,4 @@ if cost > 0 then
     redis.call('SET', dedup_key, binding, 'PX', dedup_ms)
   end
 end
-return {1, tightest, tightest_remaining, '0', fmt(tightest_reset), retry}
+return {1, tightest, tightest_remaining, '0', fmt(tightest_reset), retry, budget, total}

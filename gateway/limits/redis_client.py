@@ -43,6 +43,10 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class CircuitOpen(Exception):
+    """The cause of a BackendError raised without calling Redis: the breaker is open."""
+
+
 class Overloaded(Exception):
     """No connection came free within QUEUE_TIMEOUT: back-pressure, not a failing store."""
 
@@ -115,11 +119,12 @@ def connect(
     return client
 
 
-def lua(name: str) -> str:
-    """A Lua script shipped next to this module, after the prelude all of them share."""
+def lua(*names: str) -> str:
+    """A Lua script shipped next to this module, after the prelude all of them share (several
+    files join in order: a library of functions, then the script that calls them)."""
     here = resources.files("gateway.limits")
-    prelude = here.joinpath("redis_prelude.lua").read_text(encoding="utf-8")
-    return prelude + "\n" + here.joinpath(name).read_text(encoding="utf-8")
+    parts = ["redis_prelude.lua", *names]
+    return "\n".join(here.joinpath(part).read_text(encoding="utf-8") for part in parts)
 
 
 def now_arg(clock_value: float | None) -> str:

@@ -16,7 +16,8 @@ from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Reservation, Spend, expire_at, utc_day
 from gateway.limits.budget_redis import held_key, once_key, spent_key
 from gateway.limits.factory import Stores, stores_from_url
-from gateway.limits.redis import CircuitOpen, RedisBuckets
+from gateway.limits.redis import RedisBuckets
+from gateway.limits.redis_client import CircuitOpen
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 

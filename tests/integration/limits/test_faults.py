@@ -13,8 +13,8 @@ from gateway.limits.base import Rule
 from gateway.limits.breaker import CircuitBreaker, State
 from gateway.limits.failover import FailoverLimiter
 from gateway.limits.memory import MemoryBuckets
-from gateway.limits.redis import CircuitOpen, RedisBuckets
-from gateway.limits.redis_client import RedisClient, connect
+from gateway.limits.redis import RedisBuckets
+from gateway.limits.redis_client import CircuitOpen, RedisClient, connect
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer
 

@@ -15,6 +15,7 @@ from gateway.limits.budget import (
     ONCE_TTL,
     RETENTION_DAYS,
     Entry,
+    Hold,
     Ledger,
     MemoryLedger,
     Reservation,
@@ -60,12 +61,16 @@ class FlakyLedger:
         if self.down or name in self.failing:
             raise BackendError("redis", f"ledger {name}", ConnectionError("refused"))
 
-    def charge_now(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool | None:
+    def charge_now(
+        self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None, hold: Hold | None = None
+    ) -> bool | None:
         return None
 
-    async def charge(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool:
+    async def charge(
+        self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None, hold: Hold | None = None
+    ) -> bool:
         self._call("charge")
-        admitted = await self.store.charge(tenant, day, cost, cap)
+        admitted = await self.store.charge(tenant, day, cost, cap, hold)
         self._told(tenant, day)
         return admitted
 
@@ -363,7 +368,9 @@ async def test_other_errors_are_not_swallowed(local: MemoryLedger, clock: FakeCl
     """Only BackendError means 'store down'; a bug in the primary still surfaces."""
 
     class Broken(FlakyLedger):
-        async def charge(self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None) -> bool:
+        async def charge(
+            self, tenant: str, day: str, cost: Mapping[str, int], cap: int | None, hold: Hold | None = None
+        ) -> bool:
             raise KeyError("bug")
 
     with pytest.raises(KeyError):

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.errors import BackendError
 from gateway.limits.base import Decision, Limiter, RetryKey, Rule
+from gateway.limits.budget import BudgetCharge
 from gateway.limits.failover import CLOSED_RETRY_AFTER, FailoverLimiter, local_rule
 from gateway.limits.memory import MemoryBuckets
 from tests.support.clock import FakeClock
@@ -25,7 +26,13 @@ class FlakyLimiter:
         self.closed = False
 
     async def acquire(
-        self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+        self,
+        tenant: str,
+        rules: Sequence[Rule],
+        cost: int = 1,
+        retry: RetryKey | None = None,
+        *,
+        budget: BudgetCharge | None = None,
     ) -> Decision:
         self.calls += 1
         if self.down:
@@ -129,7 +136,13 @@ async def test_other_errors_are_not_swallowed(clock: FakeClock) -> None:
 
     class Broken(FlakyLimiter):
         async def acquire(
-            self, tenant: str, rules: Sequence[Rule], cost: int = 1, retry: RetryKey | None = None
+            self,
+            tenant: str,
+            rules: Sequence[Rule],
+            cost: int = 1,
+            retry: RetryKey | None = None,
+            *,
+            budget: BudgetCharge | None = None,
         ) -> Decision:
             raise KeyError("bug")
 

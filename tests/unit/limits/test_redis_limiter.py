@@ -13,14 +13,16 @@ from redis.exceptions import NoScriptError, ResponseError
 from gateway.errors import BackendError
 from gateway.limits.base import MAX_RETRY_TOKEN, Decision, RetryKey, Rule
 from gateway.limits.breaker import CircuitBreaker, State
+from gateway.limits.budget import BudgetCharge, Hold, expire_at
 from gateway.limits.leases import lease_key
-from gateway.limits.redis import CircuitOpen, RedisBuckets, bucket_key, dedup_key
+from gateway.limits.redis import RedisBuckets, bucket_key, dedup_key
+from gateway.limits.redis_client import CircuitOpen
 from tests.support.clock import FakeClock
 
 WEBHOOKS = Rule("webhooks", rate=5, per=1.0, burst=10)
 LLM = Rule("llm", rate=3, per=7.0, burst=2)
 # What the script answers: allowed, 1-based rule index, remaining, retry_after, reset, retry.
-ALLOWED = [1, 1, 9, b"0", b"0.2", 0]
+ALLOWED = [1, 1, 9, b"0", b"0.2", 0, 0, 0]
 
 
 class FakeScript:
@@ -96,17 +98,39 @@ def limiter(client: FakeClient, clock: FakeClock, breaker_clock: FakeClock) -> R
 
 
 async def test_one_evalsha_per_acquire_with_keys_and_exact_args(limiter: RedisBuckets, client: FakeClient) -> None:
-    """Each acquire is one EVALSHA: bucket keys, dedup key, now, cost, dedup TTL, binding, rule doubles."""
-    client.reply = [1, 2, 1, b"0", b"4.666666666666667", 0]
+    """Each acquire is one EVALSHA: bucket keys, dedup key, now, cost, dedup TTL, binding, the
+    number of buckets, rule doubles."""
+    client.reply = [1, 2, 1, b"0", b"4.666666666666667", 0, 0, 0]
     decision = await limiter.acquire("acme", [WEBHOOKS, LLM], cost=2, retry=RetryKey("tok", "sig"))
     assert decision == Decision(True, 1, 0.0, 4.666666666666667, LLM)
     ((command,),) = client.sent
     assert command == (
         "EVALSHA", "sha-1", 3,
         "sy:{acme}:b:webhooks", "sy:{acme}:b:llm", "sy:{acme}:d:tok",
-        "1000.0", 2, 60_000, "sig",
+        "1000.0", 2, 60_000, "sig", 2,
         "0.2", 10, "2.3333333333333335", 2,
     )  # fmt: skip
+
+
+async def test_a_budget_rides_in_the_same_evalsha(limiter: RedisBuckets, client: FakeClient) -> None:
+    """A budgeted acquire is still one EVALSHA: the day's three ledger keys after the buckets',
+    then cap, expiry, the hold and the cost's parts; the reply's last two elements are the
+    budget's outcome and the day's total."""
+    client.reply = [1, 1, 9, b"0", b"0.2", 0, 1, 57_000]
+    budget = BudgetCharge("2024-05-01", 100_000, {"webhook": 100, "sms": 7_900}, Hold("call:CA1", 42_500, 14_700.0))
+    decision = await limiter.acquire("acme", [WEBHOOKS], budget=budget)
+    assert (decision.allowed, decision.budget, decision.spent) == (True, "charged", 57_000)
+    ((command,),) = client.sent
+    assert command == (
+        "EVALSHA", "sha-1", 4,
+        "sy:{acme}:b:webhooks", "sy:{acme}:$:2024-05-01", "sy:{acme}:$h:2024-05-01", "sy:{acme}:$ha:2024-05-01",
+        "1000.0", 1, 0, "", 1,
+        "0.2", 10,
+        100_000, expire_at("2024-05-01"), "call:CA1", 42_500, "14700.0",
+        "webhook", 100, "sms", 7_900,
+    )  # fmt: skip
+    client.reply = [1, 1, 9, b"0", b"0.2", 0, 2, 99_000]
+    assert (await limiter.acquire("acme", [WEBHOOKS], budget=budget)).budget == "over"
 
 
 async def test_without_retry_no_dedup_key_is_sent(limiter: RedisBuckets, client: FakeClient) -> None:
@@ -114,7 +138,7 @@ async def test_without_retry_no_dedup_key_is_sent(limiter: RedisBuckets, client:
     await limiter.acquire("acme", [WEBHOOKS])
     await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("t" * (MAX_RETRY_TOKEN + 1), "sig"))
     commands = [command for batch in client.sent for command in batch]
-    assert [command[2:8] for command in commands] == [(1, "sy:{acme}:b:webhooks", "1000.0", 1, 0, "")] * 2
+    assert [command[2:9] for command in commands] == [(1, "sy:{acme}:b:webhooks", "1000.0", 1, 0, "", 1)] * 2
 
 
 @pytest.mark.parametrize(("code", "outcome"), [(0, "new"), (1, "replay"), (2, "mismatch")])
@@ -122,7 +146,7 @@ async def test_retry_outcome_is_read_from_the_reply(
     limiter: RedisBuckets, client: FakeClient, code: int, outcome: str
 ) -> None:
     """The script's sixth reply element becomes Decision.retry."""
-    client.reply = [1, 1, 9, b"0", b"0.2", code]
+    client.reply = [1, 1, 9, b"0", b"0.2", code, 0, 0]
     decision = await limiter.acquire("acme", [WEBHOOKS], retry=RetryKey("tok", "sig"))
     assert decision.retry == outcome
 
