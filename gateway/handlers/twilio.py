@@ -161,9 +161,8 @@ def webhook(kind: WebhookKind) -> Handler:
                 budget = _budget_charge(exchange, tenant, services, spent)
             rules = tenant.rules[kind]
             if rules or budget is not None:
-                token = headers.get(IDEMPOTENCY)
                 # A retry is the same signed request again: the token is bound to its signature.
-                retry = RetryKey(token, signature) if token else None
+                retry = _retry_key(headers, signature)
                 admission = admit_now(services.limits, services.ledger, tenant.id, rules, retry, budget)
                 if admission is None:  # shared stores: one (coalesced) round trip for buckets and budget
                     clock = services.clock
@@ -241,8 +240,7 @@ async def _call_out(
     exchange.tracestate = headers.get("tracestate")
     tenant = exchange.tenant
     deadline = exchange.deadline()  # the tenant's webhook_timeout, from the request's start
-    token = headers.get(IDEMPOTENCY)
-    retry = RetryKey(token, headers.get(SIGNATURE, "")) if token else None
+    retry = _retry_key(headers, headers.get(SIGNATURE, ""))
     claimed = retry if usable(retry) and tenant is not None else None
     reply: bytes | None = None
     try:
@@ -276,7 +274,8 @@ async def _call_out(
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
         # way; the log says which, briefly (the error's text never carries request data).
         exchange.decision = "fallback"
-        exchange.error = type(exc).__name__
+        # The reason (not_twiml, timeout, status, ...) says more than the class in the log and span.
+        exchange.error = exc.reason if isinstance(exc, UpstreamError) else type(exc).__name__
         expected = isinstance(exc, UpstreamError | DeadlineExceeded | TimeoutError)
         log.warning(
             "tenant %s route %s: action %s failed (%s); answering its fallback",
@@ -375,8 +374,7 @@ async def _forward_status(
     headers = request.headers
     # Twilio's retry of this very callback (its idempotency token, bound to the signed request)
     # is one delivery: forwarded once, on whichever instance claims it first.
-    token = headers.get(IDEMPOTENCY)
-    retry = RetryKey(token, "status-forward\x00" + headers.get(SIGNATURE, "")) if token else None
+    retry = _retry_key(headers, "status-forward\x00" + headers.get(SIGNATURE, ""))
     claimed = retry if usable(retry) else None
     if claimed is not None:
         claim = await _claim(services, tenant.id, claimed, 0.0)
@@ -414,6 +412,16 @@ async def _forward_status(
         log.warning("tenant %s: its status callback answered %d", tenant.id, status)
     else:
         counted.labels(tenant.id, "delivered").inc()
+
+
+def _retry_key(headers: Mapping[str, str], binding: str) -> RetryKey | None:
+    """Twilio's idempotency token bound to the signed request, or None: the header is not
+    signed, so a replayed request may carry anything; only printable ASCII is a token (a byte
+    that is not UTF-8 arrives as a lone surrogate, which no store key can encode)."""
+    token = headers.get(IDEMPOTENCY)
+    if not token or not token.isascii() or not token.isprintable():
+        return None
+    return RetryKey(token, binding)
 
 
 def _call_hold(sid: str) -> str:

@@ -49,7 +49,7 @@ def cost_of(exchange: Exchange, prices: Prices) -> Cost:
 
 def _int(value: str) -> int | None:
     # Twilio sends small decimal integers; anything else (or a huge number) is not usage.
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:  # '²' is a digit to isdigit()
         return None
     return int(value)
 

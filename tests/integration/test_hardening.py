@@ -135,6 +135,31 @@ async def test_retry_token_is_bound_to_its_request(
     assert retries[-2:] == ["replay", "mismatch"]
 
 
+@pytest.mark.parametrize("limiter", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_token_that_is_not_printable_ascii_counts_as_none(
+    make_gateway: MakeClient, limiter: str, request: pytest.FixtureRequest, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An idempotency token with a byte that is not UTF-8 (the header is not signed: a replay may
+    carry anything) is no token: the call-out's webhook is answered, not a 5xx or a traceback."""
+    url = "memory://" if limiter == "memory" else request.getfixturevalue("redis_url")
+    gateway = await make_gateway(limiter_url=url)
+    call = _Scripted(reply=b"<Response><Say>from upstream</Say></Response>")
+    gateway.app[SERVICES].registry.current = _with_call(gateway, call, b"<Response/>")
+    head, body = signed_form(ACME_TOKEN, PUBLIC + "/twilio/voice", voice_params())
+    assert gateway.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in head.items())
+    writer.write(
+        f"POST /twilio/voice HTTP/1.1\r\nHost: gw.test\r\n{lines}Content-Length: {len(body)}\r\n".encode()
+        + b"I-Twilio-Idempotency-Token: tok-\xff\xfe\r\nConnection: close\r\n\r\n"
+        + body
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"from upstream" in answer
+    assert len(call.seen) == 1
+
+
 class _Scripted:
     """A call-out action for tests: answers, fails, or swaps the policy set mid-call."""
 
@@ -197,7 +222,7 @@ async def test_failed_call_out_answers_the_fallback_of_its_own_snapshot(
     assert (status, text) == (200, "<Response><Say>old fallback</Say></Response>")
     await gateway.get("/healthz")
     line = next(r for r in access_lines(capfd) if r["path"] == "/twilio/voice")
-    assert (line["decision"], line["error"], line["status"]) == ("fallback", "UpstreamError", 200)
+    assert (line["decision"], line["error"], line["status"]) == ("fallback", "timeout", 200)
 
 
 async def _raw_post(
