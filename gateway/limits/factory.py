@@ -135,7 +135,14 @@ def stores_from_url(
     client = connect(driver_url, cluster=cluster, pool_size=pool_size)
     # The breaker's cool-down runs on the same clock as everything else, so tests step through it.
     breaker = breaker or CircuitBreaker(clock=clock or monotonic)
-    redis_limiter = RedisBuckets(client, clock=clock, deadline=deadline, dedup_ttl=dedup_ttl, breaker=breaker)
+    redis_limiter = RedisBuckets(
+        client,
+        clock=clock,
+        deadline=deadline,
+        dedup_ttl=dedup_ttl,
+        breaker=breaker,
+        budget_deadline=LEDGER_DEADLINE,  # a webhook's budget rides with its buckets
+    )
     registry = InstanceRegistry(client, instance_id, deadline=deadline, clock=clock)
     # The ledger shares the limiter's breaker: one Redis, one verdict on its health.
     # Money before latency: a charge gets longer than a bucket's round trip before it fails over
