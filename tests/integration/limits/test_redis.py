@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -36,26 +35,6 @@ async def limiter(client: RedisClient, clock: FakeClock) -> AsyncIterator[RedisB
     redis_limiter = RedisBuckets(client, clock=clock, deadline=2.0)
     yield redis_limiter
     await redis_limiter.close()
-
-
-def count_pipelines(client: RedisClient) -> list[int]:
-    """Count the pipelines `client` executes, wrapping its pipeline() in place."""
-    executed = [0]
-    make: Callable[..., Any] = client.pipeline
-
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = make(*args, **kwargs)
-        execute = pipe.execute
-
-        async def counted(*a: Any, **kw: Any) -> Any:
-            executed[0] += 1
-            return await execute(*a, **kw)
-
-        pipe.execute = counted
-        return pipe
-
-    client.pipeline = pipeline  # type: ignore[method-assign]
-    return executed
 
 
 async def test_redis_time_is_the_clock_of_every_instance(redis_url: str, client: RedisClient) -> None:
@@ -118,13 +97,13 @@ async def test_concurrent_acquires_share_round_trips(limiter: RedisBuckets, clie
     rule = Rule("webhooks", rate=1, per=3600.0, burst=100)
     await limiter.acquire("warm-up", [rule])  # loads the script: no NOSCRIPT below
     await client.config_resetstat()
-    pipelines = count_pipelines(client)
+    before = limiter.round_trips
     decisions = await asyncio.gather(*(limiter.acquire("acme", [rule]) for _ in range(500)))
     stats = await client.info("commandstats")
     assert sum(d.allowed for d in decisions) == 100
     assert sorted(d.remaining for d in decisions if d.allowed) == list(range(100))
     assert stats["cmdstat_evalsha"]["calls"] == 500
-    assert pipelines[0] <= 4  # 500 / 256 per batch, plus the first, sent alone
+    assert limiter.round_trips - before <= 4  # 500 / 256 per batch, plus the first, sent alone
 
 
 async def test_lost_scripts_are_loaded_again(limiter: RedisBuckets, client: RedisClient) -> None:
@@ -147,3 +126,16 @@ async def test_cluster_batches_route_each_tenant_to_its_slot(redis_cluster_url: 
     finally:
         await stores.close()
     assert sum(d.allowed for d in decisions) == 30 * 10
+
+
+async def test_a_batch_connection_the_server_dropped_is_replaced_once(
+    limiter: RedisBuckets, client: RedisClient
+) -> None:
+    """The limiter's own connection killed by the server between batches (a restart, an idle
+    timeout): the next charge goes through on a new one, and the breaker hears no failure."""
+    assert (await limiter.acquire("acme", [WEBHOOKS])).allowed
+    killed = await client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    decision = await limiter.acquire("acme", [WEBHOOKS])
+    assert decision.allowed and decision.remaining == 8
+    assert limiter.healthy
