@@ -83,6 +83,9 @@ class BudgetCharge:
     cap: int | None
     cost: Cost
     hold: Hold | None = None
+    # What this instance booked for the tenant-day while the shared store failed: added first,
+    # in the same step, so the charge is decided on the whole day (budget_failover.py).
+    replay: Cost | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ and the spend booked meanwhile replayed to the shared ledger once it answers aga
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -54,6 +55,7 @@ class FailoverLedger(Degradable):
         # what the local ledger books from then on is on top of the primary's figure.
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._seen_day = ""
+        self._replaying: asyncio.Task[None] | None = None
         primary.on_total(self.saw)
 
     @property
@@ -247,6 +249,25 @@ class FailoverLedger(Degradable):
         await self.answered()
         return spent
 
+    def replay_soon(self) -> None:
+        """Replay what is unsynced in a task of its own (the heartbeat found the primary back)."""
+        if self._replaying is None or self._replaying.done():
+            self._replaying = asyncio.get_running_loop().create_task(self._resync())
+
+    def take_unsynced(self, tenant: str, day: str) -> dict[str, int] | None:
+        """What was booked here for one tenant-day and not yet replayed, taken to ride with that
+        tenant's next charge (BudgetCharge.replay); give it back with `keep_unsynced` if the
+        charge did not reach the primary, or tell `replayed_with_charge` if it did."""
+        if not self._unsynced:
+            return None
+        return self._unsynced.pop((tenant, day), None)
+
+    def keep_unsynced(self, tenant: str, day: str, parts: Cost) -> None:
+        self._keep(tenant, day, parts)
+
+    def replayed_with_charge(self, tenant: str, day: str, parts: Cost) -> None:
+        self._replayed({(tenant, day): dict(parts)})
+
     def _keep(self, tenant: str, day: str, cost: Cost) -> None:
         parts = self._unsynced.setdefault((tenant, day), {})
         for part, amount in cost.items():
@@ -322,6 +343,8 @@ class FailoverLedger(Degradable):
 
     async def close(self) -> None:
         """Replay what is unsynced one last time (what fails now is lost), then close both."""
+        if self._replaying is not None:
+            await asyncio.gather(self._replaying, return_exceptions=True)
         if self._unsynced:
             await self._resync()
             if self._unsynced:

@@ -84,6 +84,10 @@ class Stores:
                 part.mark(True, error)
             elif healthy:
                 part.mark(False)
+        if error is None and self.ledger.unsynced:
+            # Redis answers again: what this instance booked meanwhile goes back now, not at its
+            # next request (until then another instance decides without it: the bound's slack).
+            self.ledger.replay_soon()
 
     async def close(self) -> None:
         if self.instances is not None:

@@ -174,6 +174,10 @@ class RedisBuckets:
             # The day's keys share the tenant's hash tag: one Cluster slot with its buckets.
             keys += ledger_keys(charge.tenant, budget.day)
             args += ["" if budget.cap is None else budget.cap, expire_at(budget.day), *hold_args(budget.hold)]
+            replay = budget.replay or {}
+            args.append(len(replay))
+            for part, amount in replay.items():
+                args += [part, amount]
             for part, amount in budget.cost.items():
                 args += [part, amount]
         return keys, args
@@ -206,5 +210,5 @@ def _decision(reply: Sequence[Any], rules: Sequence[Rule], budgeted: bool) -> De
         rule,
         RETRY_OUTCOMES[int(retry)],
         BUDGET_OUTCOMES[int(budget)],
-        int(spent) if budgeted and int(budget) else None,
+        int(spent) if budgeted else None,  # with a budget the script always says (budget.replay landed)
     )

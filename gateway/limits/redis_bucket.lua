@@ -8,14 +8,16 @@
 -- ARGV: now ('' = Redis TIME), cost, dedup TTL in ms (0 = no token), the request's binding
 --       ('' without a token), n (buckets), then per bucket: interval (seconds per token),
 --       burst; then, with a budget: cap, expire_at, hold id ('' = no hold), hold µ$, hold ttl
---       (s), then part, µ$, part, µ$ ... (the webhook's cost).
+--       (s), r (pairs to replay), then r pairs part, µ$ (what this instance booked for the
+--       tenant-day while Redis failed: added first, whatever is decided), then part, µ$, part,
+--       µ$ ... (the webhook's cost).
 -- Returns {allowed 0|1, 1-based index of the rule the decision speaks for, remaining,
 --          retry_after, reset, retry, budget, total}; retry_after and reset as strings, since
 --          Redis truncates Lua numbers; retry: 0 new (or no token), 1 replay (same token and
 --          binding admitted before: not charged), 2 mismatch (token admitted with another
 --          binding: charged, and the key keeps the first binding); budget: 0 not asked (none,
 --          a replay, or the buckets refused), 1 charged, 2 over the cap (the buckets not charged
---          either); total: the day's µ$ spent + held after the step (with a budget).
+--          either); total: the day's µ$ spent + held after the step (with a budget, always).
 local EPSILON = 1e-6  -- bucket.EPSILON
 local now = read_now(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -24,6 +26,21 @@ local binding = ARGV[4]
 local n = tonumber(ARGV[5])
 local budget_at = 6 + 2 * n  -- the budget's first ARGV, when there is one
 local budgeted = #ARGV >= budget_at
+local ledger_at = n + ((tonumber(ARGV[3]) > 0) and 1 or 0)  -- the ledger's keys follow the token's
+local spent, holds, amounts = KEYS[ledger_at + 1], KEYS[ledger_at + 2], KEYS[ledger_at + 3]
+local cost_at = budget_at + 6
+if budgeted then
+  local replays = tonumber(ARGV[budget_at + 5])
+  cost_at = budget_at + 6 + 2 * replays
+  if replays > 0 then
+    -- Spend this instance booked for the tenant-day while Redis failed: on the books before
+    -- anything is decided (the buckets may refuse), so this charge sees the day whole.
+    for i = budget_at + 6, cost_at - 1, 2 do
+      redis.call('HINCRBY', spent, ARGV[i], ARGV[i + 1])
+    end
+    redis.call('EXPIREAT', spent, ARGV[budget_at + 1])
+  end
+end
 local dedup_key = nil
 local retry = 0
 if dedup_ms > 0 then
@@ -72,31 +89,34 @@ for i = 1, n do
   new_tats[i] = new_tat
 end
 
+local function day_total()
+  return ledger_spent(spent) + ledger_held(holds, amounts, now)
+end
+
 if refused then
-  return {0, refused, 0, fmt(refused_retry), fmt(refused_reset), retry, 0, 0}
+  return {0, refused, 0, fmt(refused_retry), fmt(refused_reset), retry, 0, budgeted and day_total() or 0}
 end
 
 local budget, total = 0, 0
-if budgeted and retry ~= 1 then
-  -- The ledger's keys follow the buckets' and the token's.
-  local first = n + (dedup_ms > 0 and 1 or 0)
-  local spent, holds, amounts = KEYS[first + 1], KEYS[first + 2], KEYS[first + 3]
+if budgeted and retry == 1 then
+  total = day_total()
+elseif budgeted then
   local cap = ARGV[budget_at]
   local expire_at = ARGV[budget_at + 1]
   local hold_id = ARGV[budget_at + 2]
   local hold = 0
-  total = ledger_spent(spent) + ledger_held(holds, amounts, now)
+  total = day_total()
   if hold_id ~= '' and not ledger_live(holds, amounts, hold_id) then
     hold = tonumber(ARGV[budget_at + 3])  -- a live hold of this call (a retry): not held twice
   end
-  local amount = ledger_sum(budget_at + 5)
+  local amount = ledger_sum(cost_at)
   if cap ~= '' and total + hold + amount > tonumber(cap) then
     return {1, tightest, tightest_remaining, '0', fmt(tightest_reset), retry, 2, total}
   end
   if hold > 0 then
     ledger_hold(holds, amounts, expire_at, hold_id, hold, now + tonumber(ARGV[budget_at + 4]))
   end
-  ledger_add(spent, expire_at, budget_at + 5)
+  ledger_add(spent, expire_at, cost_at)
   budget, total = 1, total + hold + amount
 end
 if cost > 0 then

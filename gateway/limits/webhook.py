@@ -11,7 +11,7 @@ ledger's (budget_failover.py), by the tenant's on_store_failure.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.errors import BackendError
 from gateway.limits.base import BudgetOutcome, Decision, FailureMode, Limiter, RetryKey, Rule
@@ -76,12 +76,27 @@ async def admit(
         admitted = await ledger.charge(tenant, budget.day, budget.cost, budget.cap, budget.hold, mode=mode)
         return Admission(None, "charged" if admitted else "over")
 
-    def fallback(error: BackendError | None) -> bool:
-        return ledger.fallback_now(tenant, budget.day, budget.cost, budget.cap, mode, budget.hold, error)
+    charge: BudgetCharge = budget  # not rebound: the fallback below closes over it
 
-    decision = await limits.acquire(tenant, rules, 1, retry, mode=mode, budget=budget, admit=fallback)
+    def fallback(error: BackendError | None) -> bool:
+        return ledger.fallback_now(tenant, charge.day, charge.cost, charge.cap, mode, charge.hold, error)
+
+    # What this instance booked for the tenant's day during an outage rides with its first charge
+    # after it, in the same step: the store decides on the whole day, not on what it last knew.
+    replay = ledger.take_unsynced(tenant, charge.day)
+    sent = replace(charge, replay=replay) if replay else charge
+    reached = False
+    try:
+        decision = await limits.acquire(tenant, rules, 1, retry, mode=mode, budget=sent, admit=fallback)
+        reached = decision.spent is not None  # the store's script ran: the replay is on its books
+    finally:
+        if replay:
+            if reached:
+                ledger.replayed_with_charge(tenant, charge.day, replay)
+            else:
+                ledger.keep_unsynced(tenant, charge.day, replay)
     if decision.spent is not None:
-        ledger.saw(tenant, budget.day, decision.spent)
+        ledger.saw(tenant, charge.day, decision.spent)
     if not limits.degraded and ledger.needs_answer:
         # The store answered: the ledger is healthy again, and what it booked meanwhile goes back.
         await ledger.answered()

@@ -274,12 +274,13 @@ def redis_cluster_url(redis_cluster_session: str) -> str:
 
 @pytest.fixture
 def redis_servers() -> Iterator[Callable[..., RedisServer]]:
-    """Start private servers (`redis_servers()` or `redis_servers(port)`); all stop after."""
+    """Start private servers (`redis_servers()`, `redis_servers(port)`, or with more flags:
+    `redis_servers(None, "--appendonly", "yes")` keeps its data across a restart); all stop after."""
     binary = _require("redis-server")
     started: list[RedisServer] = []
 
-    def start(port: int | None = None) -> RedisServer:
-        server = RedisServer(binary, port)
+    def start(port: int | None = None, *args: str) -> RedisServer:
+        server = RedisServer(binary, port, *args)
         started.append(server)
         return server.start()
 

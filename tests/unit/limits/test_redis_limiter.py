@@ -126,11 +126,15 @@ async def test_a_budget_rides_in_the_same_evalsha(limiter: RedisBuckets, client:
         "sy:{acme}:b:webhooks", "sy:{acme}:$:2024-05-01", "sy:{acme}:$h:2024-05-01", "sy:{acme}:$ha:2024-05-01",
         "1000.0", 1, 0, "", 1,
         "0.2", 10,
-        100_000, expire_at("2024-05-01"), "call:CA1", 42_500, "14700.0",
+        100_000, expire_at("2024-05-01"), "call:CA1", 42_500, "14700.0", 0,
         "webhook", 100, "sms", 7_900,
     )  # fmt: skip
     client.reply = [1, 1, 9, b"0", b"0.2", 0, 2, 99_000]
     assert (await limiter.acquire("acme", [WEBHOOKS], budget=budget)).budget == "over"
+    # Spend booked here during an outage rides along, counted, before the cost's parts.
+    replayed = BudgetCharge("2024-05-01", None, {"webhook": 100}, None, {"webhook": 3_000})
+    await limiter.acquire("acme", [WEBHOOKS], budget=replayed)
+    assert client.sent[-1][0][-10:] == ("", expire_at("2024-05-01"), "", 0, "0", 1, "webhook", 3_000, "webhook", 100)
 
 
 async def test_without_retry_no_dedup_key_is_sent(limiter: RedisBuckets, client: FakeClient) -> None:
