@@ -4,6 +4,7 @@ in-process ledger's own rules, and utc_day."""
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -549,3 +550,10 @@ async def test_reserve_passes_the_id_to_either_ledger(primary: FlakyLedger, loca
     assert shared == Reservation("acme", DAY, "llm:A", 5)
     assert held == again == Reservation("acme", DAY, "llm:B", 5, local=True)
     assert (await local.spend("acme", DAY)).reserved == 5
+
+
+@pytest.mark.parametrize("epoch", [-1.0, 0.0, 86_399.9, 86_400.0, 1_796_688_000.0])
+def test_utc_day_remembers_only_the_day_it_named(epoch: float) -> None:
+    """The one-day cache never answers for another day: each time, as strftime would."""
+    for moment in (epoch, epoch + 86_400, epoch):
+        assert utc_day(moment) == time.strftime("%Y-%m-%d", time.gmtime(moment))
