@@ -4,8 +4,8 @@ in-process ledger's own rules, and utc_day."""
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import pytest
