@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.exchange import Exchange
@@ -333,3 +334,15 @@ def test_a_process_that_exited_leaves_the_live_gauges_not_the_counts(multiproc_d
     assert _series(text, "switchyard_requests_total", "tenant", "decision") == {("unknown", "answered"): 5}
     assert _series(text, "switchyard_live_instances") == {(): 2}
     assert _series(text, "switchyard_budget_remaining_usd", "tenant") == {("acme",): 4.0}
+
+
+def test_the_metrics_reference_names_every_series() -> None:
+    """docs/metrics.md lists every metric the gateway exports, under its exported name."""
+    reference = (Path(__file__).resolve().parents[3] / "docs" / "metrics.md").read_text()
+    metrics = Metrics()
+    names = [
+        value._name + ("_total" if value._type == "counter" else "")
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+    ]
+    assert names and [name for name in names if f"`{name}`" not in reference] == []
