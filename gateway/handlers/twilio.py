@@ -38,7 +38,7 @@ from gateway.policy.tenant import CompiledRoute, Tenant
 from gateway.protocol import twiml
 from gateway.protocol.forms import parse_form
 from gateway.services import Services
-from gateway.telemetry.cost import Cost
+from gateway.telemetry.cost import Cost, add, message_segments, sms_cost
 from gateway.telemetry.usage import BILLING_FIELDS, cost_of
 
 WebhookKind = Literal["voice", "sms", "status"]
@@ -201,6 +201,11 @@ def webhook(kind: WebhookKind) -> Handler:
                 assert url is not None, "only a request verified against a URL gets here"
                 reply = await _call_out(exchange, route, request, services, url, params, body)
                 exchange.reply = reply
+                budgeted = tenant.daily_budget is not None and exchange.decision == "answered"
+                if budgeted and not await _answer_fits(exchange, tenant, services, reply):
+                    exchange.decision = "over-budget"
+                    exchange.reply = None
+                    return responses.twiml(tenant.budget_refusal[kind])
             else:
                 exchange.decision = "answered"  # static: bytes rendered at load, no await
             return responses.twiml(reply)
@@ -311,6 +316,27 @@ async def _forget(services: Services, tenant: str, retry: RetryKey) -> None:
         await services.answers.forget(tenant, retry)
     except BackendError as error:  # it lapses with its TTL; a retry meanwhile is not forwarded
         log.warning("tenant %s: a status callback's claim could not be dropped: %s", tenant, error)
+
+
+async def _answer_fits(exchange: Exchange, tenant: Tenant, services: Services, reply: bytes) -> bool:
+    """A call-out's answer that sends texts (<Message>: the runtime's, a model's reply) asks the
+    day for their segments before it goes to Twilio, as a static answer's were with its charge;
+    the day cannot hold them: the budget refusal instead. Nothing to ask without a <Message>."""
+    texts = sms_cost(tenant.prices, message_segments(reply))
+    if not texts:
+        return True
+    day = utc_day(services.wall())
+    clock = services.clock
+    sent = clock()
+    admitted = services.ledger.charge_now(tenant.id, day, texts, tenant.daily_budget)
+    if admitted is None:  # a shared ledger: one round trip
+        admitted = await services.ledger.charge(
+            tenant.id, day, texts, tenant.daily_budget, mode=tenant.on_store_failure
+        )
+        exchange.timed("budget.charge", clock() - sent, sent)
+    if admitted:
+        exchange.charged = dict(add(exchange.charged or {}, texts))
+    return admitted
 
 
 def _budget_charge(exchange: Exchange, tenant: Tenant, services: Services, spent: Cost) -> BudgetCharge:
