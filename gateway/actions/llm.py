@@ -26,7 +26,7 @@ from pydantic import Field
 
 from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming, Tools
 from gateway.actions.static import BOTH
-from gateway.errors import UpstreamError
+from gateway.errors import BackendError, UpstreamError
 from gateway.limits.budget import utc_day
 from gateway.policy.base import Strict
 from gateway.protocol import llm_twiml, openai
@@ -173,9 +173,12 @@ class LlmCall:
         clock = exchange.clock
         if tenant.daily_budget is not None and amount:
             sent = clock()
-            held = await ledger.reserve(
-                tenant.id, day, amount, tenant.daily_budget, RESERVE_TTL, tenant.on_store_failure
-            )
+            try:
+                held = await ledger.reserve(
+                    tenant.id, day, amount, tenant.daily_budget, RESERVE_TTL, tenant.on_store_failure
+                )
+            except BackendError:  # `closed`, and the ledger cannot say: the fallback, not a spent day
+                raise UpstreamError(self.target, "budget_unavailable", detail="the spend ledger is failing") from None
             if ledger.shared:
                 exchange.timed("budget.reserve", clock() - sent, sent)
             if held is None:

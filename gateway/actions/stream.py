@@ -142,10 +142,13 @@ class StreamAdmission:
         if tenant.daily_budget is None or not price:
             return 0
         amount = self.bridged.reserve_minutes * price
-        held = await tools.ledger.reserve(
-            tenant.id, utc_day(wall), amount, tenant.daily_budget, CLAIM_TTL, tenant.on_store_failure,
-            id=stream_hold(call_sid),
-        )  # fmt: skip
+        try:
+            held = await tools.ledger.reserve(
+                tenant.id, utc_day(wall), amount, tenant.daily_budget, CLAIM_TTL, tenant.on_store_failure,
+                id=stream_hold(call_sid),
+            )  # fmt: skip
+        except BackendError:  # `closed`, and the ledger cannot say
+            raise AdmissionRefused("budget", "the spend ledger is failing") from None
         if held is None:
             raise AdmissionRefused("budget", "the day's budget is spent")
         return held.amount

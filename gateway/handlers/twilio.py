@@ -201,11 +201,6 @@ def webhook(kind: WebhookKind) -> Handler:
                 assert url is not None, "only a request verified against a URL gets here"
                 reply = await _call_out(exchange, route, request, services, url, params, body)
                 exchange.reply = reply
-                budgeted = tenant.daily_budget is not None and exchange.decision == "answered"
-                if budgeted and not await _answer_fits(exchange, tenant, services, reply):
-                    exchange.decision = "over-budget"
-                    exchange.reply = None
-                    return responses.twiml(tenant.budget_refusal[kind])
             else:
                 exchange.decision = "answered"  # static: bytes rendered at load, no await
             return responses.twiml(reply)
@@ -265,15 +260,22 @@ async def _call_out(
         assert services.tools is not None, "the app's outbound session is open while serving"
         # The action takes its own timeouts from the deadline; this bounds one that does not.
         async with asyncio.timeout(deadline.timeout()):
-            reply = await call.run(exchange, incoming, deadline, services.tools)
+            answer = await call.run(exchange, incoming, deadline, services.tools)
+        assert tenant is not None
+        # Before it is kept for the retries: a retry must hear the refusal, not the texts.
+        if tenant.daily_budget is not None and not await _answer_fits(exchange, tenant, services, answer):
+            raise AdmissionRefused("budget", "the day cannot hold the answer's texts")
+        reply = answer
     except AdmissionRefused as refused:
-        # The action's own admission (a stream's slot or budget hold): the tenant's refusal, as
-        # for a rate limit or a spent budget, not the failure fallback.
+        # The action's own admission (a stream's slot or budget hold), or its answer's texts
+        # over the day: the tenant's refusal, as for a rate limit or a spent budget, not the
+        # failure fallback.
         assert tenant is not None
         over_budget = refused.limit == "budget"
         exchange.decision = "over-budget" if over_budget else "refused"
         exchange.error = refused.limit
         reply = (tenant.budget_refusal if over_budget else tenant.refusal)[exchange.kind]  # type: ignore[index]
+        await _drop_call_hold(exchange, tenant, services)
         return reply
     except Exception as exc:
         # UpstreamError, DeadlineExceeded or a bug: the caller hears the route's fallback either
@@ -352,6 +354,20 @@ def _budget_charge(exchange: Exchange, tenant: Tenant, services: Services, spent
         hold = Hold(_call_hold(exchange.sid), tenant.call_reserve, CALL_RESERVE_TTL)
     day = utc_day(services.wall())
     return BudgetCharge(day, tenant.daily_budget, spent, hold)
+
+
+async def _drop_call_hold(exchange: Exchange, tenant: Tenant, services: Services) -> None:
+    """A call refused after its webhook was charged: the estimate held for its minutes goes now,
+    not at its final status (which a tenant's numbers may never send here: 4 h held for
+    nothing). Its minutes, if it lasts, are booked from that status all the same."""
+    if exchange.kind != "voice" or not tenant.call_reserve or not exchange.sid or tenant.daily_budget is None:
+        return
+    held = Reservation(tenant.id, utc_day(services.wall()), _call_hold(exchange.sid), tenant.call_reserve)
+    clock = services.clock
+    sent = clock()
+    await services.ledger.release(held)
+    if services.ledger.shared:
+        exchange.timed("budget.release", clock() - sent, sent)
 
 
 async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) -> None:

@@ -278,10 +278,35 @@ class MemoryLedger:
             del self._held_total[key]
 
     def total_now(self, tenant: str, day: str) -> int:
-        """µ$ spent and held by `tenant` on `day`, at once (what a failover's cap is set from)."""
+        """µ$ spent and held by `tenant` on `day`, at once."""
         key = (tenant, day)
         parts = self._spent.get(key)
         return (sum(parts.values()) if parts else 0) + self._reserved(key)
+
+    def held_now(self, tenant: str, day: str) -> int:
+        """µ$ held by `tenant`'s live holds on `day`."""
+        return self._reserved((tenant, day))
+
+    def holds(self, tenant: str, day: str, id: str) -> bool:
+        """Is a live hold of this id there?"""
+        self._prune()
+        held = self._held.get((tenant, day))
+        return held is not None and id in held
+
+    @property
+    def holding(self) -> bool:
+        """Any hold at all (some may have lapsed unpruned): asked per webhook, so O(1)."""
+        return bool(self._held)
+
+    def live_holds(self) -> list[tuple[str, str, str, int, float]]:
+        """Every live hold: (tenant, day, id, µ$, seconds it has left)."""
+        self._prune()
+        now = self._clock()
+        return [
+            (tenant, day, id, amount, expiry - now)
+            for (tenant, day), held in self._held.items()
+            for id, (amount, expiry) in held.items()
+        ]
 
     def _fits(self, key: tuple[str, str], amount: int, cap: int | None) -> bool:
         if cap is None:

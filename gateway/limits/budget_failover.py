@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from gateway.errors import BackendError
@@ -23,23 +23,27 @@ class FailoverLedger(Degradable):
     """The primary ledger when it answers, the tenant's failure mode when not.
 
     On BackendError, charge and reserve follow `mode` (base.FailureMode):
-      local   this instance's ledger, from the last figure the primary gave for that tenant and
-              day (spent + held, which every reply carries), with what is left of the cap
-              divided by the live instances: with n instances that each saw S, together they
-              admit at most S + (cap - S) = cap; the bound, and its slack, in policies/README.md;
+      local   this instance's ledger, within its share of what the primary last said was left
+              of the cap (its replies carry the tenant-day's spent + held, S): what it booked
+              and has not yet replayed, plus its holds not yet moved to the primary, stays
+              within (cap - S) / n; with n instances that each saw S, together they book at
+              most cap - S. The bound, and its slack, in policies/README.md;
       open    admit, recorded in this instance's ledger without a cap;
-      closed  refuse.
+      closed  refuse a charge; a reserve raises the BackendError (its caller says "unavailable",
+              which is not "over budget": 503, not 429, to an API client).
     commit, release and add never raise BackendError: they run after the money is spent (often
     in a `finally`), so a failed write is kept in the local ledger and logged once per streak.
 
     What the local ledger books in place of the primary (admitted charges, commits, adds) is also
     kept as unsynced, and replayed to the primary in one add() by the first call it answers
-    afterwards (or with the next add()), so the shared figure, the report and every instance's
-    cap see it. The window: until then it lives in this process only, so a crash, or an exit
-    while the primary is still down (close() tries once more), loses what this instance booked
-    during the outage. A write that timed out may have landed all the same: booked here too and
-    replayed, it counts twice (at worst, and erring towards stopping spend). The local ledger
-    keeps what it booked, as this instance's share of the cap in the next outage of the day.
+    afterwards (or with the next add(), or the tenant's next webhook, or the heartbeat), so the
+    shared figure, the report and every instance's cap see it. The holds made here move to the
+    primary too, under their ids and for what is left of their ttl (in a task: one round trip
+    each), so that other instances count them; whichever instance settles a hold settles it on
+    the primary and drops it here. The window: until then it lives in this process only, so a
+    crash, or an exit while the primary is still down (close() tries once more), loses what this
+    instance booked during the outage. A write that timed out may have landed all the same:
+    booked here too and replayed, it counts twice (at worst, and erring towards stopping spend).
     """
 
     def __init__(self, primary: Ledger, local: MemoryLedger, instances: Callable[[], int] = lambda: 1) -> None:
@@ -51,9 +55,11 @@ class FailoverLedger(Degradable):
         self._instances = instances
         self._writes_failing = False
         self._unsynced: _Unsynced = {}
-        # (tenant, day) -> (the primary's last total, the local ledger's total at that moment):
-        # what the local ledger books from then on is on top of the primary's figure.
-        self._seen: dict[tuple[str, str], tuple[int, int]] = {}
+        # (tenant, day) -> µ$ taken from _unsynced by a replay in flight: still not in the
+        # figure seen, so still counted against this instance's share until it lands.
+        self._sending: dict[tuple[str, str], int] = {}
+        # (tenant, day) -> the primary's last total (spent + held).
+        self._seen: dict[tuple[str, str], int] = {}
         self._seen_day = ""
         self._replaying: asyncio.Task[None] | None = None
         primary.on_total(self.saw)
@@ -75,11 +81,11 @@ class FailoverLedger(Degradable):
     def needs_answer(self) -> bool:
         """Would answered() do anything (degraded, or spend booked here to replay)? Asked per
         webhook, so the healthy path awaits nothing."""
-        return self.degraded or bool(self._unsynced)
+        return self.degraded or bool(self._unsynced) or self._local.holding
 
     @property
     def unsynced(self) -> int:
-        """µ$ booked here while the primary failed and not yet replayed to it."""
+        """µ$ booked here while the primary failed and not yet replayed to it (nor on its way)."""
         return sum(sum(parts.values()) for parts in self._unsynced.values())
 
     def on_total(self, callback: Callable[[str, str, int], None]) -> None:
@@ -95,20 +101,26 @@ class FailoverLedger(Degradable):
             # Once a day: yesterday's figures are no use to today's caps.
             self._seen_day = day
             self._seen = {key: seen for key, seen in self._seen.items() if key[1] == day}
-        self._seen[(tenant, day)] = (total, self._local.total_now(tenant, day))
+        self._seen[(tenant, day)] = total
 
     def last_seen(self, tenant: str, day: str) -> int | None:
         """The primary's last figure (µ$ spent + held) for tenant and day, if one came."""
-        seen = self._seen.get((tenant, day))
-        return None if seen is None else seen[0]
+        return self._seen.get((tenant, day))
 
-    def _local_cap(self, tenant: str, day: str, cap: int | None) -> int | None:
-        """The cap the local ledger checks in `local` mode: its own total when the primary last
-        answered, plus this instance's share of what the primary said was left."""
+    def _fits_locally(self, tenant: str, day: str, amount: int, cap: int | None) -> bool:
+        """`local` mode: does `amount` more stay within this instance's share of what the primary
+        last said was left? Counted against the share: what this instance booked that the
+        primary has not had (unsynced, or on its way) and its holds not yet moved there; not the
+        local ledger's own total, part of which the primary has had since (a replay), so the
+        next outage of the day would spend it twice (and admit nothing)."""
         if cap is None:
-            return None
-        seen, base = self._seen.get((tenant, day), (0, 0))
-        return base + max(0, cap - seen) // max(1, self._instances())
+            return True
+        key = (tenant, day)
+        unsynced = self._unsynced.get(key)
+        pending = (sum(unsynced.values()) if unsynced else 0) + self._sending.get(key, 0)
+        pending += self._local.held_now(tenant, day)
+        share = max(0, cap - self._seen.get(key, 0)) // max(1, self._instances())
+        return pending + amount <= share
 
     def charge_now(self, tenant: str, day: str, cost: Cost, cap: int | None, hold: Hold | None = None) -> bool | None:
         """The answer at once when the primary is in process, else None: await charge()."""
@@ -145,11 +157,13 @@ class FailoverLedger(Degradable):
             self._set_degraded(True, error)
         if mode == "closed":
             return False
-        local_cap = self._local_cap(tenant, day, cap) if mode == "local" else None
-        admitted = self._local.charge_now(tenant, day, cost, local_cap, hold)
-        if admitted:
-            self._keep(tenant, day, cost)
-        return admitted
+        if mode == "local":
+            held = hold.amount if hold is not None and not self._local.holds(tenant, day, hold.id) else 0
+            if not self._fits_locally(tenant, day, sum(cost.values()) + held, cap):
+                return False
+        self._local.charge_now(tenant, day, cost, None, hold)
+        self._keep(tenant, day, cost)
+        return True
 
     async def reserve(
         self,
@@ -167,18 +181,21 @@ class FailoverLedger(Degradable):
         except BackendError as error:
             self._set_degraded(True, error)
             if mode == "closed":
+                raise
+            # Held here under the same id, and moved to the primary once it answers.
+            if id is not None and self._local.holds(tenant, day, id):
+                held = await self._local.reserve(tenant, day, amount, None, ttl, id=id)  # the live one
+            elif mode == "local" and not self._fits_locally(tenant, day, amount, cap):
                 return None
-            # Held here under the same id: its settling on this instance goes here (local=True);
-            # settled from another instance (rebuilt, not local), the hold here lapses at its ttl.
-            local_cap = self._local_cap(tenant, day, cap) if mode == "local" else None
-            held = await self._local.reserve(tenant, day, amount, local_cap, ttl, id=id)
+            else:
+                held = await self._local.reserve(tenant, day, amount, None, ttl, id=id)
             return None if held is None else replace(held, local=True)
         await self.answered()
         return reservation
 
     async def extend(self, reservation: Reservation, ttl: float) -> bool:
-        if reservation.local:
-            return await self._local.extend(reservation, ttl)
+        if self._local.holds(reservation.tenant, reservation.day, reservation.id):
+            return await self._local.extend(reservation, ttl)  # not moved to the primary yet
         try:
             kept = await self._primary.extend(reservation, ttl)
         except BackendError as error:
@@ -190,23 +207,23 @@ class FailoverLedger(Degradable):
         return kept
 
     async def commit(self, reservation: Reservation, cost: Cost) -> None:
-        if reservation.local:
-            await self._local.commit(reservation, cost)
-            self._keep(reservation.tenant, reservation.day, cost)
-            return
+        # Settled on the primary whether it was held there or here (a hold made here during an
+        # outage may have moved there since; if not, the primary just books the cost), and
+        # dropped here by its id, whichever instance made it and whether or not the primary
+        # answers: a hold settled must stop counting against this instance's share too.
+        await self._local.release(reservation)
         try:
-            await self._primary.commit(reservation, cost)
+            await self._primary.commit(replace(reservation, local=False), cost)
         except BackendError as error:
-            # The shared hold expires at its ttl; the cost is kept here (and replayed), not lost.
+            # A shared hold expires at its ttl; the cost is kept here (and replayed), not lost.
             self._write_failed(error, f"commit of reservation {reservation.id} of {reservation.tenant}")
             self._book_locally([(reservation.tenant, reservation.day, cost, None)])
             return
         await self.answered(wrote=True)
 
     async def release(self, reservation: Reservation) -> None:
-        if reservation.local:
-            await self._local.release(reservation)
-            return
+        await self._local.release(reservation)
+        reservation = replace(reservation, local=False)
         try:
             await self._primary.release(reservation)
         except BackendError as error:
@@ -231,6 +248,7 @@ class FailoverLedger(Degradable):
             self._restore(pending)
             raise
         self._write_succeeded()
+        self._send(pending, -1)
         self._replayed(pending)
         if self._unsynced:  # booked here by a call that failed while this add was in flight
             await self._resync()
@@ -250,9 +268,38 @@ class FailoverLedger(Degradable):
         return spent
 
     def replay_soon(self) -> None:
-        """Replay what is unsynced in a task of its own (the heartbeat found the primary back)."""
+        """Replay what is unsynced, and move the holds made here to the primary, in a task of
+        its own (the heartbeat found the primary back, or a call found holds to move)."""
         if self._replaying is None or self._replaying.done():
-            self._replaying = asyncio.get_running_loop().create_task(self._resync())
+            self._replaying = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        await self._resync()
+        if not self._unsynced:
+            await self._move_holds()
+
+    async def _move_holds(self) -> None:
+        """The live holds made here during an outage, held on the primary under the same ids for
+        what is left of their ttl (no cap: they were admitted), then dropped here. Until then
+        the other instances do not count them: the slack is the holds made in the outage."""
+        for tenant, day, id, amount, ttl in self._local.live_holds():
+            held = Reservation(tenant, day, id, amount)
+            try:
+                await self._primary.reserve(tenant, day, amount, None, ttl, id=id)
+            except BackendError as error:
+                self._write_failed(error, f"move of the holds made here ({id} of {tenant})")
+                return
+            if self._local.holds(tenant, day, id):
+                await self._local.release(held)
+            else:
+                # Settled here while it moved (the settling found no hold on the primary): the
+                # copy just made must not count until its ttl.
+                try:
+                    await self._primary.release(held)
+                except BackendError as error:
+                    self._write_failed(error, f"release of moved hold {id} of {tenant}")
+                    return
+        self._write_succeeded()
 
     def take_unsynced(self, tenant: str, day: str) -> dict[str, int] | None:
         """What was booked here for one tenant-day and not yet replayed, taken to ride with that
@@ -260,13 +307,26 @@ class FailoverLedger(Degradable):
         charge did not reach the primary, or tell `replayed_with_charge` if it did."""
         if not self._unsynced:
             return None
-        return self._unsynced.pop((tenant, day), None)
+        taken = self._unsynced.pop((tenant, day), None)
+        if taken:
+            self._send({(tenant, day): taken}, 1)
+        return taken
 
     def keep_unsynced(self, tenant: str, day: str, parts: Cost) -> None:
+        self._send({(tenant, day): parts}, -1)
         self._keep(tenant, day, parts)
 
     def replayed_with_charge(self, tenant: str, day: str, parts: Cost) -> None:
+        self._send({(tenant, day): parts}, -1)
         self._replayed({(tenant, day): dict(parts)})
+
+    def _send(self, pending: Mapping[tuple[str, str], Cost], sign: int) -> None:
+        for key, parts in pending.items():
+            amount = self._sending.get(key, 0) + sign * sum(parts.values())
+            if amount:
+                self._sending[key] = amount
+            else:
+                self._sending.pop(key, None)
 
     def _keep(self, tenant: str, day: str, cost: Cost) -> None:
         parts = self._unsynced.setdefault((tenant, day), {})
@@ -281,9 +341,11 @@ class FailoverLedger(Degradable):
         # Taken before the await: a concurrent call that finds the primary back must not
         # replay the same amounts again.
         pending, self._unsynced = self._unsynced, {}
+        self._send(pending, 1)
         return pending
 
     def _restore(self, pending: _Unsynced) -> None:
+        self._send(pending, -1)
         for (tenant, day), parts in pending.items():
             self._keep(tenant, day, parts)
 
@@ -303,16 +365,18 @@ class FailoverLedger(Degradable):
             self._restore(pending)
             raise
         self._write_succeeded()
+        self._send(pending, -1)
         self._replayed(pending)
 
     def _replayed(self, pending: _Unsynced) -> None:
         if pending:
             for key, parts in pending.items():
-                # The primary holds them now: its figure seen last counts them (the local ledger's
-                # base counted them already), or the next outage would spend them again.
+                # The primary has them now, so its figure does (no longer counted as pending
+                # here). An add() reports no total: the last one seen is raised by them. A
+                # charge's reply, which counts them, is seen right after and replaces it.
                 seen = self._seen.get(key)
                 if seen is not None:
-                    self._seen[key] = (seen[0] + sum(parts.values()), seen[1])
+                    self._seen[key] = seen + sum(parts.values())
             total = sum(sum(parts.values()) for parts in pending.values())
             log.info("spend ledger: replayed %d µ$ over %d tenant-days booked here meanwhile", total, len(pending))
 
@@ -327,6 +391,8 @@ class FailoverLedger(Degradable):
             self._set_degraded(False)
         if self._unsynced:
             await self._resync()
+        if self._local.holding:
+            self.replay_soon()  # one round trip per hold: not in this caller's time
 
     def _write_failed(self, error: BackendError, what: str) -> None:
         self._set_degraded(True, error)

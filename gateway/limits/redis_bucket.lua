@@ -105,10 +105,10 @@ elseif budgeted then
   local expire_at = ARGV[budget_at + 1]
   local hold_id = ARGV[budget_at + 2]
   local hold = 0
-  total = day_total()
-  if hold_id ~= '' and not ledger_live(holds, amounts, hold_id) then
+  if hold_id ~= '' and not ledger_live(holds, amounts, hold_id, now) then
     hold = tonumber(ARGV[budget_at + 3])  -- a live hold of this call (a retry): not held twice
   end
+  total = day_total()
   local amount = ledger_sum(cost_at)
   if cap ~= '' and total + hold + amount > tonumber(cap) then
     return {1, tightest, tightest_remaining, '0', fmt(tightest_reset), retry, 2, total}

@@ -28,11 +28,11 @@ end
 
 if op == 'charge' then
   local amount = ledger_sum(8)
-  local before = total()
   local hold = 0
-  if ARGV[5] ~= '' and not ledger_live(holds, amounts, ARGV[5]) then
+  if ARGV[5] ~= '' and not ledger_live(holds, amounts, ARGV[5], now) then
     hold = tonumber(ARGV[6])
   end
+  local before = total()
   if ARGV[4] ~= '' and before + hold + amount > tonumber(ARGV[4]) then
     return {0, before}
   end
@@ -43,14 +43,14 @@ if op == 'charge' then
   return {1, before + hold + amount}
 elseif op == 'reserve' then
   local id = ARGV[5]
-  local before = total()  -- pruned first, so an expired hold's id may be held anew
   if ARGV[8] ~= '' then
     -- A retried request names its hold: answer with the live one rather than hold twice.
-    local live = ledger_live(holds, amounts, id)
+    local live = ledger_live(holds, amounts, id, now)
     if live then
-      return {live, before}
+      return {live, total()}
     end
   end
+  local before = total()
   local amount = tonumber(ARGV[6])
   if ARGV[4] ~= '' and before + amount > tonumber(ARGV[4]) then
     return {-1, before}
@@ -59,8 +59,8 @@ elseif op == 'reserve' then
   return {amount, before + amount}
 elseif op == 'extend' then
   ledger_prune(holds, amounts, now)
-  if not redis.call('ZSCORE', holds, ARGV[4]) then
-    return 0
+  if not ledger_live(holds, amounts, ARGV[4], now) then
+    return 0  -- settled, or lapsed (pruned or not): it stays so
   end
   redis.call('ZADD', holds, 'XX', fmt(now + tonumber(ARGV[5])), ARGV[4])
   return 1

@@ -194,6 +194,7 @@ class Pipe:
     def __init__(self, client: Redis) -> None:
         self._pool = client.connection_pool
         self._connection: AbstractConnection | None = None
+        self._answered = False  # did the batch in flight get a reply (then it is not sent again)
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """One reply per command, in order; an error reply (ResponseError, e.g. NOSCRIPT) is
@@ -204,16 +205,19 @@ class Pipe:
         try:
             return await self._run(packed, len(commands))
         except (RedisConnectionError, OSError):
-            if not reused:
+            if not reused or self._answered:
+                # Once a reply came, the server ran the batch (or its start): sent again, its
+                # charges would be charged twice.
                 raise
-            # A kept connection the server dropped (it restarted, or timed it out): once more on
-            # a new one, as the client's own Retry does for its commands.
+            # A kept connection the server dropped (it restarted, or timed it out) before it
+            # answered anything: once more on a new one, as the client's own Retry does.
             return await self._run(packed, len(commands))
 
     async def _run(self, packed: bytes, count: int) -> list[Any]:
         connection = self._connection
         if connection is None:
             connection = self._connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        self._answered = False
         try:
             await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
@@ -223,6 +227,7 @@ class Pipe:
                     replies.append(await connection.read_response(timeout=math.inf))
                 except ResponseError as error:
                     replies.append(error)
+                self._answered = True
             return replies
         except BaseException:
             self._connection = None

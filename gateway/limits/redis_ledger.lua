@@ -63,14 +63,6 @@ local function ledger_sum(first)
   return total
 end
 
--- The µ$ a live hold of this id holds, or nil (pruned first by the caller).
-local function ledger_live(holds, amounts, id)
-  if redis.call('ZSCORE', holds, id) then
-    return tonumber(redis.call('HGET', amounts, id))
-  end
-  return nil
-end
-
 local function ledger_hold(holds, amounts, expire_at, id, amount, expiry)
   redis.call('ZADD', holds, fmt(expiry), id)
   redis.call('HSET', amounts, id, amount)
@@ -88,4 +80,20 @@ local function ledger_drop(holds, amounts, id)
   redis.call('HDEL', amounts, id)
   redis.call('HINCRBY', amounts, '', -amount)
   return 1
+end
+
+-- The µ$ a live hold of this id holds, or nil. Live means its expiry is after now, as in the
+-- in-process ledger: one that lapsed but is not pruned yet (more than PRUNE_MAX lapsed at once)
+-- is dropped here, so a caller that holds the id anew counts it once. Call before reading the
+-- day's total, which then no longer counts the dropped one.
+local function ledger_live(holds, amounts, id, now)
+  local expiry = redis.call('ZSCORE', holds, id)
+  if not expiry then
+    return nil
+  end
+  if tonumber(expiry) <= now then
+    ledger_drop(holds, amounts, id)
+    return nil
+  end
+  return tonumber(redis.call('HGET', amounts, id))
 end

@@ -101,7 +101,10 @@ class Messages:
         if tenant.daily_budget is None or amount == 0:
             return None
         try:
-            hold = await self._ledger.reserve(tenant.id, utc_day(self._wall()), amount, tenant.daily_budget, HOLD_TTL)
+            day = utc_day(self._wall())
+            hold = await self._ledger.reserve(
+                tenant.id, day, amount, tenant.daily_budget, HOLD_TTL, tenant.on_store_failure
+            )  # fmt: skip
         except BackendError:
             raise CallRefused(503, "Budget unavailable", "the spend ledger is not answering; try again", 1.0) from None
         if hold is None:

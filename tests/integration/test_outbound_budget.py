@@ -6,10 +6,12 @@ stand-in, callbacks signed by twilio's RequestValidator."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -17,6 +19,7 @@ from gateway.keys import SERVICES
 from gateway.limits.budget import Spend, utc_day
 from tests.support.clock import FakeClock, stepping
 from tests.support.gateway import PUBLIC, post, start_gateway
+from tests.support.redis_server import RedisServer
 from tests.support.twilio import ACME_SID, ACME_TOKEN, ENV
 from tests.support.twilio_rest import TwilioRestStandIn
 from tests.support.waiting import until
@@ -130,3 +133,31 @@ async def test_the_after_hours_call_leg_asks_the_budget_too(
     body = await response.json()
     assert body["call"]["status"] == 429 and len(twilio.calls()) == 2
     assert body["message"]["status"] == 201
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(("mode", "status"), [("closed", 503), ("local", 201)])
+async def test_a_call_while_the_ledger_is_down_follows_the_tenants_rule(
+    aiohttp_client: Any,
+    clock: FakeClock,
+    tmp_path: Path,
+    twilio: TwilioRestStandIn,
+    redis_servers: Callable[..., RedisServer],
+    mode: str,
+    status: int,
+) -> None:
+    """Redis down: a `closed` tenant's call gets 503 "Budget unavailable" (the ledger cannot say,
+    try again), not the 429 of a spent day; a `local` one is held on this instance's share."""
+    server = redis_servers()
+    (tmp_path / "acme.yaml").write_text(POLICY.replace("concurrent_calls: 10", f"on_store_failure: {mode}"))
+    env = {**ENV, "BUDGET_JWT": SECRET, "SWITCHYARD_TWILIO_API_BASE": twilio.url}
+    client: Client = await start_gateway(
+        aiohttp_client, tmp_path, env, clock, sleep=stepping(clock), limiter_url=server.url
+    )
+    server.stop()
+    answer, body = await _place(client)
+    assert answer == status, body
+    if status == 503:
+        assert body["title"] == "Budget unavailable" and twilio.calls() == []
+    else:
+        assert len(twilio.calls()) == 1

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import BackendError
 from gateway.limits.breaker import CircuitBreaker
-from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Reservation, Spend, expire_at, utc_day
+from gateway.limits.budget import ONCE_TTL, RETENTION_DAYS, Entry, Hold, Reservation, Spend, expire_at, utc_day
 from gateway.limits.budget_redis import held_key, once_key, spent_key
 from gateway.limits.factory import Stores, stores_from_url
 from gateway.limits.redis import RedisBuckets
@@ -461,3 +461,21 @@ async def test_a_hold_is_settled_by_its_id_for_the_amount_it_holds(stores: Store
     assert (await ledger.spend("acme", DAY)).reserved == E
     await ledger.commit(Reservation("acme", DAY, "stream:CA2", 1), {"stream": 7})
     assert await ledger.spend("acme", DAY) == Spend(DAY, {"stream": 7}, 0)
+
+
+async def test_a_lapsed_hold_is_dead_even_before_it_is_pruned(stores: Stores, clock: FakeClock) -> None:
+    """More holds lapsing at once than one step prunes (256 on Redis): one of those not pruned
+    yet is dead all the same, as in process: not extended, and its id held anew at its new amount."""
+    ledger = stores.ledger
+    for i in range(300):
+        assert await ledger.reserve("acme", DAY, 1, None, TTL, id=f"a:{i:03}") is not None
+    last = await ledger.reserve("acme", DAY, E, None, TTL, id="z:last")  # sorts after the rest
+    assert last is not None
+    clock.advance(TTL)
+    assert not await ledger.extend(last, TTL)
+    again = await ledger.reserve("acme", DAY, 2 * E, None, TTL, id="z:last")
+    assert again == Reservation("acme", DAY, "z:last", 2 * E)
+    assert await ledger.charge("acme", DAY, {"webhook": 1}, None, Hold("z:call", 3 * E, TTL))
+    for _ in range(3):  # the rest pruned by the next steps
+        await ledger.spend("acme", DAY)
+    assert await ledger.spend("acme", DAY) == Spend(DAY, {"webhook": 1}, 5 * E)

@@ -256,13 +256,13 @@ async def test_local_charge_without_a_cap_admits(primary: FlakyLedger, local: Me
 
 @pytest.mark.parametrize(
     ("mode", "held"),
-    [("local", [True, True, False]), ("open", [True, True, True]), ("closed", [False, False, False])],
-    ids=["local", "open", "closed"],
+    [("local", [True, True, False]), ("open", [True, True, True])],
+    ids=["local", "open"],
 )
 async def test_reserve_follows_the_mode(
     primary: FlakyLedger, local: MemoryLedger, mode: FailureMode, held: list[bool]
 ) -> None:
-    """Primary down: local holds within this instance's share, open holds without a cap, closed holds nothing."""
+    """Primary down: local holds within this instance's share, open holds without a cap."""
     primary.down = True
     ledger = FailoverLedger(primary, local, instances=lambda: 2)
     reservations = [await ledger.reserve("acme", DAY, 250_000, 1_000_000, TTL, mode=mode) for _ in range(3)]
@@ -271,20 +271,51 @@ async def test_reserve_follows_the_mode(
     assert (await local.spend("acme", DAY)).reserved == 250_000 * sum(held)
 
 
-async def test_local_reservation_settles_locally(primary: FlakyLedger, local: MemoryLedger) -> None:
-    """A reservation made while the primary was down settles in the local ledger, even once the primary is back."""
+async def test_closed_reserve_says_unavailable_not_over_budget(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """Primary down, mode closed: reserve raises the store's error (its caller answers 503, not
+    the 429 of a day that is spent), holds nothing, and marks the ledger degraded."""
+    primary.down = True
+    ledger = FailoverLedger(primary, local)
+    with pytest.raises(BackendError):
+        await ledger.reserve("acme", DAY, 100, CAP, TTL, "closed")
+    assert ledger.degraded and not local.holding
+    primary.down = False
+    assert await ledger.reserve("acme", DAY, CAP + 1, CAP, TTL, "closed") is None
+
+
+async def test_a_hold_made_here_settles_on_the_primary_once_it_answers(
+    primary: FlakyLedger, local: MemoryLedger
+) -> None:
+    """A hold made while the primary was down is settled there once it answers (the cost booked
+    there, no replay needed) and dropped here, so it no longer counts against this instance's share."""
     primary.down = True
     ledger = FailoverLedger(primary, local)
     first = await ledger.reserve("acme", DAY, 100, CAP, TTL)
     second = await ledger.reserve("acme", DAY, 100, CAP, TTL)
-    assert first is not None and second is not None
+    assert first is not None and second is not None and first.local
     primary.down = False
     primary.calls.clear()
     await ledger.commit(first, {"llm": 80})
     await ledger.release(second)
-    assert primary.calls == []
-    assert (await local.spend("acme", DAY)) == Spend(DAY, {"llm": 80}, 0)
-    assert ledger.unsynced == 80  # for the primary's next answer to take
+    assert primary.calls == ["commit", "release"]
+    assert await primary.store.spend("acme", DAY) == Spend(DAY, {"llm": 80}, 0)
+    assert (await local.spend("acme", DAY)).reserved == 0
+    assert ledger.unsynced == 0
+
+
+async def test_a_hold_settled_while_the_primary_is_down_is_dropped_here(
+    primary: FlakyLedger, local: MemoryLedger
+) -> None:
+    """A hold made here and settled here with the primary still down (by a rebuilt reservation,
+    as a call's final status does) leaves nothing held: its cost is kept to replay, its hold gone."""
+    primary.down = True
+    ledger = FailoverLedger(primary, local, instances=lambda: 1)
+    assert await ledger.reserve("acme", DAY, 600_000, CAP, TTL, id="call:CA1") is not None
+    await ledger.commit(Reservation("acme", DAY, "call:CA1", 600_000), {"voice": 10})
+    assert (await local.spend("acme", DAY)).reserved == 0
+    assert ledger.unsynced == 10
+    # The share is free again but for the 10 booked: a second call's hold fits.
+    assert await ledger.reserve("acme", DAY, CAP - 10, CAP, TTL, id="call:CA2") is not None
 
 
 async def test_extend_goes_where_the_hold_is(primary: FlakyLedger, local: MemoryLedger) -> None:
@@ -557,3 +588,73 @@ def test_utc_day_remembers_only_the_day_it_named(epoch: float) -> None:
     """The one-day cache never answers for another day: each time, as strftime would."""
     for moment in (epoch, epoch + 86_400, epoch):
         assert utc_day(moment) == time.strftime("%Y-%m-%d", time.gmtime(moment))
+
+
+async def test_a_second_outage_of_the_day_gets_its_share_again(primary: FlakyLedger, local: MemoryLedger) -> None:
+    """What an outage booked here and the primary has since had counts once, in the primary's
+    figure: the next outage of the day admits the share of what is left, not that less it again."""
+    ledger = FailoverLedger(primary, local)
+    assert await ledger.charge("acme", DAY, {"webhook": 600_000}, CAP)
+    primary.down = True
+    for _ in range(4):
+        assert await ledger.charge("acme", DAY, {"webhook": 50_000}, CAP)
+    primary.down = False
+    await ledger.add([])  # the replay, with no figure in its reply
+    assert ledger.last_seen("acme", DAY) == 800_000
+    primary.down = True
+    answers = [await ledger.charge("acme", DAY, {"webhook": 50_000}, CAP) for _ in range(5)]
+    assert answers == [True] * 4 + [False]
+
+
+async def test_holds_made_in_an_outage_move_to_the_primary(clock: FakeClock) -> None:
+    """A hold made here while the primary failed is held there once it is back (same id, the
+    ttl it has left), so another instance counts it; settled anywhere, it is gone from both."""
+    shared = FlakyLedger(clock)
+    first = FailoverLedger(shared, MemoryLedger(clock))
+    second = FailoverLedger(shared, MemoryLedger(clock))
+    shared.down = True
+    held = await first.reserve("acme", DAY, 600_000, CAP, TTL, id="call:CA1")
+    assert held is not None and held.local
+    clock.advance(10)
+    shared.down = False
+    assert await first.charge("acme", DAY, {"webhook": 1}, CAP)  # answered: the move starts
+    await asyncio.sleep(0)  # the move's task runs (no time passes: the fake clock stands)
+    assert first._replaying is not None
+    await first._replaying
+    assert (await shared.store.spend("acme", DAY)).reserved == 600_000
+    assert not first.local.holding
+    assert not await second.charge("acme", DAY, {"webhook": 400_000}, CAP)
+    clock.advance(TTL - 10)  # the hold kept only the ttl it had left
+    assert (await shared.store.spend("acme", DAY)).reserved == 0
+    again = await first.reserve("acme", DAY, 600_000, CAP, TTL, id="call:CA2")
+    assert again is not None and not again.local
+    await second.commit(Reservation("acme", DAY, "call:CA2", 600_000), {"voice": 5})
+    assert await shared.store.spend("acme", DAY) == Spend(DAY, {"webhook": 1, "voice": 5}, 0)
+
+
+async def test_a_hold_settled_while_it_moves_is_not_left_on_the_primary(
+    primary: FlakyLedger, local: MemoryLedger
+) -> None:
+    """The holder settles its hold while the move to the primary is in flight: the copy the move
+    made there is released, not left to count until its ttl."""
+    ledger = FailoverLedger(primary, local)
+    primary.down = True
+    held = await ledger.reserve("acme", DAY, 500, CAP, TTL, id="llm:1")
+    assert held is not None
+    primary.down = False
+    entered, resume = asyncio.Event(), asyncio.Event()
+    reserve = primary.reserve
+
+    async def slow_reserve(*args: object, **kwargs: object) -> Reservation | None:
+        entered.set()
+        await resume.wait()
+        return await reserve(*args, **kwargs)  # type: ignore[arg-type]
+
+    primary.reserve = slow_reserve  # type: ignore[method-assign]
+    ledger.replay_soon()
+    await entered.wait()
+    await ledger.commit(held, {"llm": 400})
+    resume.set()
+    assert ledger._replaying is not None
+    await ledger._replaying
+    assert await primary.store.spend("acme", DAY) == Spend(DAY, {"llm": 400}, 0)
