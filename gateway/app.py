@@ -235,15 +235,24 @@ def _policy_watch(registry: Registry, interval: float, metrics: Metrics) -> Clea
         metrics.policy_reloads.labels(outcome="ok" if ok else "refused").inc()
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch.watch(registry, interval, counted)) if interval > 0 else None
+        tasks: set[asyncio.Task[object]] = set()
+        if interval > 0:
+            tasks.add(asyncio.create_task(watch.watch(registry, interval, counted)))
+
+        def hangup() -> None:
+            # Everything again (secrets, the files policies name), in a worker thread.
+            task = asyncio.create_task(watch.reload_soon(registry, "SIGHUP", counted, full=True))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Only the main thread of a process may own signal handlers; tests run elsewhere.
-            loop.add_signal_handler(signal.SIGHUP, watch.reload, registry, "SIGHUP", counted)
+            loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
             yield
         finally:
-            if task is not None:
+            for task in list(tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

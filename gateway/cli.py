@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from multiprocessing import connection, resource_tracker
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from gateway.auth.public_url import PublicUrl
@@ -25,6 +26,9 @@ from gateway.policy.tenant import Tenant
 from gateway.settings import Settings, SettingsError, from_env, public_urls_from_env
 from gateway.telemetry import metrics
 from gateway.telemetry.accesslog import configure_logging
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 EXIT_USAGE = 2
 
@@ -332,27 +336,27 @@ def serve(settings: Settings) -> int:
         return EXIT_USAGE
     configure_logging()
     try:
-        _check_startup(settings)
+        app = _check_startup(settings)
     except (PolicyError, ValueError) as exc:
         print(f"switchyard: cannot start:\n{exc}", file=sys.stderr)
         return 1
     if settings.workers == 1:
-        return _run_worker(settings)
+        return _run_worker(settings, app)  # the app just checked: the policies loaded once
     return _supervise(settings)
 
 
-def _check_startup(settings: Settings) -> None:
+def _check_startup(settings: Settings) -> web.Application:
     """Fail before binding the port: bad policies, missing secrets, a bad public URL."""
     from gateway.app import create_app
 
-    create_app(settings)
+    return create_app(settings)
 
 
-def _run_worker(settings: Settings) -> int:
+def _run_worker(settings: Settings, app: web.Application | None = None) -> int:
     """One worker in this process (gateway/server.py): serve, drain on SIGTERM/SIGINT, exit."""
     from gateway.server import run
 
-    return run(settings)
+    return run(settings, app)
 
 
 def _worker_process(settings: Settings) -> None:

@@ -180,8 +180,9 @@ class HttpConnection(RequestHandler):
             self._request_factory = closing
 
 
-def run(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT, drain, and return the process's exit code."""
+def run(settings: Settings, app: web.Application | None = None) -> int:
+    """Serve `app` (built here from `settings` when None) until SIGTERM/SIGINT, drain, and
+    return the process's exit code."""
     stops: list[int] = []
     _early_signals(stops)
     # Imported here, not at the top: gateway.keys imports this module (Lifecycle), and the app
@@ -198,7 +199,8 @@ def run(settings: Settings) -> int:
     configure_logging()
     # settings.instance_id is this process's own: SWITCHYARD_INSTANCE_ID or host-pid, and with
     # --workers the supervisor's with the worker's number added (cli._supervise).
-    app = create_app(settings)
+    if app is None:
+        app = create_app(settings)
     _install_server_defaults()
     return asyncio.run(_serve(app, settings, stops))
 

@@ -186,7 +186,8 @@ FAILURES = [
     pytest.param(
         "yaml-syntax.yaml",
         "",
-        "line 4, column 1: expected ',' or ']', but got '<stream end>'",
+        # libyaml's wording (PyYAML's own: "expected ',' or ']', but got '<stream end>'").
+        "line 4, column 1: did not find expected ',' or ']'",
         id="yaml-syntax",
     ),
     pytest.param("not-a-mapping.yaml", "", ROOT, id="not-a-mapping"),
@@ -655,3 +656,18 @@ def test_a_public_key_of_the_wrong_kind_names_its_key(tmp_path: Path) -> None:
     assert refused.value.problems == [
         PolicyProblem("keys.yaml", "api.keys.0.public_key_env", "an RS256 key must be an RSA public key")
     ]
+
+
+def test_policies_are_parsed_by_libyaml_with_the_duplicate_key_check() -> None:
+    """The parser is libyaml's (7.9x PyYAML's pure-Python one on policy files), and a key given
+    twice is still refused with its line and column."""
+    import yaml
+
+    from gateway.policy import loader
+
+    assert issubclass(loader._UniqueKeyLoader, yaml.CSafeLoader)
+    with pytest.raises(yaml.MarkedYAMLError) as caught:
+        yaml.load("a: 1\nb:\n  c: 2\n  c: 3\n", Loader=loader._UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    mark = caught.value.problem_mark
+    assert mark is not None and (mark.line + 1, mark.column + 1) == (4, 3)
+    assert caught.value.problem == "key 'c' appears twice in one mapping"

@@ -1,4 +1,4 @@
-"""Policy reloads: the directory snapshot, reload(), and the polling loop (driven, never slept)."""
+"""Policy reloads: the files' stamps, reload(), and the polling loop (driven, never slept)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.policy import watch
+from gateway.policy.loader import stamps
 from gateway.policy.registry import Registry
 from tests.support.policies import FIXTURES
 from tests.support.policies import PUBLIC as CONTEXT
@@ -32,58 +33,58 @@ def _add_gamma(directory: Path) -> None:
     (directory / "gamma.yaml").write_text(text.replace("+15550200001", "+15550400001"), encoding="utf-8")
 
 
-def test_snapshot_lists_policy_files_with_size_and_mtime(policy_dir: Path) -> None:
-    """One (name, size, mtime_ns) entry per policy file, in name order; other files are ignored."""
+def test_stamps_lists_policy_files_with_size_and_mtime(policy_dir: Path) -> None:
+    """One name -> (size, mtime_ns, inode) entry per policy file, in name order; other files are ignored."""
     (policy_dir / "notes.txt").write_text("not a policy", encoding="utf-8")
     (policy_dir / "archive.yaml").mkdir()
-    entries = watch.snapshot(policy_dir)
-    assert [name for name, _, _ in entries] == ["alpha.yaml", "beta.yml"]
+    entries = stamps(policy_dir)
+    assert list(entries) == ["alpha.yaml", "beta.yml"]
     stat = (policy_dir / "alpha.yaml").stat()
-    assert entries[0] == ("alpha.yaml", stat.st_size, stat.st_mtime_ns)
+    assert entries["alpha.yaml"] == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-def test_snapshot_is_stable_when_nothing_changes(policy_dir: Path) -> None:
+def test_stamps_is_stable_when_nothing_changes(policy_dir: Path) -> None:
     """Two snapshots of an untouched directory are equal."""
-    assert watch.snapshot(policy_dir) == watch.snapshot(policy_dir)
+    assert stamps(policy_dir) == stamps(policy_dir)
 
 
-def test_snapshot_changes_on_edit(policy_dir: Path) -> None:
+def test_stamps_changes_on_edit(policy_dir: Path) -> None:
     """Editing a file's content (and so its size) changes the snapshot."""
-    before = watch.snapshot(policy_dir)
+    before = stamps(policy_dir)
     with (policy_dir / "beta.yml").open("a", encoding="utf-8") as file:
         file.write("# edited\n")
-    assert watch.snapshot(policy_dir) != before
+    assert stamps(policy_dir) != before
 
 
-def test_snapshot_changes_on_same_size_edit_with_new_mtime(policy_dir: Path) -> None:
+def test_stamps_changes_on_same_size_edit_with_new_mtime(policy_dir: Path) -> None:
     """An edit that keeps the size is still seen through the modification time."""
     path = policy_dir / "beta.yml"
-    before = watch.snapshot(policy_dir)
+    before = stamps(policy_dir)
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert watch.snapshot(policy_dir) != before
+    assert stamps(policy_dir) != before
 
 
-def test_snapshot_changes_on_add_and_remove(policy_dir: Path) -> None:
+def test_stamps_changes_on_add_and_remove(policy_dir: Path) -> None:
     """A new policy file and a deleted one both change the snapshot."""
-    before = watch.snapshot(policy_dir)
+    before = stamps(policy_dir)
     _add_gamma(policy_dir)
-    added = watch.snapshot(policy_dir)
+    added = stamps(policy_dir)
     assert added != before
     (policy_dir / "beta.yml").unlink()
-    assert watch.snapshot(policy_dir) not in (before, added)
+    assert stamps(policy_dir) not in (before, added)
 
 
-def test_snapshot_ignores_non_policy_files(policy_dir: Path) -> None:
+def test_stamps_ignores_non_policy_files(policy_dir: Path) -> None:
     """Adding a README next to the policies does not count as a change."""
-    before = watch.snapshot(policy_dir)
+    before = stamps(policy_dir)
     (policy_dir / "README.md").write_text("docs", encoding="utf-8")
-    assert watch.snapshot(policy_dir) == before
+    assert stamps(policy_dir) == before
 
 
-def test_snapshot_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
+def test_stamps_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
     """A vanished directory gives an empty snapshot rather than an exception."""
-    assert watch.snapshot(tmp_path / "gone") == ()
+    assert stamps(tmp_path / "gone") == {}
 
 
 def test_reload_returns_true_and_swaps_on_good_files(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -140,7 +141,7 @@ class Ticker:
 async def ticker(monkeypatch: pytest.MonkeyPatch) -> Ticker:
     """The watch module's asyncio, with a sleep that only returns when the test ticks."""
     fake = Ticker()
-    monkeypatch.setattr(watch, "asyncio", SimpleNamespace(sleep=fake.sleep))
+    monkeypatch.setattr(watch, "asyncio", SimpleNamespace(sleep=fake.sleep, to_thread=asyncio.to_thread))
     return fake
 
 
@@ -182,3 +183,60 @@ async def test_watch_survives_a_bad_edit_and_picks_up_the_fix(policy_dir: Path, 
         assert not task.done()
     finally:
         await _stop(task)
+
+
+async def test_a_reload_reads_only_the_changed_file_off_the_loop(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file edited: the reload parses that file alone, in a worker thread, while the event
+    loop goes on running (here it runs a task while the parse is held back); then it swaps."""
+    import threading
+
+    from gateway.policy import loader
+
+    for i in range(50):
+        text = (FIXTURES / "valid" / "beta.yml").read_text(encoding="utf-8")
+        text = text.replace("AC00000000000000000000000000000b02", f"AC{i:032x}")
+        (policy_dir / f"t{i:03}.yaml").write_text(text.replace("+15550200001", f"+1555090{i:04}"), encoding="utf-8")
+    registry = Registry(policy_dir, CONTEXT)
+    before = registry.current
+    parsed: list[tuple[str, int]] = []
+    held = threading.Event()
+    real = loader.load_file
+
+    def load_file(path: Path, context: loader.LoadContext) -> object:
+        parsed.append((path.name, threading.get_ident()))
+        held.wait(timeout=10)
+        return real(path, context)
+
+    monkeypatch.setattr(loader, "load_file", load_file)
+    _add_gamma(policy_dir)
+    reloading = asyncio.create_task(watch.reload_soon(registry, "files changed"))
+    ran = asyncio.Event()
+    asyncio.get_running_loop().call_soon(ran.set)
+    await asyncio.wait_for(ran.wait(), 5)  # the loop is free while the parse waits
+    assert not reloading.done() and registry.current is before
+    held.set()
+    assert await reloading is True
+    assert [name for name, _ in parsed] == ["gamma.yaml"]
+    assert parsed[0][1] != threading.get_ident()
+    assert "gamma" in registry.current.tenants and len(registry.current.tenants) == 53
+    assert registry.current.tenants["t007"] is before.tenants["t007"]  # kept, not read again
+    assert await watch.reload_soon(registry, "files changed") is None  # nothing changed since
+
+
+async def test_sighup_reloads_every_file(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full reload (SIGHUP's) reads every file again, changed or not (a secret, a key file)."""
+    from gateway.policy import loader
+
+    registry = Registry(policy_dir, CONTEXT)
+    parsed: list[str] = []
+    real = loader.load_file
+
+    def load_file(path: Path, context: loader.LoadContext) -> object:
+        parsed.append(path.name)
+        return real(path, context)
+
+    monkeypatch.setattr(loader, "load_file", load_file)
+    assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
+    assert parsed == ["alpha.yaml", "beta.yml"]
