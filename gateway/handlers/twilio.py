@@ -363,11 +363,7 @@ async def _drop_call_hold(exchange: Exchange, tenant: Tenant, services: Services
     if exchange.kind != "voice" or not tenant.call_reserve or not exchange.sid or tenant.daily_budget is None:
         return
     held = Reservation(tenant.id, utc_day(services.wall()), _call_hold(exchange.sid), tenant.call_reserve)
-    clock = services.clock
-    sent = clock()
-    await services.ledger.release(held)
-    if services.ledger.shared:
-        exchange.timed("budget.release", clock() - sent, sent)
+    await _release_holds(exchange, services, [held])
 
 
 async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) -> None:
@@ -380,6 +376,10 @@ async def _release_call(exchange: Exchange, tenant: Tenant, services: Services) 
     day = utc_day(services.wall())
     holds = [Reservation(tenant.id, day, _call_hold(sid), tenant.call_reserve)] if tenant.call_reserve else []
     holds += stream_holds(tenant, day, sid)
+    await _release_holds(exchange, services, holds)
+
+
+async def _release_holds(exchange: Exchange, services: Services, holds: list[Reservation]) -> None:
     if not holds:
         return
     clock = services.clock

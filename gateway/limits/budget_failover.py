@@ -182,13 +182,12 @@ class FailoverLedger(Degradable):
             self._set_degraded(True, error)
             if mode == "closed":
                 raise
-            # Held here under the same id, and moved to the primary once it answers.
-            if id is not None and self._local.holds(tenant, day, id):
-                held = await self._local.reserve(tenant, day, amount, None, ttl, id=id)  # the live one
-            elif mode == "local" and not self._fits_locally(tenant, day, amount, cap):
+            # Held here under the same id, and moved to the primary once it answers. A live hold
+            # of that id here is the answer as held (a retry), with no second check.
+            live = id is not None and self._local.holds(tenant, day, id)
+            if not live and mode == "local" and not self._fits_locally(tenant, day, amount, cap):
                 return None
-            else:
-                held = await self._local.reserve(tenant, day, amount, None, ttl, id=id)
+            held = await self._local.reserve(tenant, day, amount, None, ttl, id=id)
             return None if held is None else replace(held, local=True)
         await self.answered()
         return reservation

@@ -372,15 +372,19 @@ def stamps(directory: Path) -> dict[str, Stamp]:
     return found
 
 
-def load_set(directory: Path, context: LoadContext, previous: Loaded | None = None) -> tuple[dict[str, Stamp], Loaded]:
+def load_set(
+    directory: Path, context: LoadContext, previous: Loaded | None = None, seen: Mapping[str, Stamp] | None = None
+) -> tuple[Mapping[str, Stamp], Loaded]:
     """Every policy file in `directory`, read again only where its stamp differs from `previous`
     (a reload parses what changed, not 30,000 files), with the checks across files (a tenant
     defined twice, a number in two files) over the whole new set. Returns the stamps seen and
-    the set; all problems of all files in one PolicyError. Pure but for reading the files: safe
-    to run in a worker thread, off the event loop."""
+    the set; all problems of all files in one PolicyError. seen: the stamps, if the caller has
+    just read them. Pure but for reading the files: safe to run in a worker thread, off the
+    event loop."""
     if not directory.is_dir():
         raise PolicyError([PolicyProblem(str(directory), "", "is not a directory")])
-    seen = stamps(directory)
+    if seen is None:
+        seen = stamps(directory)
     previous = previous or {}
     loaded: dict[str, tuple[Stamp, Tenant]] = {}
     tenants: dict[str, Tenant] = {}

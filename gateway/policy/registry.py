@@ -51,8 +51,7 @@ class Registry:
     def __init__(self, directory: Path, context: LoadContext) -> None:
         self.directory = directory
         self.context = context
-        seen, self._loaded = load_set(directory, context)
-        self._stamps: Mapping[str, Stamp] = seen
+        self._stamps, self._loaded = load_set(directory, context)
         self.current = PolicySet.of({tenant.id: tenant for _, tenant in self._loaded.values()})
         # One reload at a time (the watcher's and SIGHUP's): each starts from the last applied.
         self.lock = asyncio.Lock()
@@ -61,12 +60,13 @@ class Registry:
         """The next set, reading only the files whose stamp changed since the last reload (all
         of them when `full`: SIGHUP, for secrets and the files a policy names); None when no
         file changed since the last attempt (so a refused edit is reported once, not per poll)."""
-        if not full and stamps(self.directory) == self._stamps:
+        seen = stamps(self.directory)
+        if not full and seen == self._stamps:
             return None
         try:
-            seen, loaded = load_set(self.directory, self.context, None if full else self._loaded)
+            _, loaded = load_set(self.directory, self.context, None if full else self._loaded, seen)
         except PolicyError as exc:
-            return Prepared(stamps(self.directory), None, exc)
+            return Prepared(seen, None, exc)
         return Prepared(seen, loaded, None)
 
     def apply(self, prepared: Prepared) -> PolicyError | None:

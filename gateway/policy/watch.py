@@ -19,22 +19,6 @@ def _ignore(_ok: bool) -> None:
     return None
 
 
-def reload(registry: Registry, reason: str, on_result: OnResult = _ignore) -> bool:
-    ok = _reload(registry, reason)
-    on_result(ok)
-    return ok
-
-
-def _reload(registry: Registry, reason: str) -> bool:
-    try:
-        error = registry.reload()
-    except Exception:
-        # A loader bug must not kill the watcher or the SIGHUP handler: keep the old set.
-        log.exception("policy reload (%s) crashed; the previous policies stay in force", reason)
-        return False
-    return _report(registry, reason, error)
-
-
 async def reload_soon(
     registry: Registry, reason: str, on_result: OnResult = _ignore, *, full: bool = False
 ) -> bool | None:
@@ -45,6 +29,7 @@ async def reload_soon(
         try:
             prepared = await asyncio.to_thread(registry.prepare, full)
         except Exception:
+            # A loader bug must not kill the watcher or the SIGHUP handler: keep the old set.
             log.exception("policy reload (%s) crashed; the previous policies stay in force", reason)
             on_result(False)
             return False

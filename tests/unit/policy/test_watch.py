@@ -87,23 +87,23 @@ def test_stamps_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
     assert stamps(tmp_path / "gone") == {}
 
 
-def test_reload_returns_true_and_swaps_on_good_files(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """reload() answers True, installs the new set and logs the reason and tenant count."""
+async def test_reload_returns_true_and_swaps_on_good_files(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """reload_soon() answers True, installs the new set and logs the reason and tenant count."""
     registry = Registry(policy_dir, CONTEXT)
     _add_gamma(policy_dir)
     with caplog.at_level(logging.INFO, logger="switchyard.policy"):
-        assert watch.reload(registry, "SIGHUP") is True
+        assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
     assert "gamma" in registry.current.tenants
     assert "policies reloaded (SIGHUP): 3 tenants" in caplog.text
 
 
-def test_reload_returns_false_and_keeps_the_old_set(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """reload() answers False on a bad file, keeps the old set and logs the file and key."""
+async def test_reload_returns_false_and_keeps_the_old_set(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """reload_soon() answers False on a bad file, keeps the old set and logs the file and key."""
     registry = Registry(policy_dir, CONTEXT)
     before = registry.current
     shutil.copy(FIXTURES / "bad-per.yaml", policy_dir / "gamma.yaml")
     with caplog.at_level(logging.ERROR, logger="switchyard.policy"):
-        assert watch.reload(registry, "files changed") is False
+        assert await watch.reload_soon(registry, "files changed") is False
     assert registry.current is before
     assert "refused; the previous policies stay in force" in caplog.text
     assert "gamma.yaml: limits.webhooks.per:" in caplog.text
