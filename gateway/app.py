@@ -68,7 +68,7 @@ def create_app(
     wall clock whose UTC day spend is booked to. Tests inject all three."""
     env = os.environ if env is None else env
     public_url = PublicUrl(settings.public_urls, parse_proxies(settings.trusted_proxies))
-    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first))
+    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first), parallel=True)
     tracing = TracingConfig.from_env(env, settings.instance_id)  # None: tracing off, at no cost
     metrics = Metrics()
     app = web.Application()
@@ -236,8 +236,9 @@ def _policy_watch(registry: Registry, interval: float, metrics: Metrics) -> Clea
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks: set[asyncio.Task[object]] = set()
+        stop = asyncio.Event()  # ends the file watcher's thread at once, not at its next timeout
         if interval > 0:
-            tasks.add(asyncio.create_task(watch.watch(registry, interval, counted)))
+            tasks.add(asyncio.create_task(watch.watch(registry, interval, counted, stop=stop)))
 
         def hangup() -> None:
             # Everything again (secrets, the files policies name), in a worker thread.
@@ -252,6 +253,7 @@ def _policy_watch(registry: Registry, interval: float, metrics: Metrics) -> Clea
         try:
             yield
         finally:
+            stop.set()
             for task in list(tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

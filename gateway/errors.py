@@ -32,6 +32,10 @@ class PolicyError(SwitchyardError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def __reduce__(self) -> tuple[type[PolicyError], tuple[list[PolicyProblem]]]:
+        # Built from its problems again when pickled back from a loading worker (policy/parallel.py).
+        return (PolicyError, (self.problems,))
+
 
 class SignatureError(SwitchyardError):
     """A request did not carry a valid Twilio signature or API token (403/401)."""

@@ -671,3 +671,38 @@ def test_policies_are_parsed_by_libyaml_with_the_duplicate_key_check() -> None:
     mark = caught.value.problem_mark
     assert mark is not None and (mark.line + 1, mark.column + 1) == (4, 3)
     assert caught.value.problem == "key 'c' appears twice in one mapping"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\nb: [x, 'y', 2.5, true, null, ~, 0x1f, 1e3, '1e3', 2026-12-07]\nc: {d: {e: [f]}}\n",
+        "base: &b {rate: 5, per: second}\nvoice: *b\nsms: [*b, *b]\n",
+        "base: &b {rate: 5}\nvoice:\n  <<: *b\n  per: minute\n",  # a merge key: PyYAML's constructor
+        "s: !!set {a, b}\nbin: !!binary aGk=\n1: one\n2.5: x\nnull: n\n",
+        "loop: &l [1, *l]\n",  # an anchor inside itself: PyYAML's constructor builds the cycle
+        "",
+    ],
+    ids=["plain", "anchors", "merge-key", "set-binary-odd-keys", "recursive", "empty"],
+)
+def test_the_fast_constructor_builds_what_pyyaml_builds(text: str) -> None:
+    """The one-walk constructor gives the same values as PyYAML's SafeLoader on every kind of node,
+    handing the unusual ones (merge keys, sets, a self-referencing anchor) to PyYAML's own."""
+    import yaml
+
+    from gateway.policy import loader
+
+    ours = yaml.load(text, Loader=loader._UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    theirs = yaml.load(text, Loader=yaml.SafeLoader)
+    assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.parametrize("text", ["a: 1\na: 2\n", "x: {k: 1, k: 2}\n", "1: a\n1: b\n", "<<: {a: 1}\nb: 1\nb: 2\n"])
+def test_a_key_given_twice_is_refused_by_either_constructor(text: str) -> None:
+    """The duplicate-key check holds on the fast walk and on PyYAML's path (a merge key present)."""
+    import yaml
+
+    from gateway.policy import loader
+
+    with pytest.raises(yaml.MarkedYAMLError, match="appears twice in one mapping"):
+        yaml.load(text, Loader=loader._UniqueKeyLoader)  # noqa: S506 - a SafeLoader

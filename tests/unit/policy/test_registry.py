@@ -1,4 +1,5 @@
-"""The live policy set: lookups by tenant, number and account SID, and all-or-nothing reloads."""
+"""The live policy set: lookups by tenant, number and account SID; a start-up refused on any bad
+file, and reloads where a bad file keeps its tenant's last good policy and the rest goes live."""
 
 from __future__ import annotations
 
@@ -76,14 +77,75 @@ def test_missing_secret_fails_at_start(policy_dir: Path) -> None:
     )
 
 
-def test_reload_with_a_bad_file_keeps_the_old_set(policy_dir: Path) -> None:
-    """A bad file makes reload return the error and leave the current set untouched."""
+def test_reload_with_a_bad_new_file_leaves_it_out(policy_dir: Path) -> None:
+    """A bad new file makes reload return its error; it is not loaded and the others serve on."""
     registry = Registry(policy_dir, CONTEXT)
-    before = registry.current
     shutil.copy(FIXTURES / "unknown-nested-key.yaml", policy_dir / "gamma.yaml")
     error = registry.reload()
     assert error is not None
     assert str(error) == "gamma.yaml: limits.webhooks.burts: unknown key"
+    assert sorted(registry.current.tenants) == ["alpha", "beta"]
+
+
+def test_a_bad_edit_keeps_its_tenant_while_the_good_edits_go_live(policy_dir: Path) -> None:
+    """One reload, two edits: the broken file keeps its last good policy, the other is live."""
+    registry = Registry(policy_dir, CONTEXT)
+    alpha = registry.current.tenants["alpha"]
+    (policy_dir / "alpha.yaml").write_text("twilio: [", encoding="utf-8")
+    _gamma(policy_dir, "AC00000000000000000000000000000e05")
+    beta = policy_dir / "beta.yml"
+    beta.write_text(beta.read_text(encoding="utf-8").replace("+15550200001", "+15550200002"), encoding="utf-8")
+    prepared = registry.prepare()
+    assert prepared is not None
+    error = registry.apply(prepared)
+    assert error is not None and [p.file for p in error.problems] == ["alpha.yaml"]
+    current = registry.current
+    assert current.tenants["alpha"] is alpha
+    assert sorted(current.tenants) == ["alpha", "beta", "gamma"]
+    assert current.by_number["+15550200002"].id == "beta" and "+15550200001" not in current.by_number
+    assert current.by_number["+15550100001"] is alpha
+
+
+def test_a_number_moved_between_two_files_in_one_reload_is_accepted(policy_dir: Path) -> None:
+    """Alpha gives +15550100002 up and beta takes it in the same reload: both edits go live."""
+    registry = Registry(policy_dir, CONTEXT)
+    alpha, beta = policy_dir / "alpha.yaml", policy_dir / "beta.yml"
+    alpha.write_text(alpha.read_text(encoding="utf-8").replace(', "+15550100002"', ""), encoding="utf-8")
+    text = beta.read_text(encoding="utf-8").replace('"+15550200001"', '"+15550200001", "+15550100002"')
+    beta.write_text(text, encoding="utf-8")
+    prepared = registry.prepare()
+    assert prepared is not None and registry.apply(prepared) is None
+    assert registry.current.by_number["+15550100002"].id == "beta"
+
+
+def test_a_broken_file_keeps_its_numbers_from_a_newcomer(policy_dir: Path) -> None:
+    """Alpha's file breaks while a new file claims alpha's number: alpha's last good policy keeps
+    the number and the newcomer is refused, naming the owner."""
+    registry = Registry(policy_dir, CONTEXT)
+    alpha = registry.current.tenants["alpha"]
+    (policy_dir / "alpha.yaml").write_text("twilio: [", encoding="utf-8")
+    _gamma(policy_dir, "AC00000000000000000000000000000e05")
+    gamma = policy_dir / "gamma.yaml"
+    gamma.write_text(gamma.read_text(encoding="utf-8").replace("+15550400001", "+15550100001"), encoding="utf-8")
+    prepared = registry.prepare()
+    assert prepared is not None
+    error = registry.apply(prepared)
+    assert error is not None
+    assert [(p.file, p.message) for p in error.problems][-1] == (
+        "gamma.yaml",
+        "+15550100001 is already owned by alpha.yaml",
+    )
+    assert registry.current.by_number["+15550100001"] is alpha
+    assert "gamma" not in registry.current.tenants
+
+
+def test_an_edit_refused_whole_keeps_the_very_same_set(policy_dir: Path) -> None:
+    """When every change is refused, requests keep the same PolicySet object (nothing swapped)."""
+    registry = Registry(policy_dir, CONTEXT)
+    before = registry.current
+    (policy_dir / "alpha.yaml").write_text("twilio: [", encoding="utf-8")
+    prepared = registry.prepare()
+    assert prepared is not None and registry.apply(prepared) is not None
     assert registry.current is before
 
 
@@ -139,3 +201,4 @@ def test_reload_refuses_a_number_moved_to_two_owners(policy_dir: Path) -> None:
     assert error is not None
     assert str(error) == "gamma.yaml: numbers: +15550100001 is already owned by alpha.yaml"
     assert registry.current.by_number["+15550100001"].id == "alpha"
+    assert "gamma" not in registry.current.tenants

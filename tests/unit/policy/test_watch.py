@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,16 +98,31 @@ async def test_reload_returns_true_and_swaps_on_good_files(policy_dir: Path, cap
     assert "policies reloaded (SIGHUP): 3 tenants" in caplog.text
 
 
-async def test_reload_returns_false_and_keeps_the_old_set(policy_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """reload_soon() answers False on a bad file, keeps the old set and logs the file and key."""
+async def test_reload_returns_false_and_keeps_the_bad_file_out(
+    policy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """reload_soon() answers False on a bad new file, leaves it out and logs the file and key."""
     registry = Registry(policy_dir, CONTEXT)
     before = registry.current
     shutil.copy(FIXTURES / "bad-per.yaml", policy_dir / "gamma.yaml")
     with caplog.at_level(logging.ERROR, logger="switchyard.policy"):
         assert await watch.reload_soon(registry, "files changed") is False
+    assert registry.current.tenants == before.tenants
+    assert "1 file(s) refused, each keeps its last good policy" in caplog.text
+    assert "gamma.yaml: limits.webhooks.per:" in caplog.text
+
+
+async def test_a_reload_of_a_missing_directory_keeps_every_tenant(
+    policy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The directory gone (or emptied) mid-run is refused whole: the set in force stays."""
+    registry = Registry(policy_dir, CONTEXT)
+    before = registry.current
+    shutil.rmtree(policy_dir)
+    with caplog.at_level(logging.ERROR, logger="switchyard.policy"):
+        assert await watch.reload_soon(registry, "files changed") is False
     assert registry.current is before
     assert "refused; the previous policies stay in force" in caplog.text
-    assert "gamma.yaml: limits.webhooks.per:" in caplog.text
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -141,14 +157,16 @@ class Ticker:
 async def ticker(monkeypatch: pytest.MonkeyPatch) -> Ticker:
     """The watch module's asyncio, with a sleep that only returns when the test ticks."""
     fake = Ticker()
-    monkeypatch.setattr(watch, "asyncio", SimpleNamespace(sleep=fake.sleep, to_thread=asyncio.to_thread))
+    monkeypatch.setattr(
+        watch, "asyncio", SimpleNamespace(sleep=fake.sleep, to_thread=asyncio.to_thread, Event=asyncio.Event)
+    )
     return fake
 
 
 async def test_watch_reloads_only_when_files_change(policy_dir: Path, ticker: Ticker) -> None:
     """The loop keeps the set while nothing changes and swaps it on the poll after a change."""
     registry = Registry(policy_dir, CONTEXT)
-    task = asyncio.create_task(watch.watch(registry, 2.5))
+    task = asyncio.create_task(watch.watch(registry, 2.5, mode="poll"))
     try:
         await ticker.parked()
         first = registry.current
@@ -168,7 +186,7 @@ async def test_watch_reloads_only_when_files_change(policy_dir: Path, ticker: Ti
 async def test_watch_survives_a_bad_edit_and_picks_up_the_fix(policy_dir: Path, ticker: Ticker) -> None:
     """A refused reload keeps the old set and the loop; fixing the file is picked up next poll."""
     registry = Registry(policy_dir, CONTEXT)
-    task = asyncio.create_task(watch.watch(registry, 1.0))
+    task = asyncio.create_task(watch.watch(registry, 1.0, mode="poll"))
     try:
         await ticker.parked()
         before = registry.current
@@ -202,14 +220,14 @@ async def test_a_reload_reads_only_the_changed_file_off_the_loop(
     before = registry.current
     parsed: list[tuple[str, int]] = []
     held = threading.Event()
-    real = loader.load_file
+    real = loader.load_bytes
 
-    def load_file(path: Path, context: loader.LoadContext) -> object:
+    def load_bytes(path: Path, content: bytes, context: loader.LoadContext) -> object:
         parsed.append((path.name, threading.get_ident()))
         held.wait(timeout=10)
-        return real(path, context)
+        return real(path, content, context)
 
-    monkeypatch.setattr(loader, "load_file", load_file)
+    monkeypatch.setattr(loader, "load_bytes", load_bytes)
     _add_gamma(policy_dir)
     reloading = asyncio.create_task(watch.reload_soon(registry, "files changed"))
     ran = asyncio.Event()
@@ -231,12 +249,120 @@ async def test_sighup_reloads_every_file(policy_dir: Path, monkeypatch: pytest.M
 
     registry = Registry(policy_dir, CONTEXT)
     parsed: list[str] = []
-    real = loader.load_file
+    real = loader.load_bytes
 
-    def load_file(path: Path, context: loader.LoadContext) -> object:
+    def load_bytes(path: Path, content: bytes, context: loader.LoadContext) -> object:
         parsed.append(path.name)
-        return real(path, context)
+        return real(path, content, context)
 
-    monkeypatch.setattr(loader, "load_file", load_file)
+    monkeypatch.setattr(loader, "load_bytes", load_bytes)
     assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
     assert parsed == ["alpha.yaml", "beta.yml"]
+
+
+class Results:
+    """The watcher's on_result: each reload's outcome, and an event set by each."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[bool] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, ok: bool) -> None:
+        self.outcomes.append(ok)
+        self.arrived.set()
+
+    async def watching(self, poke: Callable[[int], None]) -> None:
+        """Change the files' stamps (not their meaning) until a reload follows, i.e. the watcher's
+        thread is watching, and forget that reload: no fixed sleep for the watcher to start."""
+        for step in range(100):
+            poke(step)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), 0.2)
+                break
+        assert self.outcomes == [True]
+        self.outcomes.clear()
+        self.arrived.clear()
+
+
+async def test_a_file_event_reloads_without_waiting_for_a_poll(policy_dir: Path) -> None:
+    """With file events, an added file is live as soon as the directory is quiet, though the
+    poll interval (an hour here) never comes round."""
+    registry = Registry(policy_dir, CONTEXT)
+    results = Results()
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch.watch(registry, 3600, results, stop=stop))
+    try:
+        await results.watching(lambda step: _touch(policy_dir / "alpha.yaml", step))
+        _add_gamma(policy_dir)
+        await asyncio.wait_for(results.arrived.wait(), 10)
+        assert "gamma" in registry.current.tenants
+        assert results.outcomes == [True]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)  # the stop event ends the watcher's thread promptly
+
+
+def _touch(path: Path, step: int) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000 * (step + 1)))
+
+
+def _configmap(root: Path, version: str, files: dict[str, str]) -> None:
+    """Lay out `root` as the kubelet does a ConfigMap volume: each file a symlink through
+    `..data`, itself a symlink to a timestamped directory, swapped atomically on update."""
+    data = root / version
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text, encoding="utf-8")
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(Path("..data") / name)
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(version)
+    os.replace(tmp, root / "..data")
+
+
+async def test_a_configmap_update_is_one_reload(tmp_path: Path) -> None:
+    """A ConfigMap update (new directory, `..data` swapped, old directory removed) lands as one
+    reload of the files whose content changed; the others keep their tenant object."""
+    root = tmp_path / "policies"
+    root.mkdir()
+    files = {name: (FIXTURES / "valid" / name).read_text(encoding="utf-8") for name in ("alpha.yaml", "beta.yml")}
+    _configmap(root, "..2026_12_07_01", files)
+    registry = Registry(root, CONTEXT)
+    beta = registry.current.tenants["beta"]
+    results = Results()
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch.watch(registry, 3600, results, stop=stop))
+    try:
+        await results.watching(lambda step: _configmap(root, f"..2026_12_07_00_{step}", files))
+        files["alpha.yaml"] = files["alpha.yaml"].replace("+15550100002", "+15550100009")
+        _configmap(root, "..2026_12_07_02", files)
+        shutil.rmtree(root / "..2026_12_07_01")
+        await asyncio.wait_for(results.arrived.wait(), 10)
+        assert "+15550100009" in registry.current.by_number
+        assert results.outcomes == [True]
+        assert registry.current.tenants["beta"] is beta  # its content did not change: not re-read
+        assert registry.prepare() is None  # nothing left to reload: no second reload can follow
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_without_file_events_the_watcher_polls(
+    policy_dir: Path, ticker: Ticker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where watchfiles cannot be had, the watcher says so and polls at the interval."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # import fails
+    registry = Registry(policy_dir, CONTEXT)
+    with caplog.at_level(logging.WARNING, logger="switchyard.policy"):
+        task = asyncio.create_task(watch.watch(registry, 2.0))
+        try:
+            await ticker.parked()
+            _add_gamma(policy_dir)
+            await ticker.tick()
+            assert "gamma" in registry.current.tenants
+        finally:
+            await _stop(task)
+    assert "polling every 2s" in caplog.text

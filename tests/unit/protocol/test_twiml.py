@@ -175,3 +175,25 @@ def test_checking_leaves_no_garbage_for_the_collector() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Hello.", "Café & <co> \"quoted\" 'single'", "東京 ☎ \u00a0tab\there", "]]> &amp; &#x41;"],
+)
+def test_rendered_twiml_is_byte_for_byte_what_twilio_renders(text: str) -> None:
+    """Our faster serialisation gives exactly the bytes of twilio's own to_xml(), escapes and all."""
+    from twilio.twiml.messaging_response import MessagingResponse
+    from twilio.twiml.voice_response import VoiceResponse
+
+    voice = VoiceResponse()
+    voice.say(text, voice="Polly.Joanna", language="en-US")
+    voice.hangup()
+    assert twiml.say(text, voice="Polly.Joanna", language="en-US") == voice.to_xml().encode()
+    sms = MessagingResponse()
+    sms.message(text)
+    assert twiml.message(text) == sms.to_xml().encode()
+    stream = VoiceResponse()
+    connect = stream.connect()
+    connect.stream(url="wss://gw.example.com/s?a=1&b=2", name=text).parameter(name="k", value=text)
+    assert twiml.stream("wss://gw.example.com/s?a=1&b=2", {"k": text}, name=text) == stream.to_xml().encode()
