@@ -37,5 +37,5 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition: this process's metrics, or with --workers the whole server's (any
     worker answers for all: they share one directory of metric files, telemetry/metrics.py)."""
-    body = request.app[SERVICES].metrics.render()
+    body = await request.app[SERVICES].metrics.scrape()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -89,6 +89,17 @@ class Stores:
             # next request (until then another instance decides without it: the bound's slack).
             self.ledger.replay_soon()
 
+    def sweep(self) -> int:
+        """Forget the in-process state that went idle: buckets full again, lapsed leases.
+        Called on a timer (app.py), so memory follows the tenants active lately even while no
+        request comes; returns how many entries went."""
+        dropped = self.failover.local.sweep()
+        if isinstance(self.limiter, MemoryBuckets):
+            dropped += self.limiter.sweep()
+        if isinstance(self.leases, MemoryLeases):
+            dropped += self.leases.sweep()
+        return dropped
+
     async def close(self) -> None:
         if self.instances is not None:
             await self.instances.close()

@@ -146,6 +146,11 @@ class FailoverLimiter(Degradable):
             return replace(decision, budget="charged" if admit(error) else "over")
         return Decision(False, 0, CLOSED_RETRY_AFTER, CLOSED_RETRY_AFTER, tightest)
 
+    @property
+    def local(self) -> MemoryBuckets:
+        """The buckets charged while the primary fails (this instance's share)."""
+        return self._local
+
     async def close(self) -> None:
         await self._primary.close()
         await self._local.close()

@@ -136,6 +136,20 @@ class MemoryLeases:
             del self._held[(tenant, kind)]
         return len(held)
 
+    def sweep(self) -> int:
+        """Forget the leases that lapsed and the tenants that hold none; returns how many went."""
+        now = self._clock()
+        dropped = 0
+        for key in list(self._held):
+            held = self._held[key]
+            lapsed = [lease_id for lease_id, expiry in held.items() if expiry <= now]
+            for lease_id in lapsed:
+                del held[lease_id]
+            dropped += len(lapsed)
+            if not held:
+                del self._held[key]
+        return dropped
+
     async def close(self) -> None:
         self._held.clear()
         self._claimed.clear()

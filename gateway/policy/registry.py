@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,12 @@ class Registry:
         self.current = PolicySet.of({tenant.id: tenant for _, _, tenant in self._loaded.values()})
         # One reload at a time (the watcher's and SIGHUP's): each starts from the last applied.
         self.lock = asyncio.Lock()
+        self._listeners: list[Callable[[PolicySet, PolicySet], None]] = []
+
+    def on_swap(self, listener: Callable[[PolicySet, PolicySet], None]) -> None:
+        """Call `listener(old, new)` on the loop after each swap that changed the set (the
+        metrics drop a removed tenant's series)."""
+        self._listeners.append(listener)
 
     def prepare(self, full: bool = False) -> Prepared | None:
         """The next set, reading only the files whose stamp changed since the last reload (all
@@ -83,8 +89,10 @@ class Registry:
         """Swap in a prepared set (on the loop: two assignments); return what it refused."""
         self._stamps = prepared.stamps
         if prepared.loaded is not None and prepared.current is not None:
-            self._loaded = prepared.loaded
-            self.current = prepared.current
+            old, self._loaded, self.current = self.current, prepared.loaded, prepared.current
+            if old is not self.current:
+                for listener in self._listeners:
+                    listener(old, self.current)
         return prepared.error
 
     def reload(self) -> PolicyError | None:

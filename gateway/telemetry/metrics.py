@@ -12,6 +12,7 @@ all of them (`MultiProcessCollector`). One process keeps plain in-memory values:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -59,6 +60,10 @@ def _multiprocess_dir() -> str | None:
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _instances: Callable[[], int] | None = field(default=None, init=False, repr=False)
+    # The budgeted tenants whose requests spent (observe): the budget gauges read only these,
+    # so their cycle grows with the tenants that spend, not with the policies.
+    spenders: set[str] = field(default_factory=set, init=False, repr=False)
+    _rendering: asyncio.Future[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._multiprocess_dir = _multiprocess_dir()
@@ -168,6 +173,15 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self._per_tenant = (
+            self._requests,
+            self._limit_decisions,
+            self._spend,
+            self._budget,
+            self.streams_open,
+            self.stream_ends,
+            self.status_forwards,
+        )
 
     def degraded(self, part: str, is_degraded: bool) -> None:
         """The shared store's state as `part` ("limits" or "budget") sees it changed."""
@@ -179,8 +193,34 @@ class Metrics:
         seen in multiprocess mode (only the mmap files are), so the value is set, then rendered."""
         self._instances = source
 
-    def budget_remaining(self, tenant_id: str, usd: float) -> None:
-        self._budget.labels(tenant_id).set(usd)
+    def budget_remaining(self, tenant_id: str, usd: float | None) -> None:
+        """Set the gauge; None (no figure for today yet) drops a figure from another day."""
+        if usd is not None:
+            self._budget.labels(tenant_id).set(usd)
+        elif self._multiprocess_dir is None:
+            with self._budget._lock:
+                self._budget._metrics.pop((tenant_id,), None)
+
+    def forget(self, tenant_ids: Iterable[str]) -> int:
+        """Drop every series of these tenants (removed from the policies), so the series are
+        bounded by the tenants that have policies, not by every tenant ever served; returns how
+        many went. One pass over each metric's children (prometheus_client's remove_by_labels
+        is one pass per tenant: a directory of 30,000 files replaced would be 30,000 passes).
+        In --workers mode the values live in mmap files that prometheus_client cannot remove
+        from, so they stay until the server restarts."""
+        gone = set(tenant_ids)
+        self.spenders -= gone
+        if not gone or self._multiprocess_dir is not None:
+            return 0
+        dropped = 0
+        for metric in self._per_tenant:
+            position = metric._labelnames.index("tenant")
+            with metric._lock:
+                keys = [key for key in metric._metrics if key[position] in gone]
+                for key in keys:
+                    del metric._metrics[key]
+            dropped += len(keys)
+        return dropped
 
     def spans_dropped(self, n: int, reason: str) -> None:
         self._spans_dropped.labels(reason).inc(n)
@@ -218,6 +258,8 @@ class Metrics:
                 limits[limit_key] = limits.get(limit_key, 0) + 1
             cost = exchange.cost
             if cost:
+                if tenant is not None and tenant.daily_budget is not None:
+                    self.spenders.add(tenant_id)
                 for part, micro in cost.items():
                     spend_key = (tenant_id, part)
                     spend[spend_key] = spend.get(spend_key, 0) + micro
@@ -236,10 +278,27 @@ class Metrics:
         for (tenant_id, part), micro in spend.items():
             self._spend.labels(tenant_id, part).inc(to_usd(micro))
 
+    async def scrape(self) -> bytes:
+        """render(), in a worker thread: at thousands of tenants the text is megabytes and took
+        0.25-0.5 s, which on the loop would stall every webhook. Scrapes that come while one is
+        being rendered share its text (a dashboard's and Prometheus's at once render once)."""
+        if self._rendering is None:
+            if self._instances is not None:
+                self.live_instances.set(self._instances())  # read on the loop: its state lives here
+            rendering = self._rendering = asyncio.ensure_future(asyncio.to_thread(self._render))
+            rendering.add_done_callback(self._rendered)
+        return await asyncio.shield(self._rendering)
+
+    def _rendered(self, _future: asyncio.Future[bytes]) -> None:
+        self._rendering = None
+
     def render(self) -> bytes:
         """The exposition text: this process's metrics, or with --workers every worker's summed."""
         if self._instances is not None:
             self.live_instances.set(self._instances())
+        return self._render()
+
+    def _render(self) -> bytes:
         if self._multiprocess_dir is None:
             return generate_latest(self.registry)
         # A fresh registry per scrape, as prometheus_client's multiprocess docs ask: the collector

@@ -4,6 +4,7 @@ booked per tenant and day, budgets refuse past the cap, and the cost report read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import app as app_module
 from gateway.app import create_app
 from gateway.keys import SERVICES
 from gateway.limits.budget import Spend, utc_day
+from gateway.policy import watch
 from gateway.settings import Settings
 from gateway.telemetry import accesslog
 from tests.integration.conftest import GatewayServer
@@ -370,3 +373,56 @@ async def test_the_cost_report_is_charged_to_the_api_bucket(make_app: MakeApp) -
     auth = {"Authorization": "Bearer " + jwt.encode(claims, NORTHWIND_JWT, algorithm="HS256")}
     statuses = [(await client.get("/api/v1/cost", headers=auth)).status for _ in range(11)]
     assert statuses == [200] * 10 + [429]
+
+
+async def _one_gauge_cycle(client: Client) -> None:
+    """Run the budget gauges' loop (app._budget_gauges) until its first cycle is done, then stop it."""
+    task = asyncio.create_task(app_module._budget_gauges(client.app[SERVICES]))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize(
+    "store", [pytest.param("memory", id="memory"), pytest.param("redis", id="redis", marks=pytest.mark.redis)]
+)
+async def test_the_budget_gauge_shows_what_is_left_of_a_spending_tenant(
+    make_app: MakeApp, shop: Path, store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two $0.01 webhooks leave $0.03 of shop's $0.05; a shared ledger's gauge comes from its own
+    replies (spend is never read), and a tenant that spent nothing gets no gauge at all."""
+    url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
+    client = await make_app(shop, limiter_url=url)
+    call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "CallSid": "CA" + "e" * 32}
+    for _ in range(2):
+        assert "<Say>" in (await post(client, "/twilio/voice", call, SHOP_TOKEN))[1]
+    await _spend(client, "shop")
+    services = client.app[SERVICES]
+    if store == "redis":
+
+        async def no_reads(tenant: str, day: str) -> Spend:
+            raise AssertionError("the gauge read the shared ledger")
+
+        monkeypatch.setattr(services.ledger, "spend", no_reads)
+    await _one_gauge_cycle(client)
+    text = await (await client.get("/metrics")).text()
+    assert _sample(text, "switchyard_budget_remaining_usd", tenant="shop") == pytest.approx(0.03)
+    assert 'switchyard_budget_remaining_usd{tenant="' + 'shop"}' in text and text.count("budget_remaining_usd{") == 1
+
+
+async def test_a_removed_tenant_leaves_metrics(make_app: MakeApp, shop: Path) -> None:
+    """Once a tenant's file is removed and the policies reload, /metrics has no series of it left."""
+    (shop / "acme-health.yaml").write_text((POLICIES / "acme-health.yaml").read_text())
+    client = await make_app(shop)
+    await post(client, "/twilio/voice", voice_params(), ACME_TOKEN)
+    call = {"AccountSid": SHOP_SID, "From": CALLER, "To": SHOP_NUMBER, "CallSid": "CA" + "f" * 32}
+    await post(client, "/twilio/voice", call, SHOP_TOKEN)
+    accesslog.flush()
+    text = await (await client.get("/metrics")).text()
+    assert 'tenant="acme-health"' in text and 'tenant="shop"' in text
+    (shop / "acme-health.yaml").unlink()
+    assert await watch.reload_soon(client.app[SERVICES].registry, "files changed") is True
+    text = await (await client.get("/metrics")).text()
+    assert 'tenant="acme-health"' not in text and 'tenant="shop"' in text

@@ -6,6 +6,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.limits.base import Rule
 from gateway.limits.budget import MemoryLedger
 from gateway.limits.budget_failover import FailoverLedger
 from gateway.limits.budget_redis import RedisLedger
@@ -13,6 +14,7 @@ from gateway.limits.factory import is_shared, stores_from_url
 from gateway.limits.leases import MemoryLeases, RedisLeases
 from gateway.limits.memory import MemoryBuckets
 from gateway.limits.redis import RedisBuckets
+from tests.support.clock import FakeClock
 
 
 async def test_memory_url_builds_in_process_stores() -> None:
@@ -96,4 +98,20 @@ async def test_ledger_follows_the_url(url: str, primary_type: type) -> None:
     assert isinstance(stores.ledger, FailoverLedger)
     assert isinstance(stores.ledger.primary, primary_type)
     assert isinstance(stores.ledger.local, MemoryLedger)
+    await stores.close()
+
+
+async def test_sweep_forgets_idle_in_process_state() -> None:
+    """Buckets full again (the limiter's and the failover's share) and lapsed leases are dropped by one sweep."""
+    clock = FakeClock()
+    stores = stores_from_url("memory://", clock=clock)
+    rule = Rule("webhooks", rate=1, per=1, burst=2)
+    assert (await stores.failover.acquire("acme", [rule])).allowed
+    stores.failover.local.acquire_now("bistro", [rule])
+    assert await stores.leases.acquire("acme", "streams", 1, ttl=5.0) is not None
+    assert stores.sweep() == 0  # nothing idle yet
+    clock.advance(10.0)
+    assert stores.sweep() == 3
+    assert len(stores.limiter) == 0 and len(stores.failover.local) == 0  # type: ignore[arg-type]
+    assert await stores.leases.count("acme", "streams") == 0
     await stores.close()

@@ -202,3 +202,17 @@ def test_reload_refuses_a_number_moved_to_two_owners(policy_dir: Path) -> None:
     assert str(error) == "gamma.yaml: numbers: +15550100001 is already owned by alpha.yaml"
     assert registry.current.by_number["+15550100001"].id == "alpha"
     assert "gamma" not in registry.current.tenants
+
+
+def test_a_swap_tells_its_listeners_the_old_and_new_set(policy_dir: Path) -> None:
+    """Each reload that changes the set calls the listeners with both sets; one refused whole calls none."""
+    registry = Registry(policy_dir, CONTEXT)
+    swaps: list[tuple[list[str], list[str]]] = []
+    registry.on_swap(lambda old, new: swaps.append((sorted(old.tenants), sorted(new.tenants))))
+    (policy_dir / "beta.yml").unlink()
+    assert registry.reload() is None
+    assert swaps == [(["alpha", "beta"], ["alpha"])]
+    (policy_dir / "alpha.yaml").write_text("twilio: [", encoding="utf-8")
+    prepared = registry.prepare()
+    assert prepared is not None and registry.apply(prepared) is not None  # refused: the same set
+    assert len(swaps) == 1

@@ -3,10 +3,13 @@ and with several processes one sum of all of them."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,6 +226,83 @@ def test_budget_remaining_keeps_the_last_figure(clock: FakeClock) -> None:
     metrics.budget_remaining("acme", 12.25)
     metrics.budget_remaining("bistro", 0.0)
     assert series(metrics, "switchyard_budget_remaining_usd", "tenant") == {("acme",): 12.25, ("bistro",): 0.0}
+
+
+def test_budget_remaining_none_drops_the_old_figure() -> None:
+    """No figure for today (a new day, no reply yet) removes the tenant's gauge instead of keeping yesterday's."""
+    metrics = Metrics()
+    metrics.budget_remaining("acme", 3.0)
+    metrics.budget_remaining("bistro", 1.0)
+    metrics.budget_remaining("acme", None)
+    metrics.budget_remaining("carol", None)  # never set: nothing to drop, no error
+    assert series(metrics, "switchyard_budget_remaining_usd", "tenant") == {("bistro",): 1.0}
+
+
+def test_spenders_are_the_budgeted_tenants_whose_requests_cost(clock: FakeClock) -> None:
+    """Only a budgeted tenant with a request that cost is a spender: the gauges never read the others."""
+    metrics = Metrics()
+    budgeted = dataclasses.replace(ACME, daily_budget=5_000_000)
+    free = _exchange(clock, tenant=budgeted, decision="answered")  # no cost
+    paid = _exchange(clock, tenant=budgeted, decision="answered", cost={"webhook": 100})
+    unbudgeted = _exchange(clock, tenant=BISTRO, decision="answered", cost={"webhook": 100})
+    metrics.observe([(200, 0.001, free), (200, 0.001, unbudgeted)])
+    assert metrics.spenders == set()
+    metrics.observe([(200, 0.001, paid)])
+    assert metrics.spenders == {"acme"}
+
+
+def test_forget_drops_every_series_of_the_removed_tenants(clock: FakeClock) -> None:
+    """A removed tenant's requests, limits, spend, budget and stream series all go; the others' stay."""
+    metrics = Metrics()
+    for tenant in (ACME, BISTRO):
+        exchange = _exchange(clock, tenant=tenant, decision="answered", limit=_limit(True), cost={"webhook": 100})
+        metrics.observe([(200, 0.001, exchange)])
+        metrics.budget_remaining(tenant.id, 1.0)
+        metrics.streams_open.labels(tenant.id).set(1)
+        metrics.stream_ends.labels(tenant.id, "stop").inc()
+        metrics.status_forwards.labels(tenant.id, "delivered").inc()
+    metrics.spenders.add("acme")
+    assert metrics.forget(["acme"]) == 7
+    text = metrics.render()
+    assert b'tenant="acme"' not in text
+    assert text.count(b'tenant="bistro"') >= 7
+    assert metrics.spenders == set()
+    assert metrics.forget([]) == 0
+
+
+async def test_concurrent_scrapes_share_one_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes that arrive while one renders (off the loop) get its text; the next scrape renders anew."""
+    metrics = Metrics()
+    renders: list[int] = []
+    real = metrics._render
+
+    def counted() -> bytes:
+        renders.append(1)
+        return real()
+
+    monkeypatch.setattr(metrics, "_render", counted)
+    first, second = await asyncio.gather(metrics.scrape(), metrics.scrape())
+    assert first is second and len(renders) == 1
+    metrics.policy_reloads.labels(outcome="ok").inc()
+    third = await metrics.scrape()
+    assert len(renders) == 2
+    assert _series(third, "switchyard_policy_reloads_total", "outcome") == {("ok",): 1}
+
+
+async def test_a_scrape_renders_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exposition is built in a worker thread: the loop keeps answering while it renders."""
+    metrics = Metrics()
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    real = metrics._render
+
+    def where() -> bytes:
+        threads.append(threading.get_ident())
+        return real()
+
+    monkeypatch.setattr(metrics, "_render", where)
+    await metrics.scrape()
+    assert threads and threads[0] != loop_thread
 
 
 def test_dropped_spans_by_reason_start_at_zero() -> None:
