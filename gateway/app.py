@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from gateway.handlers.twilio import webhook
 from gateway.keys import EGRESS, LIFECYCLE, SERVICES, STORES
 from gateway.limits.budget import utc_day
 from gateway.limits.factory import stores_from_url
-from gateway.policy import watch
+from gateway.policy import heap, watch
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import PolicySet, Registry
 from gateway.server import Lifecycle
@@ -74,7 +73,8 @@ def create_app(
     wall clock whose UTC day spend is booked to. Tests inject all three."""
     env = os.environ if env is None else env
     public_url = PublicUrl(settings.public_urls, parse_proxies(settings.trusted_proxies))
-    registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first), parallel=True)
+    with heap.paused():  # then frozen out of the collector's sight (policy/heap.py)
+        registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first), parallel=True)
     tracing = TracingConfig.from_env(env, settings.instance_id)  # None: tracing off, at no cost
     metrics = Metrics()
     registry.on_swap(_swapped(metrics))
@@ -215,22 +215,11 @@ async def _sweep(sweep: Callable[[], int]) -> None:
         sweep()
 
 
-def settle_heap() -> None:
-    """Move what is alive now (the policies above all: 10,000 tenants are millions of objects)
-    out of the collector's sight. A full collection walked them all, 30-100 ms with the loop
-    held, for objects that live until the next reload; tenants hold no cycles, so a replaced
-    set is still freed by reference counting. The young generations are collected first, so
-    little garbage is frozen with them (a full collection here would be the stall avoided)."""
-    gc.collect(1)
-    gc.freeze()
-
-
 def _swapped(metrics: Metrics) -> Callable[[PolicySet, PolicySet], None]:
     def swapped(old: PolicySet, new: PolicySet) -> None:
         removed = old.tenants.keys() - new.tenants.keys()
         if removed:
             metrics.forget(removed)
-        settle_heap()
 
     return swapped
 
@@ -286,7 +275,6 @@ def _policy_watch(registry: Registry, interval: float, metrics: Metrics) -> Clea
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks: set[asyncio.Task[object]] = set()
         stop = asyncio.Event()  # ends the file watcher's thread at once, not at its next timeout
-        settle_heap()  # the policies loaded at start-up, before the first request
         if interval > 0:
             tasks.add(asyncio.create_task(watch.watch(registry, interval, counted, stop=stop)))
 

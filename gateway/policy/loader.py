@@ -18,7 +18,7 @@ from gateway.auth.keys import public_key
 from gateway.errors import PolicyError, PolicyProblem
 from gateway.hop import Target
 from gateway.limits.base import Rule
-from gateway.policy import model
+from gateway.policy import heap, model
 from gateway.policy.parallel import load_many as parallel_load
 from gateway.policy.tenant import ApiAuth, ApiKey, CompiledRoute, Kind, OutboundCalls, Tenant
 from gateway.protocol import twiml
@@ -101,6 +101,7 @@ class _Compiler:
         self.directory = directory
         self.problems: list[PolicyProblem] = []
         self.signing_key: bytes | None = None  # the auth token, once read: `upstream` signs with it
+        self.names_files = False  # set by file_bytes: Tenant.names_files
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(PolicyProblem(self.file, key, message))
@@ -192,6 +193,7 @@ class _Compiler:
 
     def file_bytes(self, key: str, name: str) -> bytes | None:
         """A file a policy names, relative to the policies directory."""
+        self.names_files = True
         path = Path(name) if Path(name).is_absolute() else self.directory / name
         try:
             return path.read_bytes()
@@ -286,6 +288,7 @@ class _Compiler:
             call_reserve=call_reserve,
             webhook_timeout=account.webhook_timeout_ms / 1000,
             budget_refusal=budget_refusal,
+            names_files=self.names_files,
         )
 
 
@@ -506,7 +509,8 @@ def load_set(
 
     Without `previous` (start-up, `check`) any problem refuses the set: one PolicyError with
     every problem of every file. With it (a reload), only the files whose stamp changed are
-    read again (all of them if `reread`: SIGHUP), and a bad file, or one whose numbers another
+    read again (all of them if `reread`: SIGHUP; a file whose bytes are the ones loaded is
+    compiled again only if it names other files), and a bad file, or one whose numbers another
     tenant owns, keeps its last good policy (a new one stays out); those problems come back in
     the result. seen: the stamps, if just read. `parallel`: many files read in forked workers
     (policy/parallel.py). Pure but for reading files: safe in a worker thread, off the loop."""
@@ -517,8 +521,11 @@ def load_set(
     kept = previous or {}
     stale = [name for name, stamp in seen.items() if reread or name not in kept or kept[name][0] != stamp]
     # A stamp changed but not the bytes (touched, or rewritten by a ConfigMap update): kept as
-    # it is, unless everything is read again (SIGHUP: the secrets and files a policy names).
-    known = {} if reread else {name: kept[name][1] for name in stale if name in kept}
+    # it is. A tenant is made of its file's bytes, the environment (fixed for the process) and
+    # the files it names, so SIGHUP (`reread`: every file read, whatever its stamp says) compiles
+    # again only what changed and what names files: at 30,000 tenants, a second of reading and
+    # hashing instead of 20 s of compiling, and no second copy of the set in memory.
+    known = {name: kept[name][1] for name in stale if name in kept and not (reread and kept[name][2].names_files)}
     problems: list[PolicyProblem] = []
     fresh: dict[str, Tenant] = {}
     candidates: dict[str, tuple[Stamp, Digest, Tenant]] = {}
@@ -583,5 +590,6 @@ def _resolve_claims(
 
 def load_dir(directory: Path, context: LoadContext) -> dict[str, Tenant]:
     """Every policy file in `directory`; all problems of all files in one PolicyError."""
-    loaded = load_set(directory, context, parallel=True).loaded
+    with heap.paused():
+        loaded = load_set(directory, context, parallel=True).loaded
     return {tenant.id: tenant for _, _, tenant in loaded.values()}

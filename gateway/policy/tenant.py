@@ -112,6 +112,9 @@ class Tenant:
     budget_refusal: Mapping[Literal["voice", "sms"], bytes] = field(
         default_factory=lambda: {"voice": twiml.REJECT_BUSY, "sms": twiml.EMPTY}
     )
+    # The policy reads other files (a PEM key): its bytes alone do not say whether it changed,
+    # so SIGHUP compiles it again even when they are the same.
+    names_files: bool = False
 
     def route(self, kind: str, params: Mapping[str, list[str]]) -> CompiledRoute | None:
         """The first route for `kind` whose match fits the request, or None (the fallback)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from gateway.errors import PolicyError
+from gateway.policy import heap
 from gateway.policy.registry import Registry
 
 log = logging.getLogger("switchyard.policy")
@@ -34,16 +35,20 @@ async def reload_soon(
     answer webhooks meanwhile; None when no file changed. Never raises: a loader bug keeps the
     old set."""
     async with registry.lock:
-        try:
-            prepared = await asyncio.to_thread(registry.prepare, full)
-        except Exception:
-            # A loader bug must not kill the watcher or the SIGHUP handler: keep the old set.
-            log.exception("policy reload (%s) crashed; the previous policies stay in force", reason)
-            on_result(False)
-            return False
-        if prepared is None:
-            return None
-        error = registry.apply(prepared)
+        with heap.paused() as pause:  # no collector pass over the set being built; frozen once applied
+            try:
+                prepared = await asyncio.to_thread(registry.prepare, full)
+            except Exception:
+                # A loader bug must not kill the watcher or the SIGHUP handler: keep the old set.
+                log.exception("policy reload (%s) crashed; the previous policies stay in force", reason)
+                on_result(False)
+                return False
+            if prepared is None:
+                pause.freeze = False
+                return None
+            # Frozen only when a new set goes live (not when every change was refused).
+            pause.freeze = prepared.current is not None and prepared.current is not registry.current
+            error = registry.apply(prepared)
         swapped = prepared.loaded is not None
     ok = _report(registry, reason, error, swapped)
     on_result(ok)

@@ -243,11 +243,13 @@ async def test_a_reload_reads_only_the_changed_file_off_the_loop(
     assert await watch.reload_soon(registry, "files changed") is None  # nothing changed since
 
 
-async def test_sighup_reloads_every_file(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full reload (SIGHUP's) reads every file again, changed or not (a secret, a key file)."""
+async def test_sighup_compiles_again_only_what_changed(policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full reload (SIGHUP's) reads every file's bytes, and compiles only those that changed:
+    an unchanged tenant is the very same object after it."""
     from gateway.policy import loader
 
     registry = Registry(policy_dir, CONTEXT)
+    before = registry.current.tenants
     parsed: list[str] = []
     real = loader.load_bytes
 
@@ -257,7 +259,53 @@ async def test_sighup_reloads_every_file(policy_dir: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(loader, "load_bytes", load_bytes)
     assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
-    assert parsed == ["alpha.yaml", "beta.yml"]
+    assert parsed == []
+    assert registry.current.tenants["alpha"] is before["alpha"]
+
+
+async def test_sighup_sees_an_edit_that_kept_the_files_stamp(policy_dir: Path) -> None:
+    """An edit of the same size whose mtime was put back is not seen by the watcher's stamps,
+    but SIGHUP reads the bytes and loads it."""
+    registry = Registry(policy_dir, CONTEXT)
+    path = policy_dir / "alpha.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert "+15550100002" in text
+    stat = path.stat()
+    path.write_text(text.replace("+15550100002", "+15550100009"), encoding="utf-8")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert await watch.reload_soon(registry, "files changed") is None  # the stamp says nothing changed
+    assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
+    assert registry.current.by_number["+15550100009"].id == "alpha"
+
+
+async def test_sighup_compiles_again_a_policy_that_names_a_file(tmp_path: Path) -> None:
+    """A policy whose JWT key is a PEM file is compiled again on SIGHUP though its bytes are the
+    same: the key file replaced beside it is what goes live."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def pem() -> tuple[bytes, ec.EllipticCurvePublicKey]:
+        public = ec.generate_private_key(ec.SECP256R1()).public_key()
+        return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), public
+
+    directory = tmp_path / "policies"
+    shutil.copytree(FIXTURES / "valid", directory)
+    first, first_key = pem()
+    (directory / "es-1.pem").write_bytes(first)
+    (directory / "keys.yaml").write_text(
+        "twilio: {account_sid: AC0123456789abcdef0123456789abcdef, auth_token_env: FIXTURE_TWILIO_AUTH_TOKEN}\n"
+        "api: {keys: [{kid: es-1, alg: ES256, public_key_file: es-1.pem}]}\n"
+    )
+    registry = Registry(directory, CONTEXT)
+    api = registry.current.tenants["keys"].api
+    assert api is not None and api.keys[0].key.public_numbers() == first_key.public_numbers()
+    second, second_key = pem()
+    (directory / "es-1.pem").write_bytes(second)
+    alpha = registry.current.tenants["alpha"]
+    assert await watch.reload_soon(registry, "SIGHUP", full=True) is True
+    api = registry.current.tenants["keys"].api
+    assert api is not None and api.keys[0].key.public_numbers() == second_key.public_numbers()
+    assert registry.current.tenants["alpha"] is alpha
 
 
 class Results:
