@@ -39,8 +39,9 @@ log = logging.getLogger("switchyard")
 
 # How often the budget-remaining gauges are set (for the budgeted tenants that spent: metrics.spenders).
 BUDGET_GAUGE_INTERVAL = 10.0
-# The in-process gauges' reads are coroutines that never wait: the loop is given a turn every
-# this many, so thousands of spending tenants never hold it for long.
+# A gauge's first setting makes its series (5.7 µs, then 1.9 µs) and the in-process reads are
+# coroutines that never wait: the loop is given a turn every this many (~1.5 ms), so thousands
+# of tenants spending at once never hold it for one pass.
 GAUGES_PER_TURN = 256
 # How often in-process limit state that went idle (buckets full again, lapsed leases) is forgotten.
 SWEEP_INTERVAL = 10.0
@@ -186,6 +187,8 @@ async def _budget_gauges(services: Services) -> None:
         day = utc_day(services.wall())
         tenants = services.registry.current.tenants
         for turn, tenant_id in enumerate(list(metrics.spenders)):
+            if turn % GAUGES_PER_TURN == GAUGES_PER_TURN - 1:
+                await asyncio.sleep(0)
             tenant = tenants.get(tenant_id)
             cap = None if tenant is None else tenant.daily_budget
             if cap is None:
@@ -195,8 +198,6 @@ async def _budget_gauges(services: Services) -> None:
             if ledger.shared:
                 total = ledger.last_seen(tenant_id, day)
             else:
-                if turn % GAUGES_PER_TURN == GAUGES_PER_TURN - 1:
-                    await asyncio.sleep(0)
                 try:
                     spend = await ledger.spend(tenant_id, day)
                 except Exception:  # a gauge must never stop for good: log, and go on next time

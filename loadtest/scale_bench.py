@@ -9,8 +9,9 @@ then, as an operator would see it:
 
   check       `switchyard check` on the directory: seconds and peak RSS;
   ready       `switchyard serve` started until /healthz answers 200; RSS then;
-  idle        a /healthz probe every 10 ms for --idle seconds: its longest answer (a stall of the
-              loop shows as a late answer), the gateway's CPU, Redis commands per second;
+  idle        a /healthz probe every 10 ms for --idle seconds (in a process of its own): its
+              longest answer (a stall of the loop shows as a late answer), the gateway's
+              CPU, Redis commands per second;
   load        signed voice webhooks (twilio's RequestValidator) at --rate per second, open loop,
               round robin over K = min(tenants, rate x seconds) tenants: p50 / p99 / max and what
               they were answered (Say, Reject); the probe runs meanwhile;
@@ -20,8 +21,9 @@ then, as an operator would see it:
   sighup      every file re-read (SIGHUP): seconds until the log says so, the probe's longest;
   redis       used_memory after the traffic (with --limiter redis).
 
-Everything runs on 127.0.0.1; the gateway on the first CPU, this process (load and probe) and
-Redis on the other. One run prints a table and can write the figures as JSON.
+Everything runs on 127.0.0.1. The gateway starts on every CPU (its load forks a worker per
+CPU, as it would in production), then is pinned to the first; this process (load and probe)
+and Redis run on the other. One run prints a table and can write the figures as JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -59,44 +63,54 @@ EDITED = 7  # the tenant whose file the reload edits
 
 @dataclass
 class Probe:
-    """A /healthz request every PROBE_EVERY seconds; each answer's time, and failures."""
+    """What a probe process saw: each /healthz answer's time, and failures."""
 
-    port: int
     times: list[float] = field(default_factory=list)
     failures: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            url = f"http://127.0.0.1:{self.port}/healthz"
-            next_at = time.monotonic()
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
-                        await response.read()
-                        if response.status != 200:
-                            self.failures += 1
-                except (TimeoutError, aiohttp.ClientError):
-                    self.failures += 1
-                self.times.append(time.monotonic() - started)
-                next_at += PROBE_EVERY
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     def longest_ms(self) -> float:
         return max(self.times, default=0.0) * 1000
 
 
+def probe_process(port: int, ready: Any, stop: Any, out: Any) -> None:
+    """A GET /healthz every PROBE_EVERY seconds on one keep-alive connection, in a process of
+    its own: a hiccup of the load generator's process must not show as a stall of the gateway."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times: list[float] = []
+    failures = 0
+    ready.set()
+    next_at = time.monotonic()
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+            failures += response.status != 200
+        except (OSError, http.client.HTTPException):
+            failures += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        times.append(time.monotonic() - started)
+        next_at += PROBE_EVERY
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    out.put((times, failures))
+
+
 @contextlib.asynccontextmanager
 async def probing(port: int) -> Any:
-    probe = Probe(port)
-    stop = asyncio.Event()
-    task = asyncio.create_task(probe.run(stop))
+    context = multiprocessing.get_context("spawn")
+    ready, stop, out = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=probe_process, args=(port, ready, stop, out), daemon=True)
+    process.start()
+    await asyncio.to_thread(ready.wait, 30)
+    probe = Probe()
     try:
         yield probe
     finally:
         stop.set()
-        await task
+        probe.times, probe.failures = await asyncio.to_thread(out.get, True, 30)
+        await asyncio.to_thread(process.join, 10)
 
 
 def voice_params(i: int, rng: random.Random) -> dict[str, str]:
@@ -180,6 +194,15 @@ async def hears(port: int, i: int, text: str, within: float) -> float:
     raise RuntimeError(f"tenant {i} did not say {text!r} within {within:.0f} s")
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of the process on `cpus` (threads started later inherit it)."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -197,11 +220,13 @@ def redis_info(port: int) -> dict[str, Any]:
         client.close()
 
 
-def run_check(directory: Path, env: dict[str, str]) -> dict[str, float]:
-    """`switchyard check` on the directory: wall seconds and the peak RSS of its process tree."""
+def run_check(directory: Path, env: dict[str, str], cpus: set[int]) -> dict[str, float]:
+    """`switchyard check` on the directory (on `cpus`): wall seconds and its peak RSS."""
     argv = [str(bench.BIN / "switchyard"), "check", str(directory), "--public-url", PUBLIC]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=bench.pinned(cpus)
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -221,24 +246,47 @@ async def wait_log(log: Path, text: str, after: int, within: float) -> float:
 
 async def measure(size: int, limiter: str, rate: float, seconds: float, idle: float) -> dict[str, Any]:
     result: dict[str, Any] = {"tenants": size, "limiter": limiter}
-    gateway_cpus, other_cpus = bench.cpu_plan(True)
+    gateway_cpus, other_cpus = bench.cpu_plan(True)  # from this process's CPUs: all of them, at first
+    every = os.sched_getaffinity(0)
+    if other_cpus is not None:
+        os.sched_setaffinity(0, other_cpus)  # this process (load, probe) too: the gateway's CPU is its own
+    try:
+        return await _measure(result, size, limiter, rate, seconds, idle, every, gateway_cpus, other_cpus)
+    finally:
+        os.sched_setaffinity(0, every)
+
+
+async def _measure(
+    result: dict[str, Any],
+    size: int,
+    limiter: str,
+    rate: float,
+    seconds: float,
+    idle: float,
+    every: set[int],
+    gateway_cpus: set[int] | None,
+    other_cpus: set[int] | None,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"scale-{size}-") as tmp:
         workdir = Path(tmp)
         directory = workdir / "policies"
         made = tenants.generate(directory, size)
         env = {**os.environ, tenants.TOKEN_ENV: tenants.TOKEN}
-        result.update(run_check(directory, env))
+        result.update(run_check(directory, env, every))
         redis_server = bench.start_redis(workdir, other_cpus) if limiter == "redis" else None
         url = f"redis://127.0.0.1:{redis_server.port}/0" if redis_server else "memory://"
         port = bench.free_port()
         argv = [str(bench.BIN / "switchyard"), "serve", "--policies", str(directory), "--port", str(port)]
         argv += ["--public-url", PUBLIC, "--limiter", url, "--no-access-log", "--reload-interval", "2"]
         started = time.monotonic()
-        gateway = bench.spawn("gateway", argv, workdir, gateway_cpus, env)
+        # Every CPU while it starts (its policy load forks a worker per CPU, as in production),
+        # then pinned to the first one, apart from this process's load and probe.
+        gateway = bench.spawn("gateway", argv, workdir, every, env)
         gateway.port = port
         try:
             bench.wait_ready(gateway, timeout=300)
             result["ready_s"] = time.monotonic() - started
+            pin(gateway.proc.pid, gateway_cpus)
             result["rss_mib"] = rss_mib(gateway.proc.pid)
             await asyncio.sleep(1.0)  # the watcher and the first gauge cycle started
 
@@ -266,11 +314,13 @@ async def measure(size: int, limiter: str, rate: float, seconds: float, idle: fl
                 scrape = time.monotonic()
                 async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                     body = await response.read()
-                result["metrics"] = {
-                    "bytes": len(body),
-                    "scrape_ms": (time.monotonic() - scrape) * 1000,
-                    "probe_longest_ms": probe.longest_ms(),
-                }
+                scraped = time.monotonic() - scrape
+                await asyncio.sleep(0.1)
+            result["metrics"] = {
+                "bytes": len(body),
+                "scrape_ms": scraped * 1000,
+                "probe_longest_ms": probe.longest_ms(),
+            }
             if redis_server:
                 result["redis_used_mib"] = int(redis_info(redis_server.port)["used_memory"]) / 2**20
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -425,8 +426,28 @@ def load_bytes(path: Path, content: bytes, context: LoadContext) -> Tenant:
 
 
 def policy_files(directory: Path) -> list[Path]:
-    # Editors leave hidden files (.x.yaml.swp, .#x.yaml) beside the ones being edited.
-    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file())
+    return [directory / name for name in sorted(stamps_or_raise(directory))]
+
+
+def stamps_or_raise(directory: Path) -> dict[str, Stamp]:
+    """Every policy file's stamp, by name; OSError if the directory cannot be listed. One
+    scandir and one stat a file (pathlib's iterdir, is_file and stat were two, and sorting
+    Path objects 0.7 s, at 30,000 files)."""
+    found: dict[str, Stamp] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            # Editors leave hidden files (.x.yaml.swp, .#x.yaml) beside the ones being edited.
+            if name.startswith(".") or os.path.splitext(name)[1] not in SUFFIXES:
+                continue
+            try:
+                if not entry.is_file():  # follows a symlink (a ConfigMap's files are links)
+                    continue
+                stat = entry.stat()
+            except OSError:
+                continue  # gone between the listing and its stat
+            found[name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return {name: found[name] for name in sorted(found)}
 
 
 Stamp = tuple[int, int, int]
@@ -445,19 +466,11 @@ def digest(content: bytes) -> Digest:
 
 
 def stamps(directory: Path) -> dict[str, Stamp]:
-    """Every policy file's stamp (a file gone between the listing and its stat is left out)."""
-    found: dict[str, Stamp] = {}
+    """Every policy file's stamp, in name order; empty if the directory is gone (load_set says so)."""
     try:
-        paths = policy_files(directory)
+        return stamps_or_raise(directory)
     except OSError:
-        return found  # gone (or never there): load_set says so
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        found[path.name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    return found
+        return {}
 
 
 @dataclass(frozen=True, slots=True)
