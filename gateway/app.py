@@ -78,7 +78,7 @@ def create_app(
         registry = Registry(settings.policies_dir, LoadContext(env=env, public_url=public_url.first), parallel=True)
     tracing = TracingConfig.from_env(env, settings.instance_id)  # None: tracing off, at no cost
     metrics = Metrics()
-    registry.on_swap(_swapped(metrics))
+    registry.on_swap(_swapped(metrics, clock or monotonic))
     app = web.Application()
     app[LIFECYCLE] = Lifecycle()  # /readyz reads it; gateway/server.py drains
     app.cleanup_ctx.append(_egress)
@@ -158,7 +158,13 @@ def _stores(
             sleep=outbound.sleep,
             twilio_api_base=outbound.api_base,
         )
-        background = [asyncio.create_task(_budget_gauges(services)), asyncio.create_task(_sweep(stores.sweep))]
+        now = clock or monotonic
+
+        def sweep() -> int:
+            metrics.reconcile(now())  # a removed tenant's series made anew by what was in flight
+            return stores.sweep()
+
+        background = [asyncio.create_task(_budget_gauges(services)), asyncio.create_task(_sweep(sweep))]
         try:
             yield
         finally:
@@ -189,6 +195,9 @@ async def _budget_gauges(services: Services) -> None:
         for turn, tenant_id in enumerate(list(metrics.spenders)):
             if turn % GAUGES_PER_TURN == GAUGES_PER_TURN - 1:
                 await asyncio.sleep(0)
+                tenants = services.registry.current.tenants  # a reload may have swapped meanwhile
+            if tenant_id not in metrics.spenders:
+                continue  # forgotten meanwhile (its tenant removed): no gauge made anew
             tenant = tenants.get(tenant_id)
             cap = None if tenant is None else tenant.daily_budget
             if cap is None:
@@ -216,11 +225,9 @@ async def _sweep(sweep: Callable[[], int]) -> None:
         sweep()
 
 
-def _swapped(metrics: Metrics) -> Callable[[PolicySet, PolicySet], None]:
+def _swapped(metrics: Metrics, clock: Clock) -> Callable[[PolicySet, PolicySet], None]:
     def swapped(old: PolicySet, new: PolicySet) -> None:
-        removed = old.tenants.keys() - new.tenants.keys()
-        if removed:
-            metrics.forget(removed)
+        metrics.tenants_changed(old.tenants.keys(), new.tenants.keys(), clock())
 
     return swapped
 

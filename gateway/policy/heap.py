@@ -8,8 +8,12 @@ a 135-430 ms stall of the event loop); after it, a full pass every so often walk
 again for objects that live until the next reload (12-18 ms idle stalls at 10,000).
 
 Tenants hold no reference cycles (tests/unit/policy/test_heap.py checks it), so a replaced set
-is freed by reference counting, frozen or not; a freeze keeps only cyclic garbage made
-elsewhere while a load ran (kilobytes of a request or two, against seconds of stalls).
+is freed by reference counting, frozen or not. A freeze also takes whatever else is alive at
+that moment: requests in flight, whose objects may die in a cycle later and are then never
+collected. So the set is frozen at start-up (before the first request) and after a reload
+only when that reload compiled many files (watch.FREEZE_MIN: a deploy, a ConfigMap replaced
+whole), where leaving hundreds of thousands of new objects to the collector would stall the
+loop at its next passes; a few in-flight requests' cycles per such reload is the price.
 """
 
 from __future__ import annotations
@@ -27,17 +31,18 @@ _was_enabled = [True]
 
 @dataclass
 class Pause:
-    """Set `freeze` False when the block built nothing to keep (a reload that found no change):
-    then nothing is frozen, and the young garbage of the moment stays collectable."""
+    """Whether the block's end freezes what is alive (the caller decides once it knows what
+    it built); a block left by an exception freezes nothing."""
 
     freeze: bool = True
 
 
 @contextlib.contextmanager
-def paused() -> Iterator[Pause]:
-    """No automatic collection until the block ends; then everything alive is frozen (the new
-    set with it) and collection resumes as it was. Safe from any thread, nested or not."""
-    pause = Pause()
+def paused(*, freeze: bool = True) -> Iterator[Pause]:
+    """No automatic collection until the block ends; then, if `pause.freeze`, everything alive
+    is frozen (the new set with it), and collection resumes as it was. Safe from any thread,
+    nested or not."""
+    pause = Pause(freeze)
     with _lock:
         if _depth[0] == 0:
             _was_enabled[0] = gc.isenabled()
@@ -45,6 +50,9 @@ def paused() -> Iterator[Pause]:
         _depth[0] += 1
     try:
         yield pause
+    except BaseException:
+        pause.freeze = False  # a crashed or cancelled build: nothing worth keeping frozen
+        raise
     finally:
         with _lock:
             _depth[0] -= 1

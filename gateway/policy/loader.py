@@ -481,6 +481,7 @@ class LoadedSet:
     stamps: Mapping[str, Stamp]
     loaded: Loaded
     problems: tuple[PolicyProblem, ...] = ()
+    compiled: int = 0  # files compiled anew (the rest kept the tenant they had)
 
 
 Read = tuple[Tenant | PolicyError | None, Digest, list[PolicyProblem]]
@@ -561,7 +562,7 @@ def load_set(
         raise PolicyError(problems)
     if not candidates:
         raise PolicyError(problems or [PolicyProblem(str(directory), "", "holds no policy files (*.yaml)")])
-    return LoadedSet(seen, candidates, tuple(problems))
+    return LoadedSet(seen, candidates, tuple(problems), len(fresh))
 
 
 def _resolve_claims(

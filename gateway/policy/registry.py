@@ -41,6 +41,7 @@ class Prepared:
     error: PolicyError | None
     # Built off the loop too: indexing 30,000 tenants by number is 20 ms the loop need not spend.
     current: PolicySet | None = None
+    compiled: int = 0  # files compiled anew
 
 
 class Registry:
@@ -83,7 +84,7 @@ class Registry:
             current = self.current  # every change refused: requests keep the very same set
         else:
             current = PolicySet.of({tenant.id: tenant for _, _, tenant in result.loaded.values()})
-        return Prepared(seen, result.loaded, error, current)
+        return Prepared(seen, result.loaded, error, current, result.compiled)
 
     def apply(self, prepared: Prepared) -> PolicyError | None:
         """Swap in a prepared set (on the loop: two assignments); return what it refused."""

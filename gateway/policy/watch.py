@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -37,7 +38,7 @@ async def reload_soon(
     answer webhooks meanwhile; None when no file changed. Never raises: a loader bug keeps the
     old set."""
     async with registry.lock:
-        with heap.paused() as pause:  # no collector pass over the set being built; frozen once applied
+        with heap.paused(freeze=False) as pause:  # no collector pass over the set being built
             try:
                 with _loop_first():
                     prepared = await asyncio.to_thread(registry.prepare, full)
@@ -47,10 +48,9 @@ async def reload_soon(
                 on_result(False)
                 return False
             if prepared is None:
-                pause.freeze = False
                 return None
-            # Frozen only when a new set goes live (not when every change was refused).
-            pause.freeze = prepared.current is not None and prepared.current is not registry.current
+            # Frozen only when a large new set goes live (policy/heap.py says why not always).
+            pause.freeze = prepared.compiled >= FREEZE_MIN and prepared.current is not registry.current
             error = registry.apply(prepared)
         swapped = prepared.loaded is not None
     ok = _report(registry, reason, error, swapped)
@@ -63,16 +63,27 @@ async def reload_soon(
 # SIGHUP showed as 15-21 ms answers; at 0.5 ms they stay within a few). The thread's own work
 # takes a little longer in return, a cost paid only while a reload runs.
 RELOAD_SWITCH_INTERVAL = 0.0005
+# A reload that compiled at least this many files freezes the new set (policy/heap.py).
+FREEZE_MIN = 1_000
+
+_switch_lock = threading.Lock()
+_switching = [0, 0.0]  # reloads under way (several registries in one process: tests), interval before
 
 
 @contextlib.contextmanager
 def _loop_first() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, RELOAD_SWITCH_INTERVAL))
+    with _switch_lock:
+        if _switching[0] == 0:
+            _switching[1] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switching[1], RELOAD_SWITCH_INTERVAL))
+        _switching[0] += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        with _switch_lock:
+            _switching[0] -= 1
+            if _switching[0] == 0:
+                sys.setswitchinterval(_switching[1])
 
 
 def _report(registry: Registry, reason: str, error: PolicyError | None, swapped: bool) -> bool:

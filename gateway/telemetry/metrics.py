@@ -43,6 +43,10 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 # A frame relayed within a millisecond is the norm; past 50 ms a caller starts to hear it.
 RELAY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
+# How long a removed tenant's series are dropped again after its removal (a Media Stream lasts
+# up to 4 h; requests and call-outs end within Twilio's 15 s).
+GONE_WATCH = 4 * 3600.0
+
 Finished = tuple[int, float, "Exchange"]
 """One finished request as the end-of-request pipeline hands it over: (status, seconds, exchange)."""
 
@@ -63,6 +67,9 @@ class Metrics:
     # The budgeted tenants whose requests spent (observe): the budget gauges read only these,
     # so their cycle grows with the tenants that spend, not with the policies.
     spenders: set[str] = field(default_factory=set, init=False, repr=False)
+    # Tenants removed by a reload -> when: their series are dropped again by `reconcile` for a
+    # while, since requests and streams still in flight at the swap make them anew.
+    _gone: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rendering: asyncio.Future[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +208,24 @@ class Metrics:
             with self._budget._lock:
                 self._budget._metrics.pop((tenant_id,), None)
 
+    def tenants_changed(self, old: Iterable[str], new: Iterable[str], now: float) -> None:
+        """A reload's swap: the tenants that left lose their series (now, and at each reconcile
+        for GONE_WATCH seconds); one that comes back is left alone."""
+        new_ids = set(new)
+        for tenant_id in new_ids & self._gone.keys():
+            del self._gone[tenant_id]
+        removed = set(old) - new_ids
+        for tenant_id in removed:
+            self._gone[tenant_id] = now
+        self.forget(removed)
+
+    def reconcile(self, now: float) -> int:
+        """Drop again the series of tenants removed within GONE_WATCH seconds: a batch flushed
+        after the swap, a call-out or a stream of theirs that was in flight made them anew."""
+        for tenant_id in [t for t, when in self._gone.items() if now - when > GONE_WATCH]:
+            del self._gone[tenant_id]
+        return self.forget(self._gone) if self._gone else 0
+
     def forget(self, tenant_ids: Iterable[str]) -> int:
         """Drop every series of these tenants (removed from the policies), so the series are
         bounded by the tenants that have policies, not by every tenant ever served; returns how
@@ -217,6 +242,10 @@ class Metrics:
             position = metric._labelnames.index("tenant")
             with metric._lock:
                 keys = [key for key in metric._metrics if key[position] in gone]
+                if metric is self.streams_open:
+                    # A stream still open keeps its gauge (its end decrements it): dropped at
+                    # a reconcile once it reads 0, never made anew at -1.
+                    keys = [key for key in keys if not _value(metric._metrics[key])]
                 for key in keys:
                     del metric._metrics[key]
             dropped += len(keys)
@@ -289,8 +318,10 @@ class Metrics:
             rendering.add_done_callback(self._rendered)
         return await asyncio.shield(self._rendering)
 
-    def _rendered(self, _future: asyncio.Future[bytes]) -> None:
+    def _rendered(self, future: asyncio.Future[bytes]) -> None:
         self._rendering = None
+        if not future.cancelled():
+            future.exception()  # retrieved: every scrape waiting may have gone (asyncio would log it)
 
     def render(self) -> bytes:
         """The exposition text: this process's metrics, or with --workers every worker's summed."""
@@ -306,6 +337,12 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+
+def _value(child: object) -> float:
+    """A gauge child's value, in-process mode (prometheus_client keeps it in `_value`)."""
+    value: float = child._value.get()  # type: ignore[attr-defined]
+    return value
 
 
 @contextlib.contextmanager

@@ -145,3 +145,23 @@ async def test_the_sweep_runs_on_its_timer() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert calls[:3] == [app.SWEEP_INTERVAL] * 3 and len(swept) == 3
+
+
+async def test_a_tenant_removed_during_a_cycle_gets_no_gauge_again() -> None:
+    """A swap that removes a spender while the gauges yield: its gauge is not made anew from the
+    cycle's old snapshot of the tenants."""
+    metrics = Metrics()
+    tenants = [_tenant(f"t{i:05d}", 1_000_000) for i in range(2 * app.GAUGES_PER_TURN)]
+    metrics.spenders.update(t.id for t in tenants)
+    services = _services(tenants, SharedLedger({t.id: 0 for t in tenants}), metrics)
+    last = tenants[-1].id
+    real_sleep = asyncio.sleep
+
+    async def remove_then_go_on() -> None:
+        await real_sleep(0)
+        metrics.forget([last])  # what the swap's listener does
+
+    remover = asyncio.create_task(remove_then_go_on())
+    await _one_cycle(services)
+    await remover
+    assert last not in _gauges(metrics)

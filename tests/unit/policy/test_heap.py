@@ -30,7 +30,9 @@ def collector() -> Iterator[None]:
     gc.enable()
     yield
     gc.unfreeze()
-    if not was:
+    if was:
+        gc.enable()
+    else:
         gc.disable()
 
 
@@ -83,3 +85,22 @@ def test_loaded_tenants_hold_no_reference_cycles(tmp_path: Path, collector: None
     assert len(loaded.loaded) == 62
     del loaded
     assert gc.collect() == 0
+
+
+def test_a_build_that_fails_freezes_nothing(collector: None) -> None:
+    """A load that raises (a loader crash, a cancelled reload) leaves nothing frozen and the collector on."""
+    gc.unfreeze()
+    with pytest.raises(RuntimeError), heap.paused():
+        raise RuntimeError("loader bug")
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_freeze_false_up_front_until_the_caller_decides(collector: None) -> None:
+    """paused(freeze=False) freezes only if the block sets pause.freeze (a reload that built a large set)."""
+    gc.unfreeze()
+    with heap.paused(freeze=False):
+        pass
+    assert gc.get_freeze_count() == 0
+    with heap.paused(freeze=False) as pause:
+        pause.freeze = True
+    assert gc.get_freeze_count() > 0

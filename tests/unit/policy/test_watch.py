@@ -414,3 +414,29 @@ async def test_without_file_events_the_watcher_polls(
         finally:
             await _stop(task)
     assert "polling every 2s" in caplog.text
+
+
+def test_overlapping_reloads_put_the_switch_interval_back() -> None:
+    """Two reloads overlapping (two registries in one process) leave the GIL's switch interval as it was."""
+    import sys
+
+    before = sys.getswitchinterval()
+    first, second = watch._loop_first(), watch._loop_first()
+    first.__enter__()
+    second.__enter__()
+    assert sys.getswitchinterval() == watch.RELOAD_SWITCH_INTERVAL
+    first.__exit__(None, None, None)
+    assert sys.getswitchinterval() == watch.RELOAD_SWITCH_INTERVAL  # the second still runs
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before
+
+
+async def test_a_small_reload_freezes_nothing(policy_dir: Path) -> None:
+    """A reload of one file goes live without freezing the heap (in-flight requests' objects stay collectable)."""
+    import gc
+
+    registry = Registry(policy_dir, CONTEXT)
+    gc.unfreeze()
+    _add_gamma(policy_dir)
+    assert await watch.reload_soon(registry, "files changed") is True
+    assert gc.get_freeze_count() == 0 and gc.isenabled()

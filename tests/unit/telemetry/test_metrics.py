@@ -252,7 +252,8 @@ def test_spenders_are_the_budgeted_tenants_whose_requests_cost(clock: FakeClock)
 
 
 def test_forget_drops_every_series_of_the_removed_tenants(clock: FakeClock) -> None:
-    """A removed tenant's requests, limits, spend, budget and stream series all go; the others' stay."""
+    """A removed tenant's requests, limits, spend, budget and stream series all go; the others'
+    stay; a stream gauge still open stays until it reads 0 (its end would make it anew at -1)."""
     metrics = Metrics()
     for tenant in (ACME, BISTRO):
         exchange = _exchange(clock, tenant=tenant, decision="answered", limit=_limit(True), cost={"webhook": 100})
@@ -262,12 +263,34 @@ def test_forget_drops_every_series_of_the_removed_tenants(clock: FakeClock) -> N
         metrics.stream_ends.labels(tenant.id, "stop").inc()
         metrics.status_forwards.labels(tenant.id, "delivered").inc()
     metrics.spenders.add("acme")
-    assert metrics.forget(["acme"]) == 7
+    assert metrics.forget(["acme"]) == 6
+    assert series(metrics, "switchyard_streams_open", "tenant") == {("acme",): 1, ("bistro",): 1}
+    metrics.streams_open.labels("acme").dec()
+    assert metrics.forget(["acme"]) == 1
     text = metrics.render()
     assert b'tenant="acme"' not in text
     assert text.count(b'tenant="bistro"') >= 7
     assert metrics.spenders == set()
     assert metrics.forget([]) == 0
+
+
+def test_a_removed_tenants_series_made_anew_go_at_the_next_reconcile(clock: FakeClock) -> None:
+    """Series a request in flight at the swap makes afterwards are dropped by reconcile, for
+    GONE_WATCH seconds; a tenant that comes back keeps its new series."""
+    metrics = Metrics()
+    metrics.observe([(200, 0.001, _exchange(clock, tenant=ACME, decision="answered"))])
+    metrics.tenants_changed(["acme", "bistro"], ["bistro"], now=100.0)
+    metrics.observe([(200, 0.001, _exchange(clock, tenant=ACME, decision="answered"))])  # flushed late
+    assert metrics.reconcile(now=110.0) == 1
+    assert b'tenant="acme"' not in metrics.render()
+    metrics.tenants_changed(["bistro"], ["acme", "bistro"], now=120.0)  # back
+    metrics.observe([(200, 0.001, _exchange(clock, tenant=ACME, decision="answered"))])
+    assert metrics.reconcile(now=130.0) == 0
+    assert b'tenant="acme"' in metrics.render()
+    metrics.tenants_changed(["acme", "bistro"], ["bistro"], now=200.0)
+    assert metrics.reconcile(now=200.0 + metrics_module.GONE_WATCH + 1) == 0  # watched long enough
+    metrics.observe([(200, 0.001, _exchange(clock, tenant=ACME, decision="answered"))])
+    assert metrics.reconcile(now=200.0 + metrics_module.GONE_WATCH + 2) == 0
 
 
 async def test_concurrent_scrapes_share_one_render(monkeypatch: pytest.MonkeyPatch) -> None:
