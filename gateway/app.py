@@ -20,12 +20,12 @@ from gateway.errors import BackendError
 from gateway.handlers import api, health, stream
 from gateway.handlers.twilio import webhook
 from gateway.keys import EGRESS, LIFECYCLE, SERVICES, STORES
+from gateway.lifecycle import Lifecycle
 from gateway.limits.budget import utc_day
 from gateway.limits.factory import stores_from_url
 from gateway.policy import heap, watch
 from gateway.policy.loader import LoadContext
 from gateway.policy.registry import PolicySet, Registry
-from gateway.server import Lifecycle
 from gateway.services import Services
 from gateway.settings import ADMIN_TOKEN_VARIABLE, TWILIO_API_BASE_VARIABLE, Settings
 from gateway.telemetry import accesslog

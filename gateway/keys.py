@@ -6,8 +6,8 @@ from aiohttp import web
 
 from gateway.egress import Egress
 from gateway.exchange import Exchange
+from gateway.lifecycle import Lifecycle
 from gateway.limits.factory import Stores
-from gateway.server import Lifecycle
 from gateway.services import Services
 
 SERVICES = web.AppKey("services", Services)

@@ -37,7 +37,12 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
+from gateway.app import close_streams, create_app
+from gateway.keys import LIFECYCLE
+from gateway.lifecycle import Lifecycle
 from gateway.settings import Settings
+from gateway.telemetry import accesslog
+from gateway.telemetry.accesslog import configure_logging
 
 log = logging.getLogger("switchyard")
 # The `logger=` of aiohttp's server: its records come through HttpConnection.log_exception.
@@ -59,15 +64,6 @@ IDLE_LINGER = 2.0
 # The parser's fixed text for too many header lines (http_parser.py and _http_parser.pyx).
 TOO_MANY_HEADERS = "Too many headers received"
 CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer; the access log uses it too
-
-
-class Lifecycle:
-    """The process's state as handlers see it: /readyz answers 503 once `draining` is set."""
-
-    __slots__ = ("draining",)
-
-    def __init__(self) -> None:
-        self.draining = False
 
 
 def client_fault(exc: BaseException | None, *, client_gone: bool) -> int | None:
@@ -185,11 +181,6 @@ def run(settings: Settings, app: web.Application | None = None) -> int:
     return the process's exit code."""
     stops: list[int] = []
     _early_signals(stops)
-    # Imported here, not at the top: gateway.keys imports this module (Lifecycle), and the app
-    # and the access log import gateway.keys.
-    from gateway.app import create_app
-    from gateway.telemetry.accesslog import configure_logging
-
     try:
         import uvloop
 
@@ -227,10 +218,6 @@ def _install_server_defaults() -> None:
 
 
 async def _serve(app: web.Application, settings: Settings, stops: list[int]) -> int:
-    from gateway.app import close_streams
-    from gateway.keys import LIFECYCLE
-    from gateway.telemetry import accesslog
-
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[int] = loop.create_future()
     accesslog.BUFFER.lines = settings.access_log

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from gateway.actions.base import ActionKind, CompileContext, Compiled, Incoming, Tools
 from gateway.actions.static import BOTH
-from gateway.auth.twilio_signature import sign_for
+from gateway.auth.twilio_signature import SIGNATURE, sign_for
 from gateway.errors import UpstreamError
 from gateway.hop import Answer, Target, request_head
 from gateway.limits.breaker import CircuitBreaker
@@ -34,7 +34,6 @@ DEFAULT_TIMEOUT_MS = 5000
 # A TwiML document is a few KB; a runtime answering more is broken, and Twilio caps TwiML at 64 KB.
 MAX_TWIML = 64 * 1024
 TENANT_HEADER = "X-Switchyard-Tenant"
-SIGNATURE = "X-Twilio-Signature"
 
 
 class Breaker(Strict):

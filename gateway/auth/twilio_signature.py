@@ -18,6 +18,11 @@ from hashlib import sha256
 from typing import Final
 from urllib.parse import ParseResult, parse_qs, urlparse, urlsplit
 
+# The headers Twilio signs with (and the gateway re-signs with for a tenant's runtime), and
+# the one that names the algorithm (absent: HMAC-SHA1).
+SIGNATURE: Final = "X-Twilio-Signature"
+SIGNATURE_SETTINGS: Final = "X-Twilio-Webhooks-Signature-Settings"
+
 HMAC_SHA1: Final = "HMAC_SHA1"
 HMAC_SHA256: Final = "HMAC_SHA256"
 

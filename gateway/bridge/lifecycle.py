@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode
 
 from gateway.actions.stream import CLAIM_TTL, STREAMS, UNLIMITED, StreamAdmission, hold_of
-from gateway.actions.upstream import SIGNATURE, TENANT_HEADER
+from gateway.actions.upstream import TENANT_HEADER
 from gateway.auth import admission
-from gateway.auth.twilio_signature import compute
+from gateway.auth.twilio_signature import SIGNATURE, compute
 from gateway.bridge.handshake import dial
 from gateway.bridge.relay import Reason, Relay
 from gateway.bridge.side import Side

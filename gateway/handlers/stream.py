@@ -12,11 +12,10 @@ import logging
 from aiohttp import web
 
 from gateway import responses
-from gateway.auth.twilio_signature import algorithm_from_settings, verify_form
+from gateway.auth.twilio_signature import SIGNATURE, SIGNATURE_SETTINGS, algorithm_from_settings, verify_form
 from gateway.bridge.handshake import accept, is_upgrade
 from gateway.bridge.lifecycle import CLOSE_WITHIN, bridge
 from gateway.exchange import Exchange
-from gateway.handlers.twilio import SIGNATURE, SIGNATURE_SETTINGS
 from gateway.keys import EXCHANGE, SERVICES
 from gateway.protocol.media import MAX_MESSAGE
 

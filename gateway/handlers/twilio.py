@@ -22,7 +22,13 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway import responses
 from gateway.actions import Incoming
 from gateway.actions.stream import stream_holds
-from gateway.auth.twilio_signature import algorithm_from_settings, verify_form, verify_json
+from gateway.auth.twilio_signature import (
+    SIGNATURE,
+    SIGNATURE_SETTINGS,
+    algorithm_from_settings,
+    verify_form,
+    verify_json,
+)
 from gateway.deadline import DeadlineExceeded
 from gateway.errors import AdmissionRefused, BackendError, UpstreamError
 from gateway.exchange import Exchange
@@ -44,8 +50,6 @@ from gateway.telemetry.usage import BILLING_FIELDS, cost_of
 WebhookKind = Literal["voice", "sms", "status"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-SIGNATURE = "X-Twilio-Signature"
-SIGNATURE_SETTINGS = "X-Twilio-Webhooks-Signature-Settings"
 IDEMPOTENCY = "I-Twilio-Idempotency-Token"
 OUTBOUND = frozenset({"outbound-api", "outbound-dial"})
 # Twilio's headers an upstream runtime may want (its own signature is made anew for it).

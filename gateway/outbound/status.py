@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.auth.twilio_signature import Params, sign_for
+from gateway.auth.twilio_signature import SIGNATURE, Params, sign_for
 from gateway.egress import Egress
 from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
@@ -26,7 +26,6 @@ VIA, API = "via", "api"  # the query of the status URL the API gives Twilio: "pl
 FORWARD_WITHIN = 5.0  # s: a runtime takes a status callback in milliseconds
 MAX_ANSWER = 64 * 1024  # its answer is read and dropped: Twilio ignores a status callback's body
 TENANT_HEADER = "X-Switchyard-Tenant"
-SIGNATURE = "X-Twilio-Signature"
 STEP = "status.forward"
 
 
