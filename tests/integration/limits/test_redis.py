@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.limits.base import RetryKey, Rule
 from gateway.limits.factory import stores_from_url
@@ -139,3 +140,22 @@ async def test_a_batch_connection_the_server_dropped_is_replaced_once(
     decision = await limiter.acquire("acme", [WEBHOOKS])
     assert decision.allowed and decision.remaining == 8
     assert limiter.healthy
+
+
+async def test_the_first_batch_after_a_script_flush_needs_no_pooled_connection(
+    redis_url: str, client: RedisClient, clock: FakeClock
+) -> None:
+    """A Redis without the script (restarted, SCRIPT FLUSH) while a burst holds every pooled
+    connection: the coalesced batch loads its script on its own connection and is answered,
+    not failed over with the pool's MaxConnectionsError."""
+    stores = stores_from_url(redis_url, clock=clock, pool_size=1)
+    assert isinstance(stores.client, Redis)
+    pool = stores.client.connection_pool
+    held = await pool.get_connection()  # the one pooled connection, busy
+    await client.script_flush()
+    try:
+        decision = await stores.limiter.acquire("acme", [Rule("webhooks", rate=10, per=1, burst=5)])
+        assert decision.allowed and decision.remaining == 4
+    finally:
+        await pool.release(held)
+        await stores.close()
