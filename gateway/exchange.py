@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from gateway.clock import Clock
 from gateway.deadline import TWILIO_TOTAL, Deadline
+from gateway.protocol.tracecontext import new_span_id, new_trace_id, parse_traceparent
 
 if TYPE_CHECKING:
     from gateway.limits.base import Decision
@@ -129,8 +130,6 @@ class Exchange:
         carries it on: the caller's (its traceparent), else a new one. Fixes the server span's id
         too, so what the call out sends and the span exported at the end agree."""
         if self.trace_id is None:
-            from gateway.telemetry.tracing import new_span_id, new_trace_id, parse_traceparent
-
             parent = parse_traceparent(self.traceparent, self.tracestate) if self.traceparent else None
             self.trace_id = parent.trace_id if parent is not None else new_trace_id()
             self.span_id = new_span_id()

@@ -24,7 +24,7 @@ from gateway.hop import Answer, Target, request_head
 from gateway.limits.breaker import CircuitBreaker
 from gateway.policy.base import Strict
 from gateway.protocol import twiml
-from gateway.telemetry.tracing import new_span_id, traceparent
+from gateway.protocol.tracecontext import new_span_id, traceparent
 
 if TYPE_CHECKING:
     from gateway.deadline import Deadline

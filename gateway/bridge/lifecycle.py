@@ -30,9 +30,9 @@ from gateway.limits.budget import Reservation
 from gateway.limits.leases import Lease
 from gateway.policy.tenant import Tenant
 from gateway.protocol.media import MAX_MESSAGE, START_WITHIN, Inbound, MediaError, Meter, StreamSession
+from gateway.protocol.tracecontext import new_span_id, traceparent
 from gateway.services import Services
 from gateway.telemetry import cost
-from gateway.telemetry.tracing import new_span_id, traceparent
 from gateway.telemetry.usage import STREAM_SID
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from gateway.errors import UpstreamError
 from gateway.exchange import Exchange
 from gateway.hop import request_head
 from gateway.policy.tenant import Tenant
-from gateway.telemetry.tracing import new_span_id, traceparent
+from gateway.protocol.tracecontext import new_span_id, traceparent
 
 VIA, API = "via", "api"  # the query of the status URL the API gives Twilio: "placed by the API"
 FORWARD_WITHIN = 5.0  # s: a runtime takes a status callback in milliseconds

@@ -20,9 +20,10 @@ import re
 from collections.abc import Mapping
 
 from gateway.exchange import AttributeValue, Exchange
+from gateway.protocol.tracecontext import new_span_id, new_trace_id, parse_traceparent
 from gateway.telemetry import otlp
 from gateway.telemetry.cost import MICRO
-from gateway.telemetry.tracing import Sampler, new_span_id, new_trace_id, parse_traceparent
+from gateway.telemetry.tracing import Sampler
 
 MAX_PATH = 200
 SID = re.compile(r"[A-Z]{2}[0-9a-f]{32}")
