@@ -151,7 +151,7 @@ async def test_the_first_batch_after_a_script_flush_needs_no_pooled_connection(
     stores = stores_from_url(redis_url, clock=clock, pool_size=1)
     assert isinstance(stores.client, Redis)
     pool = stores.client.connection_pool
-    held = await pool.get_connection()  # the one pooled connection, busy
+    held = await pool.get_connection()  # type: ignore[no-untyped-call]  # the one pooled connection, busy
     await client.script_flush()
     try:
         decision = await stores.limiter.acquire("acme", [Rule("webhooks", rate=10, per=1, burst=5)])
