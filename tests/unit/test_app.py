@@ -16,24 +16,14 @@ from gateway.policy.registry import PolicySet
 from gateway.policy.tenant import Tenant
 from gateway.services import Services
 from gateway.telemetry.metrics import Metrics
+from tests.support.tenants import bare_tenant
 
 WALL = 1_800_000_000.0
 DAY = utc_day(WALL)
 
 
 def _tenant(tenant_id: str, budget: int | None) -> Tenant:
-    return Tenant(
-        id=tenant_id,
-        file=f"{tenant_id}.yaml",
-        account_sid="AC" + "0" * 32,
-        keys=(b"token",),
-        numbers=frozenset(),
-        rules={},
-        routes=(),
-        fallback={},
-        refusal={},
-        daily_budget=budget,
-    )
+    return bare_tenant(tenant_id, daily_budget=budget)
 
 
 class SharedLedger:

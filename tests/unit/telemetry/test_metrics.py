@@ -22,31 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.exchange import Exchange
 from gateway.limits.base import Decision, Rule
 from gateway.policy.registry import PolicySet
-from gateway.policy.tenant import Tenant
 from gateway.telemetry import metrics as metrics_module
 from gateway.telemetry.metrics import DURATION_BUCKETS, MULTIPROC_ENV, Finished, Metrics
 from tests.support.clock import FakeClock
+from tests.support.tenants import bare_tenant
 
 ROOT = Path(__file__).resolve().parents[3]
 WEBHOOKS = Rule("webhooks", rate=50, per=1, burst=100)
 
 
-def _tenant(tenant_id: str) -> Tenant:
-    return Tenant(
-        id=tenant_id,
-        file=f"{tenant_id}.yaml",
-        account_sid="AC" + "0" * 32,
-        keys=(b"token",),
-        numbers=frozenset(),
-        rules={},
-        routes=(),
-        fallback={},
-        refusal={},
-    )
-
-
-ACME = _tenant("acme")
-BISTRO = _tenant("bistro")
+ACME = bare_tenant("acme")
+BISTRO = bare_tenant("bistro")
 POLICIES = PolicySet.of({"acme": ACME, "bistro": BISTRO})
 
 
