@@ -425,10 +425,6 @@ def load_bytes(path: Path, content: bytes, context: LoadContext) -> Tenant:
     return tenant
 
 
-def policy_files(directory: Path) -> list[Path]:
-    return [directory / name for name in sorted(stamps_or_raise(directory))]
-
-
 def stamps_or_raise(directory: Path) -> dict[str, Stamp]:
     """Every policy file's stamp, by name; OSError if the directory cannot be listed. One
     scandir and one stat a file (pathlib's iterdir, is_file and stat were two, and sorting

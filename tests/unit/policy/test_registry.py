@@ -33,6 +33,13 @@ def _gamma(directory: Path, sid: str) -> None:
     (directory / "gamma.yaml").write_text(text, encoding="utf-8")
 
 
+def _swap(registry: Registry) -> PolicyError | None:
+    """The watcher's reload of what changed (prepare, then apply), in this thread."""
+    prepared = registry.prepare()
+    assert prepared is not None, "no file changed"
+    return registry.apply(prepared)
+
+
 def test_lookup_by_tenant_number_and_account(policy_dir: Path) -> None:
     """Each tenant is found by its id, by each of its numbers, and by its own account SID."""
     current = Registry(policy_dir, CONTEXT).current
@@ -95,9 +102,7 @@ def test_a_bad_edit_keeps_its_tenant_while_the_good_edits_go_live(policy_dir: Pa
     _gamma(policy_dir, "AC00000000000000000000000000000e05")
     beta = policy_dir / "beta.yml"
     beta.write_text(beta.read_text(encoding="utf-8").replace("+15550200001", "+15550200002"), encoding="utf-8")
-    prepared = registry.prepare()
-    assert prepared is not None
-    error = registry.apply(prepared)
+    error = _swap(registry)
     assert error is not None and [p.file for p in error.problems] == ["alpha.yaml"]
     current = registry.current
     assert current.tenants["alpha"] is alpha
@@ -113,8 +118,7 @@ def test_a_number_moved_between_two_files_in_one_reload_is_accepted(policy_dir: 
     alpha.write_text(alpha.read_text(encoding="utf-8").replace(', "+15550100002"', ""), encoding="utf-8")
     text = beta.read_text(encoding="utf-8").replace('"+15550200001"', '"+15550200001", "+15550100002"')
     beta.write_text(text, encoding="utf-8")
-    prepared = registry.prepare()
-    assert prepared is not None and registry.apply(prepared) is None
+    assert _swap(registry) is None
     assert registry.current.by_number["+15550100002"].id == "beta"
 
 
@@ -127,9 +131,7 @@ def test_a_broken_file_keeps_its_numbers_from_a_newcomer(policy_dir: Path) -> No
     _gamma(policy_dir, "AC00000000000000000000000000000e05")
     gamma = policy_dir / "gamma.yaml"
     gamma.write_text(gamma.read_text(encoding="utf-8").replace("+15550400001", "+15550100001"), encoding="utf-8")
-    prepared = registry.prepare()
-    assert prepared is not None
-    error = registry.apply(prepared)
+    error = _swap(registry)
     assert error is not None
     assert [(p.file, p.message) for p in error.problems][-1] == (
         "gamma.yaml",
@@ -144,8 +146,7 @@ def test_an_edit_refused_whole_keeps_the_very_same_set(policy_dir: Path) -> None
     registry = Registry(policy_dir, CONTEXT)
     before = registry.current
     (policy_dir / "alpha.yaml").write_text("twilio: [", encoding="utf-8")
-    prepared = registry.prepare()
-    assert prepared is not None and registry.apply(prepared) is not None
+    assert _swap(registry) is not None
     assert registry.current is before
 
 
